@@ -1,0 +1,124 @@
+"""Every setting of the service, read from `BLUEBUTTON_*` environment variables or a `.env` file.
+
+Validators refuse unsafe or impossible values at start-up so a bad deployment fails loudly, naming
+the variable, instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CERT_DIR = Path(__file__).resolve().parent.parent / "local-certs"
+
+DEFAULT_SCOPES = (
+    "openid profile patient/Patient.read patient/Coverage.read patient/ExplanationOfBenefit.read"
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BLUEBUTTON_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    cms_base_url: HttpUrl = HttpUrl("https://sandbox.bluebutton.cms.gov")
+    cms_api_version: Literal[2, 3] = 2
+    cms_client_id: str | None = None
+    cms_client_secret: SecretStr | None = None
+    cms_scopes: str = DEFAULT_SCOPES
+    callback_url: HttpUrl = HttpUrl("https://localhost:5200/bluebutton/authorize_callback")
+    lfh_url: HttpUrl = HttpUrl("https://localhost:5000")
+    ca_file: Path | None = None
+
+    host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
+    port: int = Field(default=5200, ge=1, le=65535)
+    tls: bool = True
+    tls_cert: Path = CERT_DIR / "server.pem"
+    tls_key: Path = CERT_DIR / "server.key"
+
+    lfh_max_bundle_bytes: int = Field(default=600_000, ge=10_000)
+    lfh_timeout_seconds: float = Field(default=120.0, gt=0)
+    lfh_rate_limit_retries: int = Field(default=20, ge=0)
+
+    cms_timeout_seconds: float = Field(default=60.0, gt=0)
+    cms_max_pages: int = Field(default=200, ge=1)
+    cms_retry_attempts: int = Field(default=4, ge=1)
+    cms_retry_backoff_seconds: float = Field(default=0.5, ge=0)
+    cms_retry_budget_seconds: float = Field(default=30.0, ge=0)
+    cms_fetch_concurrency: int = Field(default=4, ge=1, le=16)
+
+    validation_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+
+    state_store: str = "memory"
+    state_ttl_seconds: int = Field(default=600, ge=30)
+
+    @field_validator("cms_base_url", "lfh_url")
+    @classmethod
+    def _no_path_query(cls, url: HttpUrl) -> HttpUrl:
+        if url.query or url.fragment or (url.path or "/") != "/":
+            raise ValueError("give only scheme, host and port (no path, query or fragment)")
+        return url
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @field_validator("state_store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "memory" and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("use 'memory' or a redis://host:port/db URL")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_exist(self) -> Self:
+        if self.tls:
+            for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+                if not path.is_file():
+                    raise ValueError(
+                        f"BLUEBUTTON_{name.upper()}: no such file: {path} "
+                        "(run scripts/make_certs.py, or set BLUEBUTTON_TLS=false)"
+                    )
+        return self
+
+    @property
+    def cms_origin(self) -> str:
+        return str(self.cms_base_url).rstrip("/")
+
+    @property
+    def cms_fhir_base(self) -> str:
+        """FHIR base with its trailing slash, e.g. https://sandbox.bluebutton.cms.gov/v2/fhir/."""
+        return f"{self.cms_origin}/v{self.cms_api_version}/fhir/"
+
+    @property
+    def cms_oauth_base(self) -> str:
+        return f"{self.cms_origin}/v{self.cms_api_version}/o/"
+
+    @property
+    def lfh_origin(self) -> str:
+        return str(self.lfh_url).rstrip("/")
+
+
+def describe_error(error: Exception) -> str:
+    """One line per bad setting, naming the environment variable, for start-up failures."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return str(error)
+    lines = []
+    for err in error.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc:
+            lines.append(f"BLUEBUTTON_{loc[0].upper()}: {msg}")
+        else:
+            lines.append(msg)
+    return "\n".join(lines)
