@@ -1,0 +1,46 @@
+"""`python -m bluebutton`: serve the app with uvicorn, over HTTPS unless BLUEBUTTON_TLS=false."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from bluebutton.app import create_app
+from bluebutton.settings import Settings, describe_error
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # httpx logs request URLs at INFO; they carry patient ids and OAuth parameters.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main() -> int:
+    configure_logging()
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        print(f"bluebutton: bad setting: {describe_error(e)}", file=sys.stderr)
+        return 2
+    tls = {}
+    if settings.tls:
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,  # its lines include query strings (authorization codes)
+        log_config=None,
+        **tls,  # type: ignore[arg-type]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`create_app(settings)`: routers, the one error handler, request logging and the typed lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bluebutton import __version__
+from bluebutton.cms import CmsClient
+from bluebutton.errors import BlueButtonError, Issue
+from bluebutton.fhir import Validator
+from bluebutton.lfh import LfhClient
+from bluebutton.outbound import build_ssl_context
+from bluebutton.routes import router
+from bluebutton.settings import Settings
+from bluebutton.state import State
+
+logger = logging.getLogger("bluebutton.access")
+
+FHIR_JSON = "application/fhir+json"
+
+DESCRIPTION = """
+Pulls a beneficiary's Medicare data (Patient, Coverage or ExplanationOfBenefit) from the CMS Blue
+Button 2.0 API, every page of it, validates it as FHIR R4, and stores it in LinuxForHealth connect.
+
+Errors are FHIR `OperationOutcome` resources whose issues say what was wrong and what to do.
+"""
+
+
+def outcome(issues: list[Issue], status: int, headers: dict[str, str] | None = None) -> Response:
+    body = {"resourceType": "OperationOutcome", "issue": [i.as_fhir() for i in issues]}
+    return Response(orjson.dumps(body), status, headers=headers, media_type=FHIR_JSON)
+
+
+async def _blue_button_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BlueButtonError)
+    return outcome(exc.issues(), exc.status_code, exc.headers)
+
+
+async def _request_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    issues = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path")]
+        name = ".".join(loc) or "request"
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        issues.append(Issue(f"{name}: {message}", code="invalid", expression=(name,)))
+    return outcome(issues, 422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+    return outcome([Issue(str(exc.detail), code)], exc.status_code, dict(exc.headers or {}))
+
+
+class RequestLog:
+    """One log line per request (method, path, status, duration, id) and a safe 500.
+
+    The query string is never logged: it can carry an authorization code or a patient id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error in request %s", request_id)
+            if not response_started:
+                response = outcome(
+                    [Issue(f"Internal error; quote request id {request_id} when reporting it.")],
+                    500, {"X-Request-ID": request_id},
+                )
+                await response(scope, receive, send)
+        finally:
+            logger.info(
+                "%s %s %d %.1fms id=%s", scope["method"], scope["path"], status,
+                (time.perf_counter() - started) * 1000, request_id,
+            )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        context = build_ssl_context(settings)
+        cms = CmsClient.create(settings, context)
+        lfh = LfhClient.create(settings, context)
+        validator = Validator(settings.validation_workers)
+        try:
+            yield State(settings=settings, cms=cms, lfh=lfh, validator=validator)
+        finally:
+            await cms.aclose()
+            await lfh.aclose()
+            validator.close()
+
+    app = FastAPI(
+        title="bluebutton",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    handlers: dict[Any, Any] = {
+        BlueButtonError: _blue_button_error,
+        RequestValidationError: _request_validation_error,
+        StarletteHTTPException: _http_error,
+    }
+    for exc_class, handler in handlers.items():
+        app.add_exception_handler(exc_class, handler)
+    app.add_middleware(RequestLog)
+    app.include_router(router)
+    return app

@@ -1,0 +1,101 @@
+"""Assembling FHIR `searchset` Bundles as bytes: the merged pull, and connect-sized pieces of it.
+
+Each entry is serialised once (compact JSON); the merged Bundle and every piece are those bytes
+joined under a small header, so sizes are exact without serialising candidates and nothing is
+re-encoded on the way to connect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bluebutton.errors import EntryTooLargeError
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class BundleHeader:
+    """Everything of a searchset Bundle but its entries."""
+
+    id: str
+    last_updated: str
+    total: int
+
+    @classmethod
+    def fresh(cls, total: int) -> BundleHeader:
+        return cls(id=str(uuid.uuid4()), last_updated=_now(), total=total)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resourceType": "Bundle",
+            "id": self.id,
+            "meta": {"lastUpdated": self.last_updated},
+            "type": "searchset",
+            "total": self.total,
+        }
+
+    def wrap(self, entries: Sequence[bytes]) -> bytes:
+        head = orjson.dumps(self.as_dict())[:-1]
+        if not entries:
+            return head + b',"entry":[]}'
+        return head + b',"entry":[' + b",".join(entries) + b"]}"
+
+    def overhead(self) -> int:
+        """Bytes of a wrapped Bundle that are not entries or the commas between them."""
+        return len(orjson.dumps(self.as_dict())) + len(',"entry":[]')
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of consecutive entries `[start, stop)` sent to connect as one Bundle."""
+
+    start: int
+    stop: int
+    body: bytes
+
+
+def split_entries(
+    entries: Sequence[bytes], limit: int, merged: BundleHeader
+) -> list[Piece]:
+    """Cut the entries, in order and never inside one, into as few Bundles under `limit` as fit.
+
+    Greedy packing is optimal here: with the order fixed, closing a piece later never forces more
+    pieces. When everything fits, the one piece is the merged Bundle itself (same id).
+    """
+    whole = merged.overhead() + sum(len(e) for e in entries) + max(len(entries) - 1, 0)
+    if whole <= limit:
+        return [Piece(0, len(entries), merged.wrap(entries))]
+    probe = BundleHeader.fresh(merged.total)
+    overhead = probe.overhead()
+    for index, entry in enumerate(entries):
+        if overhead + len(entry) > limit:
+            raise EntryTooLargeError(
+                f"entry {index} alone is {len(entry)} bytes of JSON, more than "
+                f"BLUEBUTTON_LFH_MAX_BUNDLE_BYTES={limit} allows in one connect record; nothing "
+                "was forwarded (narrow the search, or raise the limit if your connect accepts "
+                "bigger records)"
+            )
+    bounds: list[tuple[int, int]] = []
+    start, size = 0, overhead
+    for index, entry in enumerate(entries):
+        added = len(entry) + (1 if index > start else 0)
+        if index > start and size + added > limit:
+            bounds.append((start, index))
+            start, size = index, overhead + len(entry)
+        else:
+            size += added
+    bounds.append((start, len(entries)))
+    pieces = []
+    for a, b in bounds:
+        header = BundleHeader.fresh(merged.total)
+        pieces.append(Piece(a, b, header.wrap(entries[a:b])))
+    return pieces

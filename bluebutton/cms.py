@@ -1,0 +1,243 @@
+"""Blue Button 2.0 FHIR client: search with paging, retries, and translation of CMS's errors.
+
+The caller's access token travels per request, never as a client default, and only ever to the
+configured CMS origin under its FHIR base: a `next` link anywhere else stops the pull (bb2-api.md
+§3.2 says links point at the BB2 host; anything else is a bug or an attack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from bluebutton.errors import (
+    CmsBadRequestError,
+    CmsError,
+    CmsForbiddenError,
+    CmsNotFoundError,
+    CmsProtocolError,
+    CmsTimeoutError,
+    CmsUnauthorizedError,
+    CmsUnavailableError,
+    rate_limited,
+)
+from bluebutton.outbound import backoff_delay, build_client
+from bluebutton.settings import Settings
+
+# GETs are idempotent: these answers (and transport failures) are worth another try.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_RETRY_AFTER = 60.0
+
+Page = dict[str, Any]
+
+
+def cms_detail(response: httpx.Response) -> str | None:
+    """CMS's own explanation from a JSON error body (DRF `detail`, OAuth `error_description`, ...)."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if body.get("resourceType") == "OperationOutcome":
+        texts = [str(i.get("diagnostics", "")) for i in body.get("issue", []) if isinstance(i, dict)]
+        text = "; ".join(t for t in texts if t)
+    else:
+        parts = [body.get(k) for k in ("error", "error_description", "detail", "message")]
+        text = ": ".join(str(p) for p in parts if isinstance(p, str) and p)
+    return text[:500] or None
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
+
+
+class CmsClient:
+    """One shared client for the Blue Button FHIR API."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._base = httpx.URL(settings.cms_fhir_base)
+
+    @classmethod
+    def create(cls, settings: Settings, context: Any) -> CmsClient:
+        client = build_client(
+            base_url=settings.cms_fhir_base,
+            context=context,
+            timeout=settings.cms_timeout_seconds,
+            max_connections=max(8, settings.cms_fetch_concurrency * 2),
+        )
+        client.headers["Accept"] = "application/fhir+json"
+        return cls(settings, client)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def check_link(self, url: str) -> httpx.URL:
+        """Refuse a paging link that leaves the CMS origin or its FHIR base path."""
+        try:
+            link = self._base.join(url)
+        except httpx.InvalidURL as e:
+            raise CmsProtocolError("Blue Button returned a malformed paging link") from e
+        if _origin(link) != _origin(self._base) or not link.path.startswith(self._base.path):
+            raise CmsProtocolError(
+                f"Blue Button returned a paging link to {link.scheme}://{link.host}{link.path}, "
+                f"outside {self._settings.cms_fhir_base}; stopped without sending the token there"
+            )
+        return link
+
+    async def iter_pages(
+        self, resource_type: str, params: list[tuple[str, str]], token: str
+    ) -> AsyncIterator[Page]:
+        """Yield every page of a search in CMS order, following `link[relation=next]`."""
+        url: httpx.URL = self._base.join(resource_type)
+        query: list[tuple[str, str]] | None = params
+        seen = {str(url.copy_merge_params(params))}
+        for _ in range(self._settings.cms_max_pages):
+            page = await self.get_bundle(url, query, token)
+            yield page
+            next_url = next_link(page)
+            if next_url is None:
+                return
+            link = self.check_link(next_url)
+            if str(link) in seen:
+                raise CmsProtocolError(
+                    "Blue Button's paging links repeat; stopped to avoid an endless pull"
+                )
+            seen.add(str(link))
+            url, query = link, None
+        raise CmsProtocolError(
+            f"the search has more than {self._settings.cms_max_pages} pages "
+            "(BLUEBUTTON_CMS_MAX_PAGES); narrow it with type, service_date or last_updated"
+        )
+
+    async def get_bundle(
+        self, url: httpx.URL | str, params: list[tuple[str, str]] | None, token: str
+    ) -> Page:
+        """GET one search page, retrying transient failures with backoff and `Retry-After`."""
+        settings = self._settings
+        deadline = time.monotonic() + settings.cms_retry_budget_seconds
+        attempts = settings.cms_retry_attempts
+        for attempt in range(1, attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = await self._client.get(
+                    url, params=params, headers={"Authorization": f"Bearer {token}"}
+                )
+            except httpx.TimeoutException as e:
+                failure: CmsError = CmsTimeoutError(
+                    f"Blue Button did not answer within {settings.cms_timeout_seconds:g} s "
+                    f"({attempt} attempt(s))"
+                )
+                cause: BaseException = e
+            except httpx.TransportError as e:
+                failure = CmsUnavailableError(
+                    f"could not reach Blue Button at {settings.cms_origin} "
+                    f"({type(e).__name__}, {attempt} attempt(s))",
+                    transient=True,
+                )
+                cause = e
+            else:
+                if response.status_code == 200:
+                    try:
+                        return parse_bundle(response)
+                    except CmsProtocolError as e:
+                        failure, cause = e, e
+                elif response.status_code in RETRYABLE_STATUSES:
+                    failure = _status_error(response, attempt)
+                    cause = failure
+                    retry_after = retry_after_seconds(response)
+                else:
+                    raise _status_error(response, attempt)
+            delay = backoff_delay(attempt, settings.cms_retry_backoff_seconds)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+            if attempt == attempts or time.monotonic() + delay > deadline:
+                raise failure from cause
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def next_link(page: Page) -> str | None:
+    for link in page.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
+
+
+def parse_bundle(response: httpx.Response) -> Page:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as e:
+        raise CmsProtocolError("Blue Button answered 200 with a body that is not JSON") from e
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        kind = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
+        raise CmsProtocolError(f"Blue Button answered 200 with {kind!s}, not a FHIR Bundle")
+    entries = body.get("entry", [])
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("resource"), dict) for e in entries
+    ):
+        raise CmsProtocolError("Blue Button's Bundle has entries without a resource")
+    return body
+
+
+def _status_error(response: httpx.Response, attempt: int) -> CmsError:
+    status = response.status_code
+    detail = cms_detail(response)
+    if status == 401:
+        return CmsUnauthorizedError(
+            "Blue Button refused the access token: it is expired or revoked, or the beneficiary's "
+            "grant has ended. Refresh it (POST /bluebutton/refresh) or re-authorize "
+            "(GET /bluebutton/authorize).",
+            upstream_status=status,
+            detail=detail,
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if status == 403:
+        return CmsForbiddenError(
+            "Blue Button refused access: the token lacks the scope for this resource (a "
+            "beneficiary who declined to share demographic data gives no patient/Patient.read, so "
+            "Patient is refused while Coverage and ExplanationOfBenefit still work), or `patient` "
+            "is not the token's beneficiary (omit it, or use the token response's `patient`).",
+            upstream_status=status,
+            detail=detail,
+        )
+    if status == 404:
+        return CmsNotFoundError(
+            "Blue Button found no such resource for this beneficiary", upstream_status=status,
+            detail=detail,
+        )
+    if status == 429:
+        return rate_limited(
+            f"Blue Button is rate-limiting this token ({attempt} attempt(s)); retry later",
+            retry_after_seconds(response),
+            detail,
+        )
+    if status == 400:
+        return CmsBadRequestError(
+            "Blue Button rejected the search", upstream_status=status, detail=detail
+        )
+    return CmsUnavailableError(
+        f"Blue Button failed with HTTP {status} ({attempt} attempt(s))",
+        upstream_status=status,
+        detail=detail,
+        transient=status >= 500,
+    )

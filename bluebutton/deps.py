@@ -1,0 +1,72 @@
+"""Request dependencies: lifespan state and the caller's bearer token, as Annotated aliases."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bluebutton.cms import CmsClient
+from bluebutton.errors import MissingTokenError
+from bluebutton.fhir import Validator
+from bluebutton.lfh import LfhClient
+from bluebutton.settings import Settings
+
+# RFC 6750 §2.1 b64token.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_MAX_TOKEN = 4096
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="BlueButtonToken",
+    description="A Blue Button 2.0 access token (from /bluebutton/authorize or the CMS sandbox).",
+)
+
+
+def get_settings(request: Request) -> Settings:
+    return cast(Settings, request.state.settings)
+
+
+def get_cms(request: Request) -> CmsClient:
+    return cast(CmsClient, request.state.cms)
+
+
+def get_lfh(request: Request) -> LfhClient:
+    return cast(LfhClient, request.state.lfh)
+
+
+def get_validator(request: Request) -> Validator:
+    return cast(Validator, request.state.validator)
+
+
+def bearer_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The caller's Blue Button access token, passed on to CMS unchanged."""
+    if credentials is None:
+        if request.headers.get("Authorization"):
+            raise MissingTokenError(
+                "The Authorization header is not 'Bearer <token>'. Send the Blue Button access "
+                "token as 'Authorization: Bearer <token>'."
+            )
+        raise MissingTokenError(
+            "No Blue Button access token. Send 'Authorization: Bearer <token>' (in Swagger UI: "
+            "the Authorize button); get a token from GET /bluebutton/authorize."
+        )
+    token = credentials.credentials
+    if len(token) > _MAX_TOKEN or not _B64TOKEN.fullmatch(token):
+        raise MissingTokenError(
+            "The bearer token is malformed (RFC 6750 allows letters, digits and -._~+/ "
+            "followed by optional '='). Paste the access_token value exactly."
+        )
+    return token
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CmsDep = Annotated[CmsClient, Depends(get_cms)]
+LfhDep = Annotated[LfhClient, Depends(get_lfh)]
+ValidatorDep = Annotated[Validator, Depends(get_validator)]
+BearerTokenDep = Annotated[str, Depends(bearer_token)]

@@ -1,0 +1,163 @@
+"""FHIR R4 validation of CMS data with fhir.resources (the only import of `fhir.resources.R4B`).
+
+Validation is CPU-bound (about 10 ms per claim) and pydantic holds the GIL, so it runs entry by
+entry in a process pool: the event loop keeps answering while a large pull is checked. Workers get
+compact JSON bytes, not pickled dicts, and pause the garbage collector while they work, since the
+models allocate many short-lived objects and collections only cost time here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
+
+import orjson
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.bundle import Bundle, BundleEntry
+from fhir.resources.R4B.coverage import Coverage
+from fhir.resources.R4B.explanationofbenefit import ExplanationOfBenefit
+from fhir.resources.R4B.patient import Patient
+
+from bluebutton.errors import Issue
+
+# Imported above so forked workers start with the models built; listed for the lookup below.
+MODELS: dict[str, type[Any]] = {
+    "Bundle": Bundle,
+    "Patient": Patient,
+    "Coverage": Coverage,
+    "ExplanationOfBenefit": ExplanationOfBenefit,
+}
+CHUNK_ENTRIES = 10
+MAX_ISSUES = 500
+
+# (entry index, "Type/id", FHIRPath-like element path, message)
+Problem = tuple[int, str, str, str]
+
+
+def _model_for(resource_type: object) -> type[Any] | None:
+    if not isinstance(resource_type, str):
+        return None
+    model = MODELS.get(resource_type)
+    if model is None:
+        try:
+            model = get_fhir_model_class(resource_type)
+        except (KeyError, ValueError):
+            return None
+    return model
+
+
+def _element_path(prefix: str, loc: Sequence[int | str]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _problems(error: pydantic.ValidationError, index: int, ref: str, prefix: str) -> list[Problem]:
+    return [
+        (index, ref, _element_path(prefix, err["loc"]), err["msg"])
+        for err in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def validate_entries(payload: bytes, first_index: int) -> list[Problem]:
+    """Validate a JSON array of Bundle entries; runs in a worker process."""
+    entries = orjson.loads(payload)
+    problems: list[Problem] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for offset, entry in enumerate(entries):
+            index = first_index + offset
+            resource = entry.get("resource") or {}
+            resource_type = resource.get("resourceType")
+            ref = f"{resource_type}/{resource.get('id', '?')}"
+            prefix = f"Bundle.entry[{index}]"
+            shell = {k: v for k, v in entry.items() if k != "resource"}
+            try:
+                BundleEntry.model_validate(shell)
+            except pydantic.ValidationError as e:
+                problems += _problems(e, index, ref, prefix)
+            model = _model_for(resource_type)
+            if model is None:
+                problems.append(
+                    (index, ref, f"{prefix}.resource.resourceType",
+                     f"unknown FHIR R4 resource type {str(resource_type)[:64]!r}")
+                )
+                continue
+            try:
+                model.model_validate(resource)
+            except pydantic.ValidationError as e:
+                problems += _problems(e, index, ref, f"{prefix}.resource")
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return problems
+
+
+def validate_shell(bundle: dict[str, Any]) -> list[Problem]:
+    """Validate the merged Bundle without its entries (checked separately, in chunks)."""
+    try:
+        Bundle.model_validate({k: v for k, v in bundle.items() if k != "entry"})
+    except pydantic.ValidationError as e:
+        return _problems(e, -1, "Bundle", "Bundle")
+    return []
+
+
+def problems_to_issues(problems: list[Problem]) -> list[Issue]:
+    """One issue per problem, naming the entry (index and resource id) and the element."""
+    issues = [
+        Issue(
+            f"entry {index} ({ref}) at {path}: {message}" if index >= 0 else f"{path}: {message}",
+            code="structure",
+            expression=(path,),
+        )
+        for index, ref, path, message in problems[:MAX_ISSUES]
+    ]
+    if len(problems) > MAX_ISSUES:
+        issues.append(Issue(f"... and {len(problems) - MAX_ISSUES} more problems", "structure"))
+    return issues
+
+
+def _warm_up() -> None:
+    """Worker initializer: touch the models so the first real task is not slower."""
+    for model in MODELS.values():
+        model.model_fields  # noqa: B018
+
+
+class Validator:
+    """Validates entries off the event loop in a process pool sized by the settings."""
+
+    def __init__(self, workers: int, executor: Executor | None = None) -> None:
+        if executor is None:
+            # forkserver: workers fork from a clean server that imported this module (and the
+            # models) once, not from the threaded, socket-holding service process.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
+            executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_warm_up
+            )
+        self._executor = executor
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, entry_bytes: Sequence[bytes], first_index: int) -> asyncio.Future[list[Problem]]:
+        """Start validating consecutive entries (compact JSON each) from `first_index` on."""
+        payload = b"[" + b",".join(entry_bytes) + b"]"
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
+
+    async def validate(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> list[Problem]:
+        """Validate entries in chunks spread over the workers; problems in entry order."""
+        futures = [
+            self.submit(entry_bytes[start : start + CHUNK_ENTRIES], first_index + start)
+            for start in range(0, len(entry_bytes), CHUNK_ENTRIES)
+        ]
+        results = await asyncio.gather(*futures)
+        return [problem for chunk in results for problem in chunk]

@@ -1,0 +1,48 @@
+"""Outbound HTTP: TLS trust built once, and the httpx client every upstream client starts from.
+
+Verification is always on; `BLUEBUTTON_CA_FILE` can only add trust (e.g. connect's mkcert root or
+the sandbox CA), never remove it.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+
+import certifi
+import httpx
+
+from bluebutton import __version__
+from bluebutton.settings import Settings
+
+USER_AGENT = f"bluebutton/{__version__} (+https://github.com/bluebutton-connector)"
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The system trust store plus certifi's bundle plus `BLUEBUTTON_CA_FILE`, if set."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=certifi.where())
+    if settings.ca_file is not None:
+        context.load_verify_locations(cafile=str(settings.ca_file))
+    return context
+
+
+def build_client(
+    *, base_url: str, context: ssl.SSLContext, timeout: float, max_connections: int = 20
+) -> httpx.AsyncClient:
+    """A shared client for one upstream: explicit timeouts, no redirects (a token never follows)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        verify=context,
+        timeout=httpx.Timeout(timeout, connect=10.0),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+def backoff_delay(attempt: int, base: float, cap: float = 10.0) -> float:
+    """Exponential backoff with full jitter (attempt 1 → up to `base`, doubling, capped)."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))  # noqa: S311 - jitter, not crypto

@@ -1,0 +1,172 @@
+"""One `GET /bluebutton/fhir`: pull every page, merge, validate, split, forward, answer.
+
+Order matters: everything is validated before the first byte goes to connect, so an invalid
+claim never leaves half a beneficiary stored; and if connect fails midway, the answer says exactly
+which pieces it stored and which entries it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from bluebutton.bundles import BundleHeader, Piece, split_entries
+from bluebutton.cms import CmsClient
+from bluebutton.errors import BundleInvalidError, Issue, LfhError, PartialForwardError
+from bluebutton.fhir import Problem, Validator, problems_to_issues, validate_shell
+from bluebutton.lfh import LfhClient, StoredRecord
+from bluebutton.query import FhirQuery
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass
+class Pulled:
+    """A validated pull: each entry as compact JSON, and the merged Bundle's header."""
+
+    entries: list[bytes]
+    header: BundleHeader
+    pages: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def merged(self) -> bytes:
+        return self.header.wrap(self.entries)
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validator) -> Pulled:
+    """Fetch every page and validate each entry, starting on a page as soon as it arrives."""
+    started = time.perf_counter()
+    entries: list[bytes] = []
+    checks: list[asyncio.Future[list[Problem]]] = []
+    pages = 0
+    try:
+        async for page in cms.iter_pages(query.resource_type, query.cms_params(), token):
+            pages += 1
+            fresh = [orjson.dumps(entry) for entry in page.get("entry", [])]
+            if fresh:
+                checks.append(validator.submit(fresh, len(entries)))
+                entries += fresh
+        fetched = time.perf_counter()
+        header = BundleHeader.fresh(total=len(entries))
+        problems = validate_shell(header.as_dict())
+        for chunk in await asyncio.gather(*checks):
+            problems += chunk
+    finally:
+        for check in checks:
+            check.cancel()
+    validated = time.perf_counter()
+    if problems:
+        raise BundleInvalidError(
+            f"{len(problems)} problem(s) in the {query.resource_type} data from Blue Button",
+            issues=[
+                Issue(
+                    f"The {query.resource_type} Bundle from Blue Button is not valid FHIR R4, so "
+                    "nothing was sent to LinuxForHealth connect (which would refuse it).",
+                    code="invalid",
+                ),
+                *problems_to_issues(problems),
+            ],
+        )
+    return Pulled(
+        entries, header, pages,
+        {"fetch": fetched - started, "validate": validated - fetched},
+    )
+
+
+async def forward(pulled: Pulled, lfh: LfhClient, limit: int) -> list[tuple[Piece, StoredRecord]]:
+    """POST the pieces in order; on a failure, report what is stored and what is not."""
+    pieces = split_entries(pulled.entries, limit, pulled.header)
+    stored: list[tuple[Piece, StoredRecord]] = []
+    for number, piece in enumerate(pieces, start=1):
+        try:
+            stored.append((piece, await lfh.post_bundle(piece.body)))
+        except LfhError as e:
+            if not stored:
+                raise
+            raise _partial_failure(pieces, stored, number, e) from e
+    return stored
+
+
+def _partial_failure(
+    pieces: list[Piece], stored: list[tuple[Piece, StoredRecord]], failed: int, cause: LfhError
+) -> PartialForwardError:
+    count = len(pieces)
+    issues = [
+        Issue(
+            f"stored: Bundle {n} of {count}, entries {piece.start}-{piece.stop - 1}, "
+            f"uuid {record.uuid}, data_record_location {record.location}",
+            code="informational", severity="information",
+        )
+        for n, (piece, record) in enumerate(stored, start=1)
+    ]
+    first_lost = pieces[failed - 1].start
+    issues.append(
+        Issue(
+            f"not stored: entries {first_lost}-{pieces[-1].stop - 1} (Bundles {failed}-{count} "
+            f"of {count}); Bundle {failed} failed: {cause.issues()[0].diagnostics}",
+            code="incomplete",
+        )
+    )
+    return PartialForwardError(
+        f"LinuxForHealth connect stored {len(stored)} of {count} Bundles; entries "
+        f"{first_lost}-{pieces[-1].stop - 1} were not stored. Re-run the request, or resend "
+        "from the reported entry on, to complete the transfer",
+        upstream_status=cause.upstream_status,
+        extra_issues=issues,
+        headers=_record_headers([record for _, record in stored]),
+    )
+
+
+def _record_headers(records: list[StoredRecord]) -> dict[str, str]:
+    return {
+        "X-LFH-Bundle-Count": str(len(records)),
+        "X-LFH-Record-UUIDs": ",".join(r.uuid for r in records),
+        "X-LFH-Data-Record-Locations": ",".join(r.location for r in records),
+    }
+
+
+def envelopes_answer(stored: list[tuple[Piece, StoredRecord]], total: int) -> bytes:
+    """connect's envelope unchanged for one Bundle; the documented aggregate for several."""
+    if len(stored) == 1:
+        return stored[0][1].envelope
+    parts = [
+        b'{"first_entry":%d,"entry_count":%d,"envelope":%s}'
+        % (piece.start, piece.stop - piece.start, record.envelope)
+        for piece, record in stored
+    ]
+    return b'{"bundle_count":%d,"entry_count":%d,"bundles":[%s]}' % (
+        len(stored), total, b",".join(parts),
+    )
+
+
+async def transfer(
+    query: FhirQuery, token: str, cms: CmsClient, validator: Validator, lfh: LfhClient,
+    limit: int,
+) -> Answer:
+    pulled = await pull(query, token, cms, validator)
+    started = time.perf_counter()
+    stored = await forward(pulled, lfh, limit)
+    pulled.timings["forward"] = time.perf_counter() - started
+    logger.info(
+        "transferred %s: %d entries in %d page(s) as %d Bundle(s); fetch %.3fs validate %.3fs "
+        "forward %.3fs",
+        query.resource_type, len(pulled.entries), pulled.pages, len(stored),
+        pulled.timings["fetch"], pulled.timings["validate"], pulled.timings["forward"],
+    )
+    headers = _record_headers([record for _, record in stored])
+    if query.return_cms:
+        return Answer(pulled.merged(), FHIR_JSON, headers)
+    return Answer(envelopes_answer(stored, len(pulled.entries)), "application/json", headers)

@@ -1,0 +1,43 @@
+"""Response shapes for the OpenAPI document: the error body and the multi-Bundle aggregate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from bluebutton.lfh import LfhEnvelope
+
+
+class OutcomeIssue(BaseModel):
+    severity: Literal["fatal", "error", "warning", "information"]
+    code: str = Field(description="FHIR issue-type code, e.g. invalid, login, throttled")
+    diagnostics: str = Field(description="What was wrong and what to do")
+    expression: list[str] | None = Field(
+        default=None, description="Where: a query parameter or an element path"
+    )
+
+
+class OperationOutcome(BaseModel):
+    """Every error of this API, FastAPI's own 422s included."""
+
+    resourceType: Literal["OperationOutcome"] = "OperationOutcome"
+    issue: list[OutcomeIssue]
+
+
+class ForwardedBundle(BaseModel):
+    first_entry: int = Field(description="Index in the merged Bundle of this piece's first entry")
+    entry_count: int
+    envelope: LfhEnvelope = Field(description="connect's envelope for this piece, unchanged")
+
+
+class ForwardedBundles(BaseModel):
+    """The answer when the pull needed several connect-sized Bundles, in order."""
+
+    bundle_count: int
+    entry_count: int
+    bundles: list[ForwardedBundle]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
