@@ -21,7 +21,9 @@ from bluebutton.cms import CmsClient
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
 from bluebutton.lfh import LfhClient
-from bluebutton.outbound import build_ssl_context
+from bluebutton.oauth import OAuthClient
+from bluebutton.outbound import build_client, build_ssl_context
+from bluebutton.pending import open_store
 from bluebutton.routes import router
 from bluebutton.settings import Settings
 from bluebutton.state import State
@@ -88,8 +90,7 @@ class RequestLog:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -99,13 +100,18 @@ class RequestLog:
             if not response_started:
                 response = outcome(
                     [Issue(f"Internal error; quote request id {request_id} when reporting it.")],
-                    500, {"X-Request-ID": request_id},
+                    500,
+                    {"X-Request-ID": request_id},
                 )
                 await response(scope, receive, send)
         finally:
             logger.info(
-                "%s %s %d %.1fms id=%s", scope["method"], scope["path"], status,
-                (time.perf_counter() - started) * 1000, request_id,
+                "%s %s %d %.1fms id=%s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                request_id,
             )
 
 
@@ -113,14 +119,28 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         context = build_ssl_context(settings)
-        cms = CmsClient.create(settings, context)
+        cms_http = build_client(
+            base_url=settings.cms_origin,
+            context=context,
+            timeout=settings.cms_timeout_seconds,
+            max_connections=max(8, settings.cms_fetch_concurrency * 2),
+        )
         lfh = LfhClient.create(settings, context)
+        pending = open_store(settings.state_store)
         validator = Validator(settings.validation_workers)
         try:
-            yield State(settings=settings, cms=cms, lfh=lfh, validator=validator)
+            yield State(
+                settings=settings,
+                cms=CmsClient(settings, cms_http),
+                lfh=lfh,
+                validator=validator,
+                oauth=OAuthClient(settings, cms_http),
+                pending=pending,
+            )
         finally:
-            await cms.aclose()
+            await cms_http.aclose()
             await lfh.aclose()
+            await pending.aclose()
             validator.close()
 
     app = FastAPI(

@@ -63,9 +63,7 @@ class Piece:
     body: bytes
 
 
-def split_entries(
-    entries: Sequence[bytes], limit: int, merged: BundleHeader
-) -> list[Piece]:
+def split_entries(entries: Sequence[bytes], limit: int, merged: BundleHeader) -> list[Piece]:
     """Cut the entries, in order and never inside one, into as few Bundles under `limit` as fit.
 
     Greedy packing is optimal here: with the order fixed, closing a piece later never forces more

@@ -26,13 +26,14 @@ from bluebutton.errors import (
     CmsUnavailableError,
     rate_limited,
 )
-from bluebutton.outbound import backoff_delay, build_client
+from bluebutton.outbound import backoff_delay
 from bluebutton.settings import Settings
 
 # GETs are idempotent: these answers (and transport failures) are worth another try.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_RETRY_AFTER = 60.0
+FHIR_JSON = "application/fhir+json"
 
 Page = dict[str, Any]
 
@@ -76,20 +77,6 @@ class CmsClient:
         self._client = client
         self._base = httpx.URL(settings.cms_fhir_base)
 
-    @classmethod
-    def create(cls, settings: Settings, context: Any) -> CmsClient:
-        client = build_client(
-            base_url=settings.cms_fhir_base,
-            context=context,
-            timeout=settings.cms_timeout_seconds,
-            max_connections=max(8, settings.cms_fetch_concurrency * 2),
-        )
-        client.headers["Accept"] = "application/fhir+json"
-        return cls(settings, client)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
     def check_link(self, url: str) -> httpx.URL:
         """Refuse a paging link that leaves the CMS origin or its FHIR base path."""
         try:
@@ -118,9 +105,7 @@ class CmsClient:
                 return
             link = self.check_link(next_url)
             if str(link) in seen:
-                raise CmsProtocolError(
-                    "Blue Button's paging links repeat; stopped to avoid an endless pull"
-                )
+                raise CmsProtocolError("Blue Button's paging links repeat; stopped to avoid an endless pull")
             seen.add(str(link))
             url, query = link, None
         raise CmsProtocolError(
@@ -139,7 +124,9 @@ class CmsClient:
             retry_after: float | None = None
             try:
                 response = await self._client.get(
-                    url, params=params, headers={"Authorization": f"Bearer {token}"}
+                    url,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}", "Accept": FHIR_JSON},
                 )
             except httpx.TimeoutException as e:
                 failure: CmsError = CmsTimeoutError(
@@ -222,7 +209,8 @@ def _status_error(response: httpx.Response, attempt: int) -> CmsError:
         )
     if status == 404:
         return CmsNotFoundError(
-            "Blue Button found no such resource for this beneficiary", upstream_status=status,
+            "Blue Button found no such resource for this beneficiary",
+            upstream_status=status,
             detail=detail,
         )
     if status == 429:
@@ -232,9 +220,7 @@ def _status_error(response: httpx.Response, attempt: int) -> CmsError:
             detail,
         )
     if status == 400:
-        return CmsBadRequestError(
-            "Blue Button rejected the search", upstream_status=status, detail=detail
-        )
+        return CmsBadRequestError("Blue Button rejected the search", upstream_status=status, detail=detail)
     return CmsUnavailableError(
         f"Blue Button failed with HTTP {status} ({attempt} attempt(s))",
         upstream_status=status,

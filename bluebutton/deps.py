@@ -12,6 +12,8 @@ from bluebutton.cms import CmsClient
 from bluebutton.errors import MissingTokenError
 from bluebutton.fhir import Validator
 from bluebutton.lfh import LfhClient
+from bluebutton.oauth import OAuthClient
+from bluebutton.pending import PendingStore
 from bluebutton.settings import Settings
 
 # RFC 6750 §2.1 b64token.
@@ -39,6 +41,14 @@ def get_lfh(request: Request) -> LfhClient:
 
 def get_validator(request: Request) -> Validator:
     return cast(Validator, request.state.validator)
+
+
+def get_oauth(request: Request) -> OAuthClient:
+    return cast(OAuthClient, request.state.oauth)
+
+
+def get_pending(request: Request) -> PendingStore:
+    return cast(PendingStore, request.state.pending)
 
 
 def bearer_token(
@@ -70,3 +80,5 @@ CmsDep = Annotated[CmsClient, Depends(get_cms)]
 LfhDep = Annotated[LfhClient, Depends(get_lfh)]
 ValidatorDep = Annotated[Validator, Depends(get_validator)]
 BearerTokenDep = Annotated[str, Depends(bearer_token)]
+OAuthDep = Annotated[OAuthClient, Depends(get_oauth)]
+PendingDep = Annotated[PendingStore, Depends(get_pending)]

@@ -56,8 +56,9 @@ class BlueButtonError(Exception):
     status_code = 500
     code = "exception"
 
-    def __init__(self, message: str, *, issues: list[Issue] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, issues: list[Issue] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.extra_issues = issues or []

@@ -86,8 +86,12 @@ def validate_entries(payload: bytes, first_index: int) -> list[Problem]:
             model = _model_for(resource_type)
             if model is None:
                 problems.append(
-                    (index, ref, f"{prefix}.resource.resourceType",
-                     f"unknown FHIR R4 resource type {str(resource_type)[:64]!r}")
+                    (
+                        index,
+                        ref,
+                        f"{prefix}.resource.resourceType",
+                        f"unknown FHIR R4 resource type {str(resource_type)[:64]!r}",
+                    )
                 )
                 continue
             try:
@@ -139,9 +143,7 @@ class Validator:
             # models) once, not from the threaded, socket-holding service process.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
-            executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_warm_up
-            )
+            executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_up)
         self._executor = executor
 
     def close(self) -> None:

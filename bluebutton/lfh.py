@@ -70,8 +70,9 @@ def _detail(response: httpx.Response) -> str:
 
 
 class LfhClient:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient,
-                 rate_limit_wait: float = RATE_LIMIT_WAIT_SECONDS) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, rate_limit_wait: float = RATE_LIMIT_WAIT_SECONDS
+    ) -> None:
         self._settings = settings
         self._client = client
         self._rate_limit_wait = rate_limit_wait
@@ -79,7 +80,9 @@ class LfhClient:
     @classmethod
     def create(cls, settings: Settings, context: Any) -> LfhClient:
         client = build_client(
-            base_url=settings.lfh_origin, context=context, timeout=settings.lfh_timeout_seconds,
+            base_url=settings.lfh_origin,
+            context=context,
+            timeout=settings.lfh_timeout_seconds,
             max_connections=4,
         )
         return cls(settings, client)
@@ -95,7 +98,8 @@ class LfhClient:
         while True:
             try:
                 response = await self._client.post(
-                    "/fhir/Bundle", content=body,
+                    "/fhir/Bundle",
+                    content=body,
                     headers={"Content-Type": "application/fhir+json"},
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
@@ -113,7 +117,8 @@ class LfhClient:
                     f"LinuxForHealth connect did not answer within "
                     f"{self._settings.lfh_timeout_seconds:g} s; the Bundle may or may not have "
                     "been stored",
-                    status_code=504, code="timeout",
+                    status_code=504,
+                    code="timeout",
                 ) from e
             except httpx.TransportError as e:
                 raise LfhError(

@@ -35,9 +35,7 @@ def build_client(
         base_url=base_url,
         verify=context,
         timeout=httpx.Timeout(timeout, connect=10.0),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )

@@ -81,7 +81,9 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
             ],
         )
     return Pulled(
-        entries, header, pages,
+        entries,
+        header,
+        pages,
         {"fetch": fetched - started, "validate": validated - fetched},
     )
 
@@ -108,7 +110,8 @@ def _partial_failure(
         Issue(
             f"stored: Bundle {n} of {count}, entries {piece.start}-{piece.stop - 1}, "
             f"uuid {record.uuid}, data_record_location {record.location}",
-            code="informational", severity="information",
+            code="informational",
+            severity="information",
         )
         for n, (piece, record) in enumerate(stored, start=1)
     ]
@@ -148,12 +151,18 @@ def envelopes_answer(stored: list[tuple[Piece, StoredRecord]], total: int) -> by
         for piece, record in stored
     ]
     return b'{"bundle_count":%d,"entry_count":%d,"bundles":[%s]}' % (
-        len(stored), total, b",".join(parts),
+        len(stored),
+        total,
+        b",".join(parts),
     )
 
 
 async def transfer(
-    query: FhirQuery, token: str, cms: CmsClient, validator: Validator, lfh: LfhClient,
+    query: FhirQuery,
+    token: str,
+    cms: CmsClient,
+    validator: Validator,
+    lfh: LfhClient,
     limit: int,
 ) -> Answer:
     pulled = await pull(query, token, cms, validator)
@@ -161,10 +170,14 @@ async def transfer(
     stored = await forward(pulled, lfh, limit)
     pulled.timings["forward"] = time.perf_counter() - started
     logger.info(
-        "transferred %s: %d entries in %d page(s) as %d Bundle(s); fetch %.3fs validate %.3fs "
-        "forward %.3fs",
-        query.resource_type, len(pulled.entries), pulled.pages, len(stored),
-        pulled.timings["fetch"], pulled.timings["validate"], pulled.timings["forward"],
+        "transferred %s: %d entries in %d page(s) as %d Bundle(s); fetch %.3fs validate %.3fs forward %.3fs",
+        query.resource_type,
+        len(pulled.entries),
+        pulled.pages,
+        len(stored),
+        pulled.timings["fetch"],
+        pulled.timings["validate"],
+        pulled.timings["forward"],
     )
     headers = _record_headers([record for _, record in stored])
     if query.return_cms:

@@ -110,9 +110,7 @@ class FhirQuery(BaseModel):
         if self.resource_type != "ExplanationOfBenefit":
             used = [n for n in ("type", "service_date") if getattr(self, n)]
             if used:
-                raise ValueError(
-                    f"{' and '.join(used)} only apply to resource_type=ExplanationOfBenefit"
-                )
+                raise ValueError(f"{' and '.join(used)} only apply to resource_type=ExplanationOfBenefit")
         return self
 
     def cms_params(self) -> list[tuple[str, str]]:

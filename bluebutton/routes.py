@@ -4,14 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from bluebutton import pipeline
-from bluebutton.deps import BearerTokenDep, CmsDep, LfhDep, SettingsDep, ValidatorDep
+from bluebutton.deps import (
+    BearerTokenDep,
+    CmsDep,
+    LfhDep,
+    OAuthDep,
+    PendingDep,
+    SettingsDep,
+    ValidatorDep,
+)
+from bluebutton.errors import OAuthError
 from bluebutton.lfh import LfhEnvelope
+from bluebutton.oauth import callback_error, new_pending_authorization
+from bluebutton.pages import callback_page
 from bluebutton.query import FhirQuery
-from bluebutton.schemas import ForwardedBundles, Health, OperationOutcome
+from bluebutton.schemas import (
+    AuthorizeLink,
+    ForwardedBundles,
+    Health,
+    OperationOutcome,
+    RefreshRequest,
+    RevokeRequest,
+    TokenResponse,
+)
 
 router = APIRouter()
 
@@ -50,13 +69,14 @@ stored; an invalid Bundle (422) is never forwarded."""
             "description": "Stored in connect",
             "content": {
                 "application/json": {
-                    "schema": {"oneOf": [
-                        {"$ref": "#/components/schemas/LfhEnvelope"},
-                        {"$ref": "#/components/schemas/ForwardedBundles"},
-                    ]}
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/LfhEnvelope"},
+                            {"$ref": "#/components/schemas/ForwardedBundles"},
+                        ]
+                    }
                 },
-                "application/fhir+json": {"schema": {"type": "object",
-                                                      "description": "FHIR R4 Bundle"}},
+                "application/fhir+json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}},
             },
         },
         **_errors(400, 401, 403, 404, 422, 429, 500, 502, 504),
@@ -71,7 +91,87 @@ async def fetch_fhir(
     lfh: LfhDep,
     validator: ValidatorDep,
 ) -> Response:
-    answer = await pipeline.transfer(
-        query, token, cms, validator, lfh, settings.lfh_max_bundle_bytes
-    )
+    answer = await pipeline.transfer(query, token, cms, validator, lfh, settings.lfh_max_bundle_bytes)
     return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept.split(";", 1)[0] or accept.startswith("text/html")
+
+
+@router.get(
+    "/bluebutton/authorize",
+    tags=["oauth"],
+    summary="Start authorizing with Blue Button (state + PKCE S256)",
+    response_model=AuthorizeLink,
+    responses={307: {"description": "Browsers are redirected to CMS"}, **_errors(503)},
+)
+async def authorize(
+    request: Request, settings: SettingsDep, oauth: OAuthDep, pending: PendingDep
+) -> Response | AuthorizeLink:
+    """Browsers go straight to CMS; API clients (Swagger) get the URL to open."""
+    authorization = new_pending_authorization()
+    url = oauth.authorization_url(authorization)
+    await pending.put(authorization, settings.state_ttl_seconds)
+    if _wants_html(request):
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return AuthorizeLink(authorize_url=url, expires_in=settings.state_ttl_seconds)
+
+
+@router.get(
+    "/bluebutton/authorize_callback",
+    tags=["oauth"],
+    summary="CMS redirects the browser here with a code (or an error)",
+    response_model=TokenResponse,
+    responses={200: {"content": {"text/html": {}}}, **_errors(400, 403, 502, 503)},
+)
+async def authorize_callback(
+    request: Request,
+    oauth: OAuthDep,
+    pending: PendingDep,
+    code: Annotated[str | None, Query(max_length=2048)] = None,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    error: Annotated[str | None, Query(max_length=128)] = None,
+    error_description: Annotated[str | None, Query(max_length=1024)] = None,
+) -> Response | TokenResponse:
+    authorization = await pending.take(state) if state else None
+    if error is not None:
+        raise callback_error(error, error_description)
+    if authorization is None:
+        raise OAuthError(
+            "Unknown, expired (10 minutes) or already used state: this callback does not belong "
+            "to an authorization this service started. Start again at GET /bluebutton/authorize."
+        )
+    if not code:
+        raise OAuthError("The callback has no code. Start again at GET /bluebutton/authorize.")
+    tokens = await oauth.exchange_code(code, authorization.verifier)
+    if _wants_html(request):
+        html, headers = callback_page(tokens)
+        return HTMLResponse(html, headers=headers)
+    return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
+
+
+@router.post(
+    "/bluebutton/refresh",
+    tags=["oauth"],
+    summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
+    response_model=TokenResponse,
+    responses=_errors(401, 422, 502, 503),
+)
+async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
+    tokens = await oauth.refresh(body.refresh_token)
+    return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
+
+
+@router.post(
+    "/bluebutton/revoke",
+    tags=["oauth"],
+    summary="Revoke an access or refresh token (RFC 7009)",
+    status_code=204,
+    response_class=Response,
+    responses=_errors(422, 502, 503),
+)
+async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
+    await oauth.revoke(body.token)
+    return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""Response shapes for the OpenAPI document: the error body and the multi-Bundle aggregate."""
+"""Request and response shapes of the HTTP API, for validation and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -41,3 +41,27 @@ class ForwardedBundles(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+class AuthorizeLink(BaseModel):
+    authorize_url: str
+    expires_in: int = Field(description="Seconds this authorization stays open (its state expires)")
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class RevokeRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=4096)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str | None
+    token_type: str
+    expires_in: int
+    expires_at: str = Field(description="When the access token expires (UTC, computed)")
+    scope: list[str]
+    patient: str | None
+    access_grant_expiration: str | None

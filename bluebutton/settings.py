@@ -16,15 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CERT_DIR = Path(__file__).resolve().parent.parent / "local-certs"
 
-DEFAULT_SCOPES = (
-    "openid profile patient/Patient.read patient/Coverage.read patient/ExplanationOfBenefit.read"
-)
+DEFAULT_SCOPES = "openid profile patient/Patient.read patient/Coverage.read patient/ExplanationOfBenefit.read"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="BLUEBUTTON_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="BLUEBUTTON_", env_file=".env", extra="ignore", frozen=True)
 
     cms_base_url: HttpUrl = HttpUrl("https://sandbox.bluebutton.cms.gov")
     cms_api_version: Literal[2, 3] = 2

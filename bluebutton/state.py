@@ -7,6 +7,8 @@ from typing import TypedDict
 from bluebutton.cms import CmsClient
 from bluebutton.fhir import Validator
 from bluebutton.lfh import LfhClient
+from bluebutton.oauth import OAuthClient
+from bluebutton.pending import PendingStore
 from bluebutton.settings import Settings
 
 
@@ -15,3 +17,5 @@ class State(TypedDict):
     cms: CmsClient
     lfh: LfhClient
     validator: Validator
+    oauth: OAuthClient
+    pending: PendingStore
