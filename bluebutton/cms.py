@@ -34,6 +34,8 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_RETRY_AFTER = 60.0
 FHIR_JSON = "application/fhir+json"
+# How a v2 (`startIndex`) or v3 (`_offset`) paging link says where its page starts.
+INDEX_PARAMS = ("startIndex", "_offset")
 
 Page = dict[str, Any]
 
@@ -65,6 +67,21 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
+class Pacer:
+    """Shared by the requests of one pull: after a 429, none of them starts before it is time."""
+
+    def __init__(self) -> None:
+        self._resume_at = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
 
@@ -93,35 +110,100 @@ class CmsClient:
     async def iter_pages(
         self, resource_type: str, params: list[tuple[str, str]], token: str
     ) -> AsyncIterator[Page]:
-        """Yield every page of a search in CMS order, following `link[relation=next]`."""
+        """Yield every page of a search in CMS order.
+
+        After the first page has told the `total`, the remaining pages are asked for at once by
+        index (`startIndex` in v2, `_offset` in v3), a few at a time; without a usable total or
+        index the pull follows `link[relation=next]` page by page.
+        """
+        pacer = Pacer()
         url: httpx.URL = self._base.join(resource_type)
-        query: list[tuple[str, str]] | None = params
+        first = await self.get_bundle(url, params, token, pacer)
+        yield first
         seen = {str(url.copy_merge_params(params))}
-        for _ in range(self._settings.cms_max_pages):
-            page = await self.get_bundle(url, query, token)
-            yield page
-            next_url = next_link(page)
-            if next_url is None:
-                return
+        planned = self._plan_pages(first)
+        last = first
+        if planned:
+            for link in planned:
+                seen.add(str(link))
+            async for page in self._fetch_concurrently(planned, token, pacer):
+                last = page
+                yield page
+        pages = 1 + len(planned)
+        # Follow `next` from the last page we have (all of them, when there was no plan; any
+        # left over, when the search grew while we were pulling).
+        while (next_url := next_link(last)) is not None:
             link = self.check_link(next_url)
             if str(link) in seen:
                 raise CmsProtocolError("Blue Button's paging links repeat; stopped to avoid an endless pull")
             seen.add(str(link))
-            url, query = link, None
-        raise CmsProtocolError(
-            f"the search has more than {self._settings.cms_max_pages} pages "
-            "(BLUEBUTTON_CMS_MAX_PAGES); narrow it with type, service_date or last_updated"
-        )
+            pages += 1
+            self._check_page_count(pages)
+            last = await self.get_bundle(link, None, token, pacer)
+            yield last
+
+    def _check_page_count(self, pages: int) -> None:
+        if pages > self._settings.cms_max_pages:
+            raise CmsProtocolError(
+                f"the search has more than {self._settings.cms_max_pages} pages "
+                "(BLUEBUTTON_CMS_MAX_PAGES); narrow it with type, service_date or last_updated"
+            )
+
+    def _plan_pages(self, first: Page) -> list[httpx.URL]:
+        """The URLs of pages 2..n by index, or [] when the first page does not allow it."""
+        next_url = next_link(first)
+        total = first.get("total")
+        if next_url is None or not isinstance(total, int) or isinstance(total, bool):
+            return []
+        link = self.check_link(next_url)
+        names = [n for n in INDEX_PARAMS if n in link.params]
+        if len(names) != 1:
+            return []
+        try:
+            start = int(link.params[names[0]])
+            size = int(link.params.get("_count", len(first.get("entry", []))))
+        except ValueError:
+            return []
+        if size <= 0 or start <= 0 or start != len(first.get("entry", [])):
+            return []
+        indices = range(start, total, size)
+        self._check_page_count(1 + len(indices))
+        return [link.copy_set_param(names[0], str(index)) for index in indices]
+
+    async def _fetch_concurrently(
+        self, links: list[httpx.URL], token: str, pacer: Pacer
+    ) -> AsyncIterator[Page]:
+        """Fetch pages with bounded concurrency and yield them in order; any failure ends it."""
+        limit = asyncio.Semaphore(self._settings.cms_fetch_concurrency)
+
+        async def fetch(link: httpx.URL) -> Page:
+            async with limit:
+                return await self.get_bundle(link, None, token, pacer)
+
+        tasks = [asyncio.ensure_future(fetch(link)) for link in links]
+        try:
+            for task in tasks:
+                yield await task
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def get_bundle(
-        self, url: httpx.URL | str, params: list[tuple[str, str]] | None, token: str
+        self,
+        url: httpx.URL | str,
+        params: list[tuple[str, str]] | None,
+        token: str,
+        pacer: Pacer | None = None,
     ) -> Page:
         """GET one search page, retrying transient failures with backoff and `Retry-After`."""
         settings = self._settings
+        pacer = pacer or Pacer()
         deadline = time.monotonic() + settings.cms_retry_budget_seconds
         attempts = settings.cms_retry_attempts
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
+            await pacer.wait()
             try:
                 response = await self._client.get(
                     url,
@@ -158,6 +240,8 @@ class CmsClient:
                 delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
             if attempt == attempts or time.monotonic() + delay > deadline:
                 raise failure from cause
+            if retry_after is not None:
+                pacer.pause(delay)  # a 429 slows the whole pull, not just this page
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 OUT = Path(__file__).resolve().parent.parent / "local-certs"
-DNS_NAMES = ["localhost", "bluebutton"]
+DNS_NAMES = ["localhost", "bluebutton", "connect-sandbox"]
 IP_ADDRESSES = ["127.0.0.1", "::1"]
 CA_DAYS = 3650
 SERVER_DAYS = 3650
