@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,11 +56,19 @@ class BundleHeader:
 
 @dataclass(frozen=True)
 class Piece:
-    """A run of consecutive entries `[start, stop)` sent to connect as one Bundle."""
+    """A run of consecutive entries `[start, stop)` sent to connect as one Bundle.
+
+    The body is assembled when asked for, so only the piece being sent is held twice in memory.
+    """
 
     start: int
     stop: int
-    body: bytes
+    header: BundleHeader
+    entries: Sequence[bytes] = field(repr=False)
+
+    @property
+    def body(self) -> bytes:
+        return self.header.wrap(self.entries[self.start : self.stop])
 
 
 def split_entries(entries: Sequence[bytes], limit: int, merged: BundleHeader) -> list[Piece]:
@@ -71,7 +79,7 @@ def split_entries(entries: Sequence[bytes], limit: int, merged: BundleHeader) ->
     """
     whole = merged.overhead() + sum(len(e) for e in entries) + max(len(entries) - 1, 0)
     if whole <= limit:
-        return [Piece(0, len(entries), merged.wrap(entries))]
+        return [Piece(0, len(entries), merged, entries)]
     probe = BundleHeader.fresh(merged.total)
     overhead = probe.overhead()
     for index, entry in enumerate(entries):
@@ -92,8 +100,4 @@ def split_entries(entries: Sequence[bytes], limit: int, merged: BundleHeader) ->
         else:
             size += added
     bounds.append((start, len(entries)))
-    pieces = []
-    for a, b in bounds:
-        header = BundleHeader.fresh(merged.total)
-        pieces.append(Piece(a, b, header.wrap(entries[a:b])))
-    return pieces
+    return [Piece(a, b, BundleHeader.fresh(merged.total), entries) for a, b in bounds]
