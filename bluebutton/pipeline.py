@@ -180,6 +180,9 @@ async def transfer(
         pulled.timings["forward"],
     )
     headers = _record_headers([record for _, record in stored])
+    headers["Server-Timing"] = ", ".join(
+        f"{name};dur={seconds * 1000:.1f}" for name, seconds in pulled.timings.items()
+    )
     if query.return_cms:
         return Answer(pulled.merged(), FHIR_JSON, headers)
     return Answer(envelopes_answer(stored, len(pulled.entries)), "application/json", headers)

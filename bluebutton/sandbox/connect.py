@@ -1,0 +1,308 @@
+"""An offline LinuxForHealth connect 0.42.0, for the demo, end-to-end tests and the benchmark.
+
+The connector's only sink is connect's `POST /fhir/{resource_type}`. This emulator answers it the way
+the real one does (measured and read from source, see /work/shared/reference/lfh-connect.md), error
+cases included, because a permissive fake would hide exactly the bugs we need to catch:
+
+- FastAPI 0.78 body parsing: JSON when the content type is missing, `application/json` or
+  `application/*+json`; otherwise, or for malformed JSON, an empty body, `null` or a non-object, a
+  list-shaped 422; undecodable bytes 400; `/fhir/Bundle/` 307 to `/fhir/Bundle`.
+- connect's checks, in order: unknown type 404 `/<type> not found` (case-sensitive, any
+  fhir.resources model name), `resourceType` missing or different 422, invalid FHIR **500** with
+  pydantic's error text (input values left out).
+- Success is 200 with the 17-field envelope; `data` is the body re-serialised with `json.dumps`
+  defaults, base64; `data_record_location` is `FHIR-R4:0:<offset>`; `transmission_attributes` are
+  the headers minus `authorization` and `*password*`, `*pwd*`, `*token*`.
+- The Kafka record limit (§6): a record needs its JSON plus 36 bytes of Kafka framing within
+  `max_record_bytes` (librdkafka's `message.max.bytes`, 1,000,000), which reproduces the measured
+  boundary: envelopes of 999,964 bytes stored, 999,965 refused with 500 `Object of type Bundle is not
+  JSON serializable`.
+- slowapi's rate limit (§6): `rate_limit` requests per second per client IP and path, fixed window,
+  counted before anything else (404/422 answers count); over it 429
+  `{"error": "Rate limit exceeded: 10 per 1 second"}`, no `Retry-After`.
+- `GET /data?dataformat=&partition=&offset=` returns a stored envelope (delivery fields null, as in
+  Kafka); a missing or non-integer parameter is a list-shaped 422 (connect types `partition` and
+  `offset` as `int`), an unknown record 404. `GET /status` returns a status document. Records live
+  in SQLite (`connect_store`), so offsets carry on across restarts.
+
+Deviations, all harmless to the connector: FHIR validation uses fhir.resources 8 `R4B` (connect pins
+6.4.0, R4), so type names added in R4B are accepted and error texts differ in wording; `data` keeps
+the posted key order and values where connect re-serialises the validated model; `ipfs_uri` is null
+(no IPFS); `/data` takes 5 s and a Kafka error on nothing, here it is an immediate 404; `--no-tls`
+serves plain HTTP (connect itself is HTTPS only), for the benchmark.
+
+Test controls, on the same port with no auth (the emulator is meant for loopback only):
+
+- `GET /_sandbox/faults`, `PUT /_sandbox/faults` with a JSON object; a PUT replaces every switch and
+  omitted ones take their start-up value, so `PUT {}` resets:
+  `latency_ms` (delay every `POST /fhir` answer; a slow client may give up on a stored record),
+  `fail_next` (the next N Kafka writes fail: 500 `Object of type Bundle is not JSON serializable`,
+  nothing stored; requests refused before the write do not use one up), `fail_after` (N more
+  writes succeed, then all fail until reset; null = off),
+  `down` (every non-`/_sandbox` connection is dropped without an HTTP response: over a socket the
+  client sees a transport error; in-process, with no socket, the app raises ConnectionResetError),
+  `validate` (FHIR validation on/off) and `rate_limit` (per second, 0 = off).
+- `GET /_sandbox/records`: `{"count": n, "records": [{"offset", "uuid", "bytes"}]}`;
+  `DELETE /_sandbox/records`: delete them all (`{"deleted": n}`); offsets are never reused.
+
+Run it with `python -m bluebutton.sandbox.connect` (HTTPS with local-certs by default); every flag
+can also come from `BLUEBUTTON_SANDBOX_CONNECT_<FLAG>` (e.g. `..._PORT=5001`, `..._NO_TLS=true`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+import uvicorn
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from bluebutton.sandbox.connect_config import KAFKA_RECORD_OVERHEAD, ConnectSandboxConfig, parse_args
+from bluebutton.sandbox.connect_contract import (
+    ConnectError,
+    detail,
+    encode_data,
+    fhir_validation_text,
+    field_errors,
+    is_fhir_type,
+    missing,
+    read_body_dict,
+    stored_envelope,
+    transmission_attributes,
+)
+from bluebutton.sandbox.connect_controls import KAFKA_FAILURE_DETAIL, Faults, FixedWindowLimiter
+from bluebutton.sandbox.connect_store import PARTITION, TOPIC, RecordStore
+
+__all__ = ["ConnectSandboxApp", "ConnectSandboxConfig", "create_connect_app", "main"]
+
+ADMIN_PREFIX = "/_sandbox/"
+CONNECT_VERSION = "0.42.0"
+
+
+class _Sandbox:
+    """The emulator's state and endpoints; one per app."""
+
+    def __init__(self, config: ConnectSandboxConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.store = RecordStore(config.db)
+        self.faults = self._startup_faults()
+        self.limiter = FixedWindowLimiter(config.rate_limit, clock)
+
+    def _startup_faults(self, **changes: Any) -> Faults:
+        start = {"validate": self.config.validate, "rate_limit": self.config.rate_limit}
+        return Faults.model_validate({**start, **changes})
+
+    def _check_rate(self, request: Request) -> None:
+        # slowapi's get_remote_address, and its default-limit scope: the request path.
+        client = request.client.host if request.client else "127.0.0.1"
+        if not self.limiter.hit(client, request.scope["path"]):
+            raise ConnectError(429, {"error": self.limiter.message})
+
+    async def post_fhir(self, request: Request) -> Response:
+        try:
+            response: Response = await self._store_fhir(request)
+        except ConnectError as e:
+            response = JSONResponse(e.content, e.status_code)
+        if self.faults.latency_ms:
+            await asyncio.sleep(self.faults.latency_ms / 1000)
+        return response
+
+    async def _store_fhir(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self._check_rate(request)
+        resource_type: str = request.path_params["resource_type"]
+        body = await read_body_dict(request)  # FastAPI parses the body before connect's route runs
+        if not is_fhir_type(resource_type):
+            raise detail(404, f"/{resource_type} not found")
+        if body.get("resourceType") != resource_type:
+            found = body.get("resourceType")
+            raise detail(422, f"resource type {found} in request does not match url /{resource_type}")
+        if self.faults.fhir_validation:
+            problem = await anyio.to_thread.run_sync(fhir_validation_text, resource_type, body)
+            if problem is not None:
+                raise detail(500, problem)  # connect's `except Exception` turns it into a 500
+
+        created = datetime.now(UTC).replace(microsecond=0).isoformat()
+        record_uuid = str(uuid.uuid4())
+        envelope = stored_envelope(
+            record_uuid=record_uuid,
+            lfh_id=self.config.lfh_id,
+            resource_type=resource_type,
+            created=created,
+            data=encode_data(body),
+            attributes=transmission_attributes(request),
+        )
+        record = json.dumps(envelope).encode()  # pydantic v1 `.json()`: default separators
+        too_big = len(record) + KAFKA_RECORD_OVERHEAD > self.config.max_record_bytes
+        if too_big or self.faults.storage_fails():
+            raise detail(500, KAFKA_FAILURE_DETAIL)
+        store_started = time.perf_counter()
+        offset = await anyio.to_thread.run_sync(self.store.append, record_uuid, record)
+        finished = time.perf_counter()
+        return JSONResponse(
+            {
+                **envelope,
+                "status": "success",
+                "data_record_location": f"{TOPIC}:{PARTITION}:{offset}",
+                "elapsed_storage_time": finished - store_started,
+                "elapsed_total_time": finished - started,
+            }
+        )
+
+    async def get_data(self, request: Request) -> Response:
+        self._check_rate(request)
+        params = request.query_params
+        errors: list[dict[str, Any]] = []
+        numbers: dict[str, int] = {}
+        dataformat = params.get("dataformat")
+        if dataformat is None:
+            errors.append(missing(["query", "dataformat"]))
+        for name in ("partition", "offset"):  # typed `int` in connect's route
+            raw = params.get(name)
+            if raw is None:
+                errors.append(missing(["query", name]))
+                continue
+            try:
+                numbers[name] = int(raw)
+            except ValueError:
+                msg = "value is not a valid integer"
+                errors.append({"loc": ["query", name], "msg": msg, "type": "type_error.integer"})
+        if errors:
+            raise field_errors(errors)
+        offset = numbers["offset"]
+        record = None
+        if dataformat == TOPIC and numbers["partition"] == PARTITION and offset >= 0:
+            record = await anyio.to_thread.run_sync(self.store.get, offset)
+        if record is None:
+            location = f"{dataformat}:{numbers['partition']}:{offset}"
+            raise detail(404, f"Consumer - error: Broker: Offset out of range ({location})")
+        return JSONResponse(json.loads(record))
+
+    async def get_status(self, request: Request) -> Response:
+        self._check_rate(request)
+        started = time.perf_counter()
+        status = {
+            "application": "bluebutton.sandbox.connect",
+            "application_version": CONNECT_VERSION,
+            "is_reload_enabled": False,
+            "nats_client_status": "CONNECTED",
+            "kafka_broker_status": "AVAILABLE",
+        }
+        return JSONResponse({**status, "status_response_time": time.perf_counter() - started, "metrics": {}})
+
+    async def faults_endpoint(self, request: Request) -> Response:
+        if request.method == "PUT":
+            try:
+                changes = await request.json()
+            except ValueError as e:
+                raise detail(400, "the body must be a JSON object") from e
+            if not isinstance(changes, dict):
+                raise detail(400, "the body must be a JSON object")
+            try:
+                self.faults = self._startup_faults(**changes)
+            except ValidationError as e:
+                errors = e.errors(include_url=False, include_input=False, include_context=False)
+                raise ConnectError(422, {"detail": errors}) from e
+            self.limiter.per_second = self.faults.rate_limit
+        return JSONResponse(self.faults.model_dump(by_alias=True))
+
+    async def records_endpoint(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            deleted = await anyio.to_thread.run_sync(self.store.clear)
+            return JSONResponse({"deleted": deleted})
+        summaries = await anyio.to_thread.run_sync(self.store.summaries)
+        return JSONResponse({"count": len(summaries), "records": [asdict(s) for s in summaries]})
+
+
+class ConnectSandboxApp(Starlette):
+    """Starlette plus the `down` switch, checked before any middleware could send a 500."""
+
+    def __init__(self, sandbox: _Sandbox, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and self.sandbox.faults.down and not path.startswith(ADMIN_PREFIX):
+            await _drop_connection(send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _drop_connection(send: Send) -> None:
+    # ASGI cannot close a socket, but uvicorn's `send` is a method of its per-request cycle, which
+    # holds the transport: aborting it drops the connection before a byte of HTTP is written.
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if not isinstance(transport, asyncio.WriteTransport):
+        raise ConnectionResetError("connect sandbox is down")
+    transport.abort()
+    for _ in range(20):  # let connection_lost run, so uvicorn does not try to answer 500
+        if getattr(cycle, "disconnected", True):
+            break
+        await asyncio.sleep(0)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    # connect renders every HTTPException as JSON `{"detail": "<str>"}` (405, unknown paths, ...).
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+
+async def _connect_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ConnectError)
+    return JSONResponse(exc.content, exc.status_code)
+
+
+def create_connect_app(
+    config: ConnectSandboxConfig, *, clock: Callable[[], float] = time.monotonic
+) -> ConnectSandboxApp:
+    """Build the emulator; `clock` drives the rate-limit window (tests pass a fake one)."""
+    sandbox = _Sandbox(config, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            sandbox.store.close()
+
+    routes = [
+        Route("/fhir/{resource_type}", sandbox.post_fhir, methods=["POST"]),
+        Route("/data", sandbox.get_data, methods=["GET"]),
+        Route("/status", sandbox.get_status, methods=["GET"]),
+        Route(ADMIN_PREFIX + "faults", sandbox.faults_endpoint, methods=["GET", "PUT"]),
+        Route(ADMIN_PREFIX + "records", sandbox.records_endpoint, methods=["GET", "DELETE"]),
+    ]
+    handlers = {HTTPException: _http_exception, ConnectError: _connect_error}
+    return ConnectSandboxApp(sandbox, routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    uvicorn.run(
+        create_connect_app(config),
+        host=config.host,
+        port=config.port,
+        ssl_certfile=config.tls_cert if config.tls else None,
+        ssl_keyfile=config.tls_key if config.tls else None,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
