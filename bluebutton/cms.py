@@ -120,7 +120,7 @@ class CmsClient:
         url: httpx.URL = self._base.join(resource_type)
         first = await self.get_bundle(url, params, token, pacer)
         yield first
-        seen = {str(url.copy_merge_params(params))}
+        seen = {str(url.copy_merge_params(tuple(params)))}
         planned = self._plan_pages(first)
         last = first
         if planned:
@@ -207,7 +207,7 @@ class CmsClient:
             try:
                 response = await self._client.get(
                     url,
-                    params=params,
+                    params=httpx.QueryParams(tuple(params)) if params else None,
                     headers={"Authorization": f"Bearer {token}", "Accept": FHIR_JSON},
                 )
             except httpx.TimeoutException as e:
