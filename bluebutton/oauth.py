@@ -115,7 +115,8 @@ class OAuthClient:
         self._client = client
         self._refreshing: dict[str, asyncio.Future[TokenSet]] = {}
 
-    def _credentials(self) -> tuple[str, str]:
+    def credentials(self) -> tuple[str, str]:
+        """The client id and secret, or a 503 naming whichever setting is missing."""
         settings = self._settings
         missing = [
             name
@@ -134,7 +135,7 @@ class OAuthClient:
         return settings.cms_client_id, settings.cms_client_secret.get_secret_value()
 
     def authorization_url(self, pending: PendingAuthorization) -> str:
-        client_id, _ = self._credentials()
+        client_id, _ = self.credentials()
         query = {
             "response_type": "code",
             "client_id": client_id,
@@ -148,7 +149,7 @@ class OAuthClient:
         return f"{self._settings.cms_oauth_base}authorize/?" + urlencode(query, quote_via=quote)
 
     async def _token_request(self, data: dict[str, str]) -> httpx.Response:
-        client_id, secret = self._credentials()
+        client_id, secret = self.credentials()
         try:
             return await self._client.post(
                 f"{self._settings.cms_oauth_base}token/",
@@ -214,7 +215,7 @@ class OAuthClient:
 
     async def revoke(self, token: str) -> None:
         """RFC 7009 revocation; CMS answers 200 even for unknown tokens."""
-        client_id, secret = self._credentials()
+        client_id, secret = self.credentials()
         try:
             response = await self._client.post(
                 f"{self._settings.cms_oauth_base}revoke_token/",
@@ -257,7 +258,7 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
 
 def _token_error(response: httpx.Response, doing: str) -> CmsTokenError:
     error, _ = _error_fields(response)
-    if error == "invalid_client" or (response.status_code == 401 and error is None):
+    if response.status_code == 401 and error in ("invalid_client", None):
         hint = "check BLUEBUTTON_CMS_CLIENT_ID and BLUEBUTTON_CMS_CLIENT_SECRET"
     elif error == "invalid_grant":
         hint = (

@@ -135,6 +135,7 @@ async def authorize_callback(
     error: Annotated[str | None, Query(max_length=128)] = None,
     error_description: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> Response | TokenResponse:
+    oauth.credentials()  # 503 before the state is spent, when the client is not configured
     authorization = await pending.take(state) if state else None
     if error is not None:
         raise callback_error(error, error_description)

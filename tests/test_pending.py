@@ -1,0 +1,258 @@
+"""The pending-authorization stores: single use, expiry, atomic take; Redis against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pydantic
+import pytest
+import redis.asyncio as aioredis
+
+from bluebutton.pending import MemoryStore, PendingAuthorization, RedisStore, open_store
+from tests.oauth_helpers import REDIS_URL, make_settings, redis_unavailable
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pending(state: str = "state-" + "s" * 40, verifier: str = "v" * 86) -> PendingAuthorization:
+    return PendingAuthorization(state=state, verifier=verifier, created_at=1_700_000_000.0)
+
+
+# --- MemoryStore -------------------------------------------------------------------------------------
+
+
+async def test_memory_take_returns_what_was_put_once() -> None:
+    store = MemoryStore(clock=FakeClock())
+    item = pending()
+    await store.put(item, 600)
+
+    assert await store.take(item.state) == item
+    assert await store.take(item.state) is None
+
+
+async def test_memory_unknown_state_is_none() -> None:
+    store = MemoryStore(clock=FakeClock())
+    await store.put(pending("known-" + "k" * 40), 600)
+
+    assert await store.take("unknown-" + "u" * 40) is None
+    assert await store.take("known-" + "k" * 40) is not None
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "found"),
+    [
+        pytest.param(0, True, id="fresh"),
+        pytest.param(599.9, True, id="just-before-ttl"),
+        pytest.param(600.1, False, id="just-after-ttl"),
+        pytest.param(3600, False, id="long-after"),
+    ],
+)
+async def test_memory_expiry_follows_the_clock(elapsed: float, found: bool) -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    item = pending()
+    await store.put(item, 600)
+
+    clock.now += elapsed
+
+    assert (await store.take(item.state) == item) is found
+    assert await store.take(item.state) is None
+
+
+async def test_memory_expired_items_do_not_block_new_ones() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    await store.put(pending("old-" + "o" * 40), 30)
+    clock.now += 31
+    fresh = pending("new-" + "n" * 40)
+    await store.put(fresh, 30)
+
+    assert await store.take("old-" + "o" * 40) is None
+    assert await store.take(fresh.state) == fresh
+
+
+async def test_memory_concurrent_takes_give_it_to_one() -> None:
+    store = MemoryStore(clock=FakeClock())
+    item = pending()
+    await store.put(item, 600)
+
+    results = await asyncio.gather(*(store.take(item.state) for _ in range(10)))
+
+    assert [r for r in results if r is not None] == [item]
+
+
+async def test_memory_aclose_forgets_everything() -> None:
+    store = MemoryStore(clock=FakeClock())
+    item = pending()
+    await store.put(item, 600)
+
+    await store.aclose()
+
+    assert await store.take(item.state) is None
+
+
+# --- open_store and the setting ----------------------------------------------------------------------
+
+
+async def test_open_store_memory() -> None:
+    store = open_store("memory")
+    try:
+        assert isinstance(store, MemoryStore)
+    finally:
+        await store.aclose()
+
+
+async def test_open_store_redis_url_is_a_redis_store() -> None:
+    store = open_store(REDIS_URL)  # connects lazily: no server needed to build it
+    try:
+        assert isinstance(store, RedisStore)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("postgres://db/0", id="postgres"),
+        pytest.param("127.0.0.1:6379", id="no-scheme"),
+        pytest.param("Memory", id="wrong-case"),
+    ],
+)
+def test_state_store_setting_refuses_unknown_stores(value: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="state_store"):
+        make_settings(state_store=value)
+
+
+@pytest.mark.parametrize(
+    "value", [pytest.param("memory", id="memory"), pytest.param("rediss://cache:6380/2", id="rediss")]
+)
+def test_state_store_setting_accepts_memory_and_redis(value: str) -> None:
+    assert make_settings(state_store=value).state_store == value
+
+
+# --- RedisStore against the real Redis ---------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    reason = redis_unavailable(REDIS_URL)
+    if reason is not None:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+def prefixed_store(client: aioredis.Redis, prefix: str) -> RedisStore:
+    class TestRedisStore(RedisStore):
+        PREFIX = prefix
+
+    return TestRedisStore(client)
+
+
+def connect(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+@asynccontextmanager
+async def redis_store(url: str) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    """A RedisStore writing under a prefix of its own, and a client to look at Redis directly.
+
+    Only this prefix's keys are deleted afterwards (never FLUSHALL/FLUSHDB).
+    """
+    prefix = f"bluebutton-test:{uuid.uuid4().hex}:"
+    client = connect(url)
+    try:
+        yield prefixed_store(client, prefix), client
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def unique_state() -> str:
+    return "state-" + uuid.uuid4().hex + uuid.uuid4().hex
+
+
+async def test_redis_take_returns_what_was_put_once(redis_url: str) -> None:
+    async with redis_store(redis_url) as (store, _):
+        item = pending(unique_state())
+        await store.put(item, 600)
+
+        assert await store.take(item.state) == item
+        assert await store.take(item.state) is None
+
+
+async def test_redis_unknown_state_is_none(redis_url: str) -> None:
+    async with redis_store(redis_url) as (store, _):
+        assert await store.take(unique_state()) is None
+
+
+async def test_redis_key_has_a_ttl_and_hides_the_state(redis_url: str) -> None:
+    async with redis_store(redis_url) as (store, client):
+        item = pending(unique_state())
+        await store.put(item, 600)
+
+        keys = [key.decode() async for key in client.scan_iter(match=store.PREFIX + "*")]
+        assert keys == [store.PREFIX + hashlib.sha256(item.state.encode()).hexdigest()]
+        assert 590 <= await client.ttl(keys[0]) <= 600
+        raw = await client.get(keys[0])
+        assert isinstance(raw, bytes) and item.state.encode() not in raw
+
+
+async def test_redis_expired_state_is_gone(redis_url: str) -> None:
+    async with redis_store(redis_url) as (store, client):
+        item = pending(unique_state())
+        await store.put(item, 600)
+        (key,) = [key async for key in client.scan_iter(match=store.PREFIX + "*")]
+
+        await client.pexpire(key, 1)  # let Redis expire it now rather than in ten minutes
+        for _ in range(1000):
+            if not await client.exists(key):
+                break
+            await asyncio.sleep(0.005)
+
+        assert await store.take(item.state) is None
+
+
+async def test_redis_put_does_not_overwrite_a_pending_state(redis_url: str) -> None:
+    async with redis_store(redis_url) as (store, _):
+        state = unique_state()
+        first = pending(state, verifier="first-" + "f" * 60)
+        await store.put(first, 600)
+        await store.put(pending(state, verifier="second-" + "s" * 60), 600)
+
+        assert await store.take(state) == first
+
+
+async def test_redis_concurrent_takes_give_it_to_one(redis_url: str) -> None:
+    async with redis_store(redis_url) as (store, _):
+        item = pending(unique_state())
+        await store.put(item, 600)
+
+        results = await asyncio.gather(*(store.take(item.state) for _ in range(10)))
+
+        assert [r for r in results if r is not None] == [item]
+
+
+async def test_redis_stores_with_separate_connections_share_states(redis_url: str) -> None:
+    # Two replicas each open their own connection pool on the same Redis.
+    async with redis_store(redis_url) as (store, _):
+        other = prefixed_store(connect(redis_url), store.PREFIX)
+        try:
+            item = pending(unique_state())
+            await store.put(item, 600)
+
+            assert await other.take(item.state) == item
+            assert await store.take(item.state) is None
+        finally:
+            await other.aclose()
