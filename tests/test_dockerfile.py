@@ -210,7 +210,7 @@ def dockerignored(path: str) -> bool:
         "bluebutton/__pycache__/app.cpython-311.pyc",
         "bluebutton/sandbox/connect-sandbox.sqlite3",
         "bluebutton/.env",
-        "docs/docker-compose.md",
+        "README.md",
         "docker-compose.yml",
         ".pytest_cache/v/cache/nodeids",
     ],
