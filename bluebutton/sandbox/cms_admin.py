@@ -1,0 +1,121 @@
+"""Admin endpoints of the CMS emulator, for tests, the demo and the benchmark (not part of CMS).
+
+    GET   /_sandbox/faults          the live fault switchboard (`cms_faults.Faults`) as JSON
+    PUT   /_sandbox/faults          replace it (omitted fields get their defaults); 400 if invalid
+    PATCH /_sandbox/faults          change only the given fields
+    POST  /_sandbox/expire_token    {"user": "BBUser00042"} -> the user's access tokens expire now
+    POST  /_sandbox/expire_grant    {"user": ...} -> the 13-month grant ends now (refresh -> 401)
+    POST  /_sandbox/reset           forget all tokens and pending logins, faults back to the config
+    GET   /_sandbox/users/<name>    login, password, patient id, claim count, invalid claim ids
+
+`user` may be a login name, a user number or a patient id (`"patient"` works too). No
+authentication: the emulator only ever listens on loopback or a private compose network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bluebutton.sandbox.cms_data import (
+    USER_COUNT,
+    CmsDataset,
+    parse_username,
+    password,
+    patient_id,
+    user_for_patient_id,
+    username,
+)
+from bluebutton.sandbox.cms_faults import Faults, FaultState
+from bluebutton.sandbox.cms_tokens import TokenStore
+
+
+def resolve_user(value: Any) -> int | None:
+    """A user number from a login name, a number or a patient id."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value < USER_COUNT else None
+    if isinstance(value, str):
+        found = parse_username(value)
+        return found if found is not None else user_for_patient_id(value)
+    return None
+
+
+class AdminApi:
+    def __init__(
+        self, tokens: TokenStore, dataset: CmsDataset, faults: FaultState, initial_faults: Faults
+    ) -> None:
+        self.tokens = tokens
+        self.dataset = dataset
+        self.faults = faults
+        self.initial_faults = initial_faults
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/_sandbox/faults", self.faults_endpoint, methods=["GET", "PUT", "PATCH"]),
+            Route("/_sandbox/expire_token", self.expire_token, methods=["POST"]),
+            Route("/_sandbox/expire_grant", self.expire_grant, methods=["POST"]),
+            Route("/_sandbox/reset", self.reset, methods=["POST"]),
+            Route("/_sandbox/users/{name}", self.user, methods=["GET"]),
+        ]
+
+    async def faults_endpoint(self, request: Request) -> Response:
+        if request.method != "GET":
+            try:
+                body = orjson.loads(await request.body())
+                if not isinstance(body, dict):
+                    raise TypeError("a JSON object is required")
+                if request.method == "PATCH":
+                    body = self.faults.faults.model_dump() | body
+                self.faults.faults = Faults.model_validate(body)
+            except (orjson.JSONDecodeError, TypeError) as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+            except ValidationError as exc:
+                return JSONResponse({"detail": orjson.loads(exc.json(include_url=False))}, status_code=400)
+        return JSONResponse(self.faults.faults.model_dump())
+
+    async def _user(self, request: Request) -> int | Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            body = None
+        value = body.get("user", body.get("patient")) if isinstance(body, dict) else None
+        user = resolve_user(value)
+        if user is None:
+            return JSONResponse({"detail": 'give {"user": "BBUser00042"} (or a patient id)'}, status_code=400)
+        return user
+
+    async def expire_token(self, request: Request) -> Response:
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        return JSONResponse({"expired": self.tokens.expire_access_tokens(user)})
+
+    async def expire_grant(self, request: Request) -> Response:
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        return JSONResponse({"expired": self.tokens.expire_grants(user)})
+
+    async def reset(self, request: Request) -> Response:
+        self.tokens.reset()
+        self.faults.faults = self.initial_faults.model_copy()
+        return JSONResponse({"reset": True})
+
+    async def user(self, request: Request) -> Response:
+        user = resolve_user(request.path_params["name"])
+        if user is None:
+            return JSONResponse({"detail": "Not found."}, status_code=404)
+        return JSONResponse(
+            {
+                "username": username(user),
+                "password": password(user),
+                "patient": patient_id(user),
+                "claims": self.dataset.claim_count(user),
+                "invalid_claims": self.dataset.invalid_claim_ids(user),
+            }
+        )
