@@ -33,16 +33,15 @@ def authorize(
 ) -> httpx.Response:
     """Run the flow for `BBUser<user_number>`; the answer is the connector's callback response."""
     with httpx.Client(verify=ca_context(), timeout=30.0) as client:
-        start = client.get(
-            f"{connector_url}/bluebutton/authorize", headers={"Accept": "application/json"}
-        )
+        start = client.get(f"{connector_url}/bluebutton/authorize", headers={"Accept": "application/json"})
         start.raise_for_status()
-        login = client.get(start.json()["authorize_url"])
+        login = client.get(start.json()["authorize_url"], follow_redirects=True)
         login.raise_for_status()
         username = f"BBUser{user_number:05d}"
         consent = client.post(
             _form_action(login),
             data={"username": username, "password": f"PW{user_number:05d}!", "login": "login"},
+            follow_redirects=True,  # post/redirect/get to the consent page, still on CMS
         )
         consent.raise_for_status()
         redirect = client.post(
