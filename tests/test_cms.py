@@ -1,0 +1,498 @@
+"""The Blue Button client: paging (by index and by `next`), link checks, retries, error translation."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import respx
+
+import bluebutton.outbound
+from bluebutton.cms import CmsClient, cms_detail, next_link
+from bluebutton.errors import (
+    CmsBadRequestError,
+    CmsError,
+    CmsForbiddenError,
+    CmsNotFoundError,
+    CmsProtocolError,
+    CmsRateLimitedError,
+    CmsTimeoutError,
+    CmsUnauthorizedError,
+    CmsUnavailableError,
+)
+from bluebutton.outbound import backoff_delay, build_client
+from tests.conftest import (
+    FHIR_BASE,
+    TOKEN,
+    SleepRecorder,
+    cms_page,
+    cms_pages,
+    fhir_response,
+    make_eob,
+    make_settings,
+    page_url,
+    serve_pages,
+)
+
+EOB = "ExplanationOfBenefit"
+CONTEXT = ssl.create_default_context()
+
+
+@asynccontextmanager
+async def cms_client(**overrides: Any) -> AsyncIterator[CmsClient]:
+    settings = make_settings(**overrides)
+    http = build_client(base_url=settings.cms_origin, context=CONTEXT, timeout=settings.cms_timeout_seconds)
+    try:
+        yield CmsClient(settings, http)
+    finally:
+        await http.aclose()
+
+
+async def pull_pages(cms: CmsClient, params: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    return [page async for page in cms.iter_pages(EOB, params or [("_count", "50")], TOKEN)]
+
+
+def ids(pages: list[dict[str, Any]]) -> list[str]:
+    return [entry["resource"]["id"] for page in pages for entry in page.get("entry", [])]
+
+
+# ------------------------------------------------------------------------------------------- paging
+
+
+@pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
+async def test_every_page_in_cms_order(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, with_total: bool
+) -> None:
+    claims = [make_eob(n) for n in range(130)]
+    pages = cms_pages(EOB, claims, with_total=with_total)
+    route = serve_pages(cms_mock, EOB, pages)
+    async with cms_client() as cms:
+        got = await pull_pages(cms, [("_count", "50"), ("patient", "-1")])
+    assert ids(got) == [c["id"] for c in claims]
+    assert route.call_count == 3
+    first = route.calls[0].request
+    assert first.url.params.multi_items() == [("_count", "50"), ("patient", "-1")]
+    starts = sorted(int(c.request.url.params.get("startIndex", "0")) for c in route.calls)
+    assert starts == [0, 50, 100]
+    for call in route.calls:
+        assert call.request.headers["Authorization"] == f"Bearer {TOKEN}"
+        assert call.request.headers["Accept"] == "application/fhir+json"
+        assert call.request.url.host == "cms.test"
+
+
+async def test_pages_fetched_concurrently_are_still_yielded_in_order(cms_mock: respx.MockRouter) -> None:
+    """Page 2 answers only once page 3 has been asked for: without concurrency this would hang."""
+    claims = [make_eob(n) for n in range(150)]
+    pages = cms_pages(EOB, claims)
+    third_asked = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        start = int(request.url.params.get("startIndex", "0"))
+        if start == 100:
+            third_asked.set()
+        if start == 50:
+            await asyncio.wait_for(third_asked.wait(), timeout=10)
+        return fhir_response(pages[start // 50])
+
+    cms_mock.get(EOB).mock(side_effect=answer)
+    async with cms_client(cms_fetch_concurrency=4) as cms:
+        got = await pull_pages(cms)
+    assert ids(got) == [c["id"] for c in claims]
+
+
+async def test_relative_next_link_is_followed(cms_mock: respx.MockRouter) -> None:
+    page1 = cms_page([make_eob(1)], next_url="ExplanationOfBenefit?cursor=abc")
+    page2 = cms_page([make_eob(2)])
+    route = cms_mock.get(EOB).mock(
+        side_effect=lambda r: fhir_response(page2 if r.url.params.get("cursor") else page1)
+    )
+    async with cms_client() as cms:
+        got = await pull_pages(cms)
+    assert ids(got) == [make_eob(1)["id"], make_eob(2)["id"]]
+    assert route.calls[1].request.url == httpx.URL(f"{FHIR_BASE}ExplanationOfBenefit?cursor=abc")
+
+
+async def test_v3_pages_by_offset(cms_mock: respx.MockRouter) -> None:
+    claims = [make_eob(n) for n in range(70)]
+    first = cms_page(
+        claims[:50], total=70, next_url="https://cms.test/v3/fhir/ExplanationOfBenefit?_offset=50&_count=50"
+    )
+    second = cms_page(claims[50:], total=70)
+    with respx.mock(base_url="https://cms.test/v3/fhir/", assert_all_called=False) as v3:
+        route = v3.get(EOB).mock(
+            side_effect=lambda r: fhir_response(second if r.url.params.get("_offset") == "50" else first)
+        )
+        async with cms_client(cms_api_version=3) as cms:
+            got = await pull_pages(cms)
+    assert ids(got) == [c["id"] for c in claims]
+    assert [c.request.url.path for c in route.calls] == ["/v3/fhir/ExplanationOfBenefit"] * 2
+
+
+LINKS_ACCEPTED = [
+    pytest.param("ExplanationOfBenefit?startIndex=50", id="relative"),
+    pytest.param("https://cms.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="absolute"),
+    pytest.param("https://cms.test:443/v2/fhir/ExplanationOfBenefit", id="explicit-default-port"),
+    pytest.param("HTTPS://CMS.TEST/v2/fhir/ExplanationOfBenefit", id="upper-case-origin"),
+]
+
+LINKS_REFUSED = [
+    pytest.param("https://evil.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="other-host"),
+    pytest.param("https://cms.test.evil.test/v2/fhir/ExplanationOfBenefit", id="suffix-host"),
+    pytest.param("https://cms.test@evil.test/v2/fhir/ExplanationOfBenefit", id="userinfo-host"),
+    pytest.param("//evil.test/v2/fhir/ExplanationOfBenefit", id="scheme-relative"),
+    pytest.param("http://cms.test/v2/fhir/ExplanationOfBenefit", id="http-downgrade"),
+    pytest.param("https://cms.test:8443/v2/fhir/ExplanationOfBenefit", id="other-port"),
+    pytest.param("https://cms.test/v2/o/token/", id="oauth-path"),
+    pytest.param("https://cms.test/v2/fhirx/ExplanationOfBenefit", id="prefix-path"),
+    pytest.param("https://cms.test/v3/fhir/ExplanationOfBenefit", id="other-version"),
+    pytest.param("https://cms.test/v2/fhir/../o/token/", id="dot-segments"),
+    pytest.param("https://cms.test/v2/fhir/%2e%2e/o/token/", id="encoded-dot-segments"),
+]
+
+
+@pytest.mark.parametrize("link", LINKS_ACCEPTED)
+async def test_check_link_accepts(link: str) -> None:
+    async with cms_client() as cms:
+        url = cms.check_link(link)
+    assert url.host == "cms.test"
+    assert url.path.startswith("/v2/fhir/")
+
+
+@pytest.mark.parametrize("link", LINKS_REFUSED)
+async def test_check_link_refuses(link: str) -> None:
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError):
+            cms.check_link(link)
+
+
+@pytest.mark.parametrize(
+    "with_total", [pytest.param(True, id="first-page"), pytest.param(False, id="by-next")]
+)
+@pytest.mark.parametrize("link", LINKS_REFUSED)
+async def test_hostile_next_stops_the_pull_without_sending_the_token(
+    cms_mock: respx.MockRouter, elsewhere: respx.Route, link: str, with_total: bool
+) -> None:
+    page1 = cms_page([make_eob(1)], total=2 if with_total else None, next_url=link)
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(page1))
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError) as info:
+            await pull_pages(cms)
+    assert info.value.status_code == 502
+    assert route.call_count == 1
+    assert not elsewhere.called
+    assert TOKEN not in str(info.value)
+
+
+async def test_hostile_next_on_a_later_page(cms_mock: respx.MockRouter, elsewhere: respx.Route) -> None:
+    page1 = cms_page([make_eob(1)], next_url=page_url(EOB, 1, 1))
+    page2 = cms_page(
+        [make_eob(2)], self_url=page_url(EOB, 1, 1), next_url="https://evil.test/v2/fhir/EOB?x=1"
+    )
+    serve_pages(cms_mock, EOB, [page1, page2])
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError):
+            await pull_pages(cms)
+    assert not elsewhere.called
+
+
+@pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
+async def test_repeating_link_is_detected(cms_mock: respx.MockRouter, with_total: bool) -> None:
+    total = 2 if with_total else None
+    page1 = cms_page([make_eob(1)], total=total, self_url=page_url(EOB, 0, 1), next_url=page_url(EOB, 1, 1))
+    page2 = cms_page([make_eob(2)], total=total, self_url=page_url(EOB, 1, 1), next_url=page_url(EOB, 1, 1))
+    route = serve_pages(cms_mock, EOB, [page1, page2])
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError, match="repeat"):
+            await pull_pages(cms)
+    assert route.call_count <= 3
+
+
+async def test_link_back_to_the_first_page_is_detected(cms_mock: respx.MockRouter) -> None:
+    page1 = cms_page([make_eob(1)], self_url=page_url(EOB, 0, 1), next_url=page_url(EOB, 1, 1))
+    page2 = cms_page([make_eob(2)], self_url=page_url(EOB, 1, 1), next_url=page_url(EOB, 0, 1))
+    route = serve_pages(cms_mock, EOB, [page1, page2])
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError, match="repeat"):
+            await pull_pages(cms)
+    assert route.call_count <= 4
+
+
+@pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
+async def test_page_bound(cms_mock: respx.MockRouter, with_total: bool) -> None:
+    claims = [make_eob(n) for n in range(8)]
+    route = serve_pages(cms_mock, EOB, cms_pages(EOB, claims, per_page=2, with_total=with_total))
+    async with cms_client(cms_max_pages=3) as cms:
+        with pytest.raises(CmsProtocolError, match="BLUEBUTTON_CMS_MAX_PAGES"):
+            await pull_pages(cms)
+    assert route.call_count <= 3
+
+
+@pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
+async def test_exactly_max_pages_is_fine(cms_mock: respx.MockRouter, with_total: bool) -> None:
+    claims = [make_eob(n) for n in range(6)]
+    route = serve_pages(cms_mock, EOB, cms_pages(EOB, claims, per_page=2, with_total=with_total))
+    async with cms_client(cms_max_pages=3) as cms:
+        got = await pull_pages(cms)
+    assert ids(got) == [c["id"] for c in claims]
+    assert route.call_count == 3
+
+
+# ------------------------------------------------------------------------------------------ retries
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+async def test_retryable_status_is_retried_then_succeeds(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, status: int
+) -> None:
+    page = cms_page([make_eob(1)])
+    route = cms_mock.get(EOB).mock(
+        side_effect=[fhir_response({"detail": "busy"}, status)] * 3 + [fhir_response(page)]
+    )
+    async with cms_client(cms_retry_attempts=4) as cms:
+        got = await pull_pages(cms)
+    assert ids(got) == [make_eob(1)["id"]]
+    assert route.call_count == 4
+    assert len(cms_sleeps.delays) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "answer"),
+    [
+        pytest.param(429, CmsRateLimitedError, 429, id="429"),
+        pytest.param(500, CmsUnavailableError, 502, id="500"),
+        pytest.param(502, CmsUnavailableError, 502, id="502"),
+        pytest.param(503, CmsUnavailableError, 502, id="503"),
+        pytest.param(504, CmsUnavailableError, 502, id="504"),
+    ],
+)
+async def test_retryable_status_gives_up_after_the_attempts(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, status: int, error: type[CmsError], answer: int
+) -> None:
+    route = cms_mock.get(EOB).mock(return_value=fhir_response({"detail": "try later"}, status))
+    async with cms_client(cms_retry_attempts=3) as cms:
+        with pytest.raises(error) as info:
+            await pull_pages(cms)
+    assert route.call_count == 3
+    assert info.value.status_code == answer
+    assert info.value.upstream_status == status
+    assert info.value.detail == "try later"
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "answer"),
+    [
+        pytest.param(httpx.ConnectError("refused"), CmsUnavailableError, 502, id="ConnectError"),
+        pytest.param(httpx.ReadError("reset"), CmsUnavailableError, 502, id="ReadError"),
+        pytest.param(httpx.RemoteProtocolError("eof"), CmsUnavailableError, 502, id="RemoteProtocolError"),
+        pytest.param(httpx.ConnectTimeout("slow"), CmsTimeoutError, 504, id="ConnectTimeout"),
+        pytest.param(httpx.ReadTimeout("slow"), CmsTimeoutError, 504, id="ReadTimeout"),
+    ],
+)
+async def test_transport_errors_are_retried(
+    cms_mock: respx.MockRouter,
+    cms_sleeps: SleepRecorder,
+    failure: Exception,
+    error: type[CmsError],
+    answer: int,
+) -> None:
+    route = cms_mock.get(EOB).mock(side_effect=failure)
+    async with cms_client(cms_retry_attempts=4) as cms:
+        with pytest.raises(error) as info:
+            await pull_pages(cms)
+    assert route.call_count == 4
+    assert info.value.status_code == answer
+    assert isinstance(info.value.__cause__, httpx.TransportError)
+
+
+async def test_transport_error_then_success(cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder) -> None:
+    route = cms_mock.get(EOB).mock(
+        side_effect=[httpx.ConnectError("refused"), fhir_response(cms_page([make_eob(1)]))]
+    )
+    async with cms_client() as cms:
+        got = await pull_pages(cms)
+    assert len(ids(got)) == 1
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        pytest.param(400, CmsBadRequestError, id="400"),
+        pytest.param(401, CmsUnauthorizedError, id="401"),
+        pytest.param(403, CmsForbiddenError, id="403"),
+        pytest.param(404, CmsNotFoundError, id="404"),
+    ],
+)
+async def test_client_errors_are_not_retried(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, status: int, error: type[CmsError]
+) -> None:
+    route = cms_mock.get(EOB).mock(return_value=fhir_response({"detail": "No."}, status))
+    async with cms_client(cms_retry_attempts=4) as cms:
+        with pytest.raises(error) as info:
+            await pull_pages(cms)
+    assert route.call_count == 1
+    assert cms_sleeps.delays == []
+    assert info.value.status_code == status
+    assert info.value.detail == "No."
+
+
+async def test_retry_after_is_honoured(cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder) -> None:
+    throttled = httpx.Response(429, json={"detail": "Request was throttled."}, headers={"Retry-After": "7"})
+    route = cms_mock.get(EOB).mock(side_effect=[throttled, throttled, fhir_response(cms_page([make_eob(1)]))])
+    async with cms_client(cms_retry_backoff_seconds=0.5) as cms:
+        await pull_pages(cms)
+    assert route.call_count == 3
+    assert cms_sleeps.delays == [7.0, 7.0]
+
+
+async def test_retry_after_is_capped_by_the_budget(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder
+) -> None:
+    throttled = httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": "3600"})
+    route = cms_mock.get(EOB).mock(return_value=throttled)
+    async with cms_client(cms_retry_budget_seconds=30) as cms:
+        with pytest.raises(CmsRateLimitedError) as info:
+            await pull_pages(cms)
+    assert route.call_count == 1
+    assert cms_sleeps.delays == []
+    assert info.value.headers["Retry-After"] == "3600"
+
+
+async def test_total_retry_time_is_bounded(cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder) -> None:
+    throttled = httpx.Response(429, json={}, headers={"Retry-After": "10"})
+    route = cms_mock.get(EOB).mock(return_value=throttled)
+    async with cms_client(cms_retry_attempts=10, cms_retry_budget_seconds=25) as cms:
+        with pytest.raises(CmsRateLimitedError):
+            await pull_pages(cms)
+    assert route.call_count == 3
+    assert sum(cms_sleeps.delays) <= 25
+
+
+async def test_backoff_is_exponential(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class TopOfRange:
+        @staticmethod
+        def uniform(low: float, high: float) -> float:
+            return high
+
+    monkeypatch.setattr(bluebutton.outbound, "random", TopOfRange)
+    cms_mock.get(EOB).mock(return_value=fhir_response({}, 503))
+    async with cms_client(
+        cms_retry_attempts=4, cms_retry_backoff_seconds=1.0, cms_retry_budget_seconds=100
+    ) as cms:
+        with pytest.raises(CmsUnavailableError):
+            await pull_pages(cms)
+    assert cms_sleeps.delays == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 4, 8])
+def test_backoff_delay_has_jitter_within_bounds(attempt: int) -> None:
+    delays = [backoff_delay(attempt, 0.5) for _ in range(200)]
+    assert all(0 <= d <= min(10.0, 0.5 * 2 ** (attempt - 1)) for d in delays)
+    assert len(set(delays)) > 1
+
+
+# ---------------------------------------------------------------------------------- bodies of 200s
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"<html>not json</html>", id="html"),
+        pytest.param(b'{"resourceType": "Bundle", "entry": [', id="truncated"),
+        pytest.param(orjson.dumps({"resourceType": "OperationOutcome", "issue": []}), id="OperationOutcome"),
+        pytest.param(orjson.dumps([1, 2]), id="array"),
+        pytest.param(
+            orjson.dumps({"resourceType": "Bundle", "entry": [{"fullUrl": "x"}]}), id="entry-no-resource"
+        ),
+        pytest.param(
+            orjson.dumps({"resourceType": "Bundle", "entry": {"resource": {}}}), id="entry-not-list"
+        ),
+    ],
+)
+async def test_malformed_200_is_a_protocol_error(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, body: bytes
+) -> None:
+    route = cms_mock.get(EOB).mock(return_value=httpx.Response(200, content=body))
+    async with cms_client(cms_retry_attempts=2) as cms:
+        with pytest.raises(CmsProtocolError) as info:
+            await pull_pages(cms)
+    assert info.value.status_code == 502
+    assert "Blue Button" in str(info.value)
+    assert route.call_count >= 1
+
+
+async def test_error_messages_carry_hints(cms_mock: respx.MockRouter) -> None:
+    cms_mock.get(EOB).mock(
+        return_value=fhir_response({"detail": "Authentication credentials were not provided."}, 401)
+    )
+    async with cms_client() as cms:
+        with pytest.raises(CmsUnauthorizedError) as info:
+            await pull_pages(cms)
+    text = " ".join(i.diagnostics for i in info.value.issues())
+    assert "refresh" in text.lower()
+    assert "authoriz" in text.lower()
+    assert "Authentication credentials were not provided." in text
+
+
+async def test_token_is_never_a_client_default(cms_mock: respx.MockRouter) -> None:
+    cms_mock.get(EOB).mock(return_value=fhir_response(cms_page([make_eob(1)])))
+    settings = make_settings()
+    http = build_client(base_url=settings.cms_origin, context=CONTEXT, timeout=5)
+    try:
+        await pull_pages(CmsClient(settings, http))
+        assert "authorization" not in {k.lower() for k in http.headers}
+        assert http.follow_redirects is False
+    finally:
+        await http.aclose()
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param({"detail": "Not found."}, "Not found.", id="drf-detail"),
+        pytest.param(
+            {"error": "invalid_grant", "error_description": "expired"}, "invalid_grant: expired", id="oauth"
+        ),
+        pytest.param({"status_code": 400, "message": "Bad"}, "Bad", id="message"),
+        pytest.param(
+            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "a"}, {"diagnostics": "b"}]},
+            "a; b",
+            id="OperationOutcome",
+        ),
+        pytest.param({"something": "else"}, None, id="unknown-shape"),
+        pytest.param(["detail"], None, id="array"),
+    ],
+)
+def test_cms_detail(body: Any, expected: str | None) -> None:
+    assert cms_detail(httpx.Response(400, json=body)) == expected
+
+
+def test_cms_detail_of_non_json_and_long_bodies() -> None:
+    assert cms_detail(httpx.Response(502, text="<html>Bad Gateway</html>")) is None
+    detail = cms_detail(httpx.Response(500, json={"detail": "x" * 5000}))
+    assert detail is not None
+    assert len(detail) <= 500
+
+
+@pytest.mark.parametrize(
+    ("links", "expected"),
+    [
+        pytest.param([{"relation": "self", "url": "a"}, {"relation": "next", "url": "b"}], "b", id="next"),
+        pytest.param([{"relation": "self", "url": "a"}], None, id="no-next"),
+        pytest.param([{"relation": "next", "url": ""}], None, id="empty-next"),
+        pytest.param([{"relation": "next"}], None, id="next-without-url"),
+    ],
+)
+def test_next_link(links: list[dict[str, str]], expected: str | None) -> None:
+    assert next_link({"resourceType": "Bundle", "link": links}) == expected

@@ -1,0 +1,223 @@
+"""R4 validation (entry by entry, off the event loop) and its report; the synthetic resources too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pydantic
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.bundle import Bundle
+
+from bluebutton.bundles import BundleHeader
+from bluebutton.fhir import MAX_ISSUES, Validator, problems_to_issues, validate_entries, validate_shell
+from tests.conftest import (
+    cms_page,
+    compact,
+    entry_for,
+    eob_id,
+    eob_with_entry_size,
+    make_coverage,
+    make_eob,
+    make_patient,
+    make_resources,
+)
+
+
+def r4_errors(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    except pydantic.ValidationError as e:
+        return [dict(error) for error in e.errors()]
+    return []
+
+
+# --------------------------------------------------------------------- the synthetic generator
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        pytest.param(make_patient(), id="Patient"),
+        pytest.param(make_coverage("A"), id="Coverage-A"),
+        pytest.param(make_coverage("D"), id="Coverage-D"),
+        pytest.param(make_eob(1), id="EOB"),
+        pytest.param(make_eob(2, claim_type="pde", items=12), id="EOB-12-items"),
+        pytest.param(make_eob(3, pad=50_000), id="EOB-padded"),
+        pytest.param(make_eob(4, note="Canary"), id="EOB-note"),
+    ],
+)
+def test_synthetic_resources_are_valid_r4(resource: dict[str, Any]) -> None:
+    assert r4_errors(resource) == []
+
+
+@pytest.mark.parametrize("resource_type", ["Patient", "Coverage", "ExplanationOfBenefit"])
+def test_synthetic_searchset_is_a_valid_r4_bundle(resource_type: str) -> None:
+    resources = make_resources(resource_type, 7)
+    assert len({r["id"] for r in resources}) == 7
+    Bundle.model_validate(cms_page(resources, total=7))
+
+
+@pytest.mark.parametrize("size", [2_000, 4_321, 60_000])
+def test_entries_of_exact_size(size: int) -> None:
+    resource = eob_with_entry_size(9, size)
+    assert len(compact(entry_for(resource))) == size
+    assert r4_errors(resource) == []
+
+
+# --------------------------------------------------------------------------------- validate_entries
+
+
+def payload(entries: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps(entries)
+
+
+def broken(number: int, *remove: str, **replace: Any) -> dict[str, Any]:
+    resource = make_eob(number)
+    for name in remove:
+        del resource[name]
+    resource.update(replace)
+    return resource
+
+
+def test_valid_entries_have_no_problems() -> None:
+    entries = [entry_for(make_patient()), entry_for(make_coverage()), entry_for(make_eob(1))]
+    assert validate_entries(payload(entries), 0) == []
+
+
+@pytest.mark.parametrize(
+    ("resource", "path"),
+    [
+        pytest.param(broken(3, "provider"), "Bundle.entry[3].resource.provider", id="provider-missing"),
+        pytest.param(broken(3, "insurer"), "Bundle.entry[3].resource.insurer", id="insurer-missing"),
+        pytest.param(broken(3, "created"), "Bundle.entry[3].resource.created", id="created-missing"),
+        pytest.param(
+            broken(3, item=[{"sequence": 1}]),
+            "Bundle.entry[3].resource.item[0].productOrService",
+            id="item-productOrService",
+        ),
+        pytest.param(
+            broken(
+                3,
+                insurance=[
+                    {"focal": True, "coverage": {"reference": "C/1"}},
+                    {"coverage": {"reference": "C/2"}},
+                ],
+            ),
+            "Bundle.entry[3].resource.insurance[1].focal",
+            id="insurance-focal",
+        ),
+        pytest.param(
+            broken(3, madeUpElement=1), "Bundle.entry[3].resource.madeUpElement", id="unknown-element"
+        ),
+        pytest.param(broken(3, created="yesterday"), "Bundle.entry[3].resource.created", id="bad-dateTime"),
+    ],
+)
+def test_problem_names_entry_resource_and_path(resource: dict[str, Any], path: str) -> None:
+    entries = [entry_for(make_eob(n)) for n in range(3)] + [entry_for(resource)]
+    problems = validate_entries(payload(entries), 0)
+    assert [(p[0], p[1], p[2]) for p in problems] == [(3, f"ExplanationOfBenefit/{resource['id']}", path)]
+    assert problems[0][3]
+
+
+def test_index_counts_from_the_first_index() -> None:
+    problems = validate_entries(payload([entry_for(make_eob(0)), entry_for(broken(1, "provider"))]), 50)
+    assert [(p[0], p[2]) for p in problems] == [(51, "Bundle.entry[51].resource.provider")]
+
+
+def test_every_problem_of_a_resource_is_reported() -> None:
+    resource = broken(1, "provider", "insurer", "created")
+    problems = validate_entries(payload([entry_for(resource)]), 0)
+    expected = {f"Bundle.entry[0].resource.{'.'.join(map(str, e['loc']))}" for e in r4_errors(resource)}
+    assert {p[2] for p in problems} == expected
+    assert len(expected) >= 2
+
+
+def test_unknown_resource_type() -> None:
+    problems = validate_entries(payload([{"resource": {"resourceType": "Claimz", "id": "c1"}}]), 0)
+    assert [(p[0], p[1], p[2]) for p in problems] == [
+        (0, "Claimz/c1", "Bundle.entry[0].resource.resourceType")
+    ]
+
+
+def test_entry_level_problem() -> None:
+    entry = {**entry_for(make_eob(1)), "bogus": True}
+    problems = validate_entries(payload([entry]), 0)
+    assert [p[2] for p in problems] == ["Bundle.entry[0].bogus"]
+
+
+def test_resource_without_id_is_named_with_a_placeholder() -> None:
+    resource = broken(1, "provider")
+    del resource["id"]
+    problems = validate_entries(payload([{"resource": resource}]), 0)
+    assert [p[2] for p in problems] == ["Bundle.entry[0].resource.provider"]
+    assert problems[0][1].startswith("ExplanationOfBenefit/")
+
+
+def test_validate_shell() -> None:
+    assert validate_shell(BundleHeader.fresh(3).as_dict()) == []
+    problems = validate_shell({**BundleHeader.fresh(3).as_dict(), "total": "three"})
+    assert [p[2] for p in problems] == ["Bundle.total"]
+
+
+# ---------------------------------------------------------------------------------------- the report
+
+
+def test_problems_to_issues() -> None:
+    issues = problems_to_issues(
+        [(3, "ExplanationOfBenefit/carrier--1", "Bundle.entry[3].resource.provider", "Field required")]
+    )
+    assert len(issues) == 1
+    fhir = issues[0].as_fhir()
+    assert fhir["severity"] == "error"
+    assert fhir["expression"] == ["Bundle.entry[3].resource.provider"]
+    assert "entry 3" in fhir["diagnostics"]
+    assert "ExplanationOfBenefit/carrier--1" in fhir["diagnostics"]
+    assert "Field required" in fhir["diagnostics"]
+
+
+def test_issue_count_is_bounded() -> None:
+    problems = [
+        (n, f"ExplanationOfBenefit/{n}", f"Bundle.entry[{n}].resource.provider", "Field required")
+        for n in range(MAX_ISSUES + 25)
+    ]
+    issues = problems_to_issues(problems)
+    assert len(issues) == MAX_ISSUES + 1
+    assert "25 more" in issues[-1].diagnostics
+
+
+# ----------------------------------------------------------------------------------------- Validator
+
+
+@pytest.fixture
+def thread_validator() -> Iterator[Validator]:
+    validator = Validator(2, executor=ThreadPoolExecutor(2))
+    yield validator
+    validator.close()
+
+
+def _mixed(count: int, bad: set[int]) -> list[bytes]:
+    return [compact(entry_for(broken(n, "provider") if n in bad else make_eob(n))) for n in range(count)]
+
+
+async def test_validator_reports_in_entry_order(thread_validator: Validator) -> None:
+    bad = {3, 12, 24, 25}
+    problems = await thread_validator.validate(_mixed(27, bad))
+    assert [p[0] for p in problems] == sorted(bad)
+    assert [p[1] for p in problems] == [f"ExplanationOfBenefit/{eob_id(n)}" for n in sorted(bad)]
+
+
+async def test_validator_in_worker_processes() -> None:
+    validator = Validator(2)
+    try:
+        problems = await validator.validate(_mixed(23, {0, 22}), first_index=100)
+        assert [(p[0], p[2]) for p in problems] == [
+            (100, "Bundle.entry[100].resource.provider"),
+            (122, "Bundle.entry[122].resource.provider"),
+        ]
+        assert await validator.validate(_mixed(5, set())) == []
+    finally:
+        validator.close()

@@ -1,0 +1,201 @@
+"""The connect client: one POST per Bundle, resent only when it certainly never arrived."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import respx
+
+from bluebutton.errors import LfhError
+from bluebutton.lfh import RATE_LIMIT_WAIT_SECONDS, LfhClient
+from tests.conftest import TOKEN, SleepRecorder, envelope_for, make_settings
+
+CONTEXT = ssl.create_default_context()
+BODY = b'{"resourceType":"Bundle","type":"searchset","total":0,"entry":[]}'
+# connect answers with its own formatting; the client must hand these bytes on unchanged.
+ENVELOPE = orjson.dumps(envelope_for(7, BODY)).replace(b'","', b'", "')
+
+
+@asynccontextmanager
+async def lfh_client(**overrides: Any) -> AsyncIterator[LfhClient]:
+    client = LfhClient.create(make_settings(**overrides), CONTEXT)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def stored() -> httpx.Response:
+    return httpx.Response(200, content=ENVELOPE, headers={"Content-Type": "application/json"})
+
+
+def rate_limited() -> httpx.Response:
+    return httpx.Response(429, json={"error": "Rate limit exceeded: 10 per 1 second"})
+
+
+async def test_stored_record(lfh_mock: respx.MockRouter) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(return_value=stored())
+    async with lfh_client() as lfh:
+        record = await lfh.post_bundle(BODY)
+    assert record.uuid == envelope_for(7, BODY)["uuid"]
+    assert record.location == "FHIR-R4:0:7"
+    assert record.envelope == ENVELOPE
+    request = route.calls.last.request
+    assert request.method == "POST"
+    assert request.url == httpx.URL("https://lfh.test/fhir/Bundle")
+    assert request.content == BODY
+    assert request.headers["Content-Type"] == "application/fhir+json"
+
+
+async def test_no_credentials_are_sent_to_connect(lfh_mock: respx.MockRouter) -> None:
+    """connect stores every request header except a few in `transmission_attributes`."""
+    route = lfh_mock.post("/fhir/Bundle").mock(return_value=stored())
+    async with lfh_client() as lfh:
+        await lfh.post_bundle(BODY)
+    headers = {k.lower(): v for k, v in route.calls.last.request.headers.items()}
+    assert not {k for k in headers if k in ("authorization", "cookie", "proxy-authorization", "x-api-key")}
+    assert TOKEN not in str(headers)
+
+
+async def test_rate_limited_then_stored(lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited(), rate_limited(), stored()])
+    async with lfh_client() as lfh:
+        record = await lfh.post_bundle(BODY)
+    assert record.location == "FHIR-R4:0:7"
+    assert route.call_count == 3
+    assert [c.request.content for c in route.calls] == [BODY] * 3
+    assert lfh_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS] * 2
+    assert RATE_LIMIT_WAIT_SECONDS >= 1.0  # connect's window is one second
+
+
+async def test_rate_limited_for_too_long(lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(return_value=rate_limited())
+    async with lfh_client(lfh_rate_limit_retries=3) as lfh:
+        with pytest.raises(LfhError) as info:
+            await lfh.post_bundle(BODY)
+    assert route.call_count == 4
+    assert info.value.status_code == 502
+    assert info.value.upstream_status == 429
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
+async def test_connection_not_opened_is_retried(
+    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, failure: type[Exception]
+) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=[failure("refused"), failure("refused"), stored()])
+    async with lfh_client() as lfh:
+        record = await lfh.post_bundle(BODY)
+    assert record.uuid
+    assert route.call_count == 3
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
+async def test_connect_unreachable(
+    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, failure: type[Exception]
+) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=failure("refused"))
+    async with lfh_client() as lfh:
+        with pytest.raises(LfhError) as info:
+            await lfh.post_bundle(BODY)
+    assert route.call_count >= 2
+    assert info.value.status_code == 502
+    assert "LinuxForHealth connect" in info.value.issues()[0].diagnostics
+    assert "https://lfh.test" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [
+        pytest.param(httpx.ReadTimeout("slow"), 504, id="ReadTimeout"),
+        pytest.param(httpx.ReadError("reset"), 502, id="ReadError"),
+        pytest.param(httpx.RemoteProtocolError("eof"), 502, id="RemoteProtocolError"),
+        pytest.param(httpx.WriteError("broken pipe"), 502, id="WriteError"),
+    ],
+)
+async def test_a_post_that_may_have_arrived_is_not_resent(
+    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, failure: Exception, status: int
+) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=failure)
+    async with lfh_client() as lfh:
+        with pytest.raises(LfhError) as info:
+            await lfh.post_bundle(BODY)
+    assert route.call_count == 1
+    assert info.value.status_code == status
+    assert "may or may not" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("response", "detail"),
+    [
+        pytest.param(
+            httpx.Response(500, json={"detail": "Object of type Bundle is not JSON serializable"}),
+            "Object of type Bundle is not JSON serializable",
+            id="500-kafka",
+        ),
+        pytest.param(
+            httpx.Response(500, json={"detail": "1 validation error for Bundle\nentry -> 0"}),
+            "1 validation error for Bundle",
+            id="500-invalid-fhir",
+        ),
+        pytest.param(
+            httpx.Response(422, json={"detail": [{"loc": ["body"], "msg": "field required"}]}),
+            "field required",
+            id="422-list",
+        ),
+        pytest.param(
+            httpx.Response(404, json={"detail": "/Bundle not found"}), "/Bundle not found", id="404"
+        ),
+        pytest.param(
+            httpx.Response(503, text="upstream connect error"), "upstream connect error", id="503-text"
+        ),
+    ],
+)
+async def test_refusal_passes_connects_status_and_detail_on(
+    lfh_mock: respx.MockRouter, response: httpx.Response, detail: str
+) -> None:
+    route = lfh_mock.post("/fhir/Bundle").mock(return_value=response)
+    async with lfh_client() as lfh:
+        with pytest.raises(LfhError) as info:
+            await lfh.post_bundle(BODY)
+    assert route.call_count == 1
+    error = info.value
+    assert error.status_code == 502
+    assert error.upstream_status == response.status_code
+    text = error.issues()[0].diagnostics
+    assert "LinuxForHealth connect" in text
+    assert str(response.status_code) in text
+    assert detail in text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b'{"foo": 1}', id="no-uuid"),
+        pytest.param(b"<html>ok</html>", id="not-json"),
+        pytest.param(b"[]", id="array"),
+        pytest.param(b"", id="empty"),
+        pytest.param(orjson.dumps({"uuid": "u-1", "data_record_location": None}), id="no-location"),
+    ],
+)
+async def test_200_without_an_envelope(lfh_mock: respx.MockRouter, content: bytes) -> None:
+    lfh_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=content))
+    async with lfh_client() as lfh:
+        with pytest.raises(LfhError) as info:
+            await lfh.post_bundle(BODY)
+    assert info.value.status_code == 502
+    assert info.value.upstream_status == 200
+    assert "LinuxForHealth connect" in info.value.issues()[0].diagnostics
+
+
+async def test_envelope_with_unknown_fields_is_accepted(lfh_mock: respx.MockRouter) -> None:
+    envelope = orjson.dumps({**envelope_for(1, BODY), "future_field": {"x": 1}})
+    lfh_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=envelope))
+    async with lfh_client() as lfh:
+        record = await lfh.post_bundle(BODY)
+    assert record.envelope == envelope
