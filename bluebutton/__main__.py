@@ -16,9 +16,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    # httpx logs request URLs at INFO; they carry patient ids and OAuth parameters.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,11 +21,12 @@ from bluebutton import __version__
 from bluebutton.cms import CmsClient
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
-from bluebutton.lfh import LfhClient
+from bluebutton.lfh import LfhClient, LfhEnvelope
 from bluebutton.oauth import OAuthClient
-from bluebutton.outbound import build_client, build_ssl_context
+from bluebutton.outbound import build_client, build_ssl_context, redact_http_logs
 from bluebutton.pending import open_store
 from bluebutton.routes import router
+from bluebutton.schemas import ForwardedBundles, OperationOutcome
 from bluebutton.settings import Settings
 from bluebutton.state import State
 
@@ -118,6 +120,7 @@ class RequestLog:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        redact_http_logs()
         context = build_ssl_context(settings)
         cms_http = build_client(
             base_url=settings.cms_origin,
@@ -159,4 +162,22 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(exc_class, handler)
     app.add_middleware(RequestLog)
     app.include_router(router)
+    _document_models(app, [LfhEnvelope, ForwardedBundles, OperationOutcome])
     return app
+
+
+def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Add schemas that responses reference by `$ref` but FastAPI does not collect itself."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -8,9 +8,11 @@ configured CMS origin under its FHIR base: a `next` link anywhere else stops the
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import orjson
@@ -82,6 +84,19 @@ class Pacer:
             await asyncio.sleep(delay)
 
 
+def _path_within(url: httpx.URL, base_path: str) -> bool:
+    """Whether the path the server will see stays under `base_path`.
+
+    Checked on the raw path too: an encoded `%2e%2e` or `%2f` segment would pass a check of the
+    decoded path and still be resolved by the server to somewhere else (e.g. `/v2/o/token/`).
+    """
+    raw = url.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+    if re.search(r"%2[fF]|%5[cC]|\\", raw):
+        return False
+    segments = unquote(raw).split("/")
+    return ".." not in segments and "." not in segments and unquote(raw).startswith(base_path)
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
 
@@ -100,7 +115,7 @@ class CmsClient:
             link = self._base.join(url)
         except httpx.InvalidURL as e:
             raise CmsProtocolError("Blue Button returned a malformed paging link") from e
-        if _origin(link) != _origin(self._base) or not link.path.startswith(self._base.path):
+        if _origin(link) != _origin(self._base) or not _path_within(link, self._base.path):
             raise CmsProtocolError(
                 f"Blue Button returned a paging link to {link.scheme}://{link.host}{link.path}, "
                 f"outside {self._settings.cms_fhir_base}; stopped without sending the token there"

@@ -20,7 +20,6 @@ from bluebutton.outbound import build_client
 from bluebutton.settings import Settings
 
 CONNECT_ATTEMPTS = 3
-RATE_LIMIT_WAIT_SECONDS = 1.0
 
 
 class LfhEnvelope(BaseModel):
@@ -70,12 +69,9 @@ def _detail(response: httpx.Response) -> str:
 
 
 class LfhClient:
-    def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, rate_limit_wait: float = RATE_LIMIT_WAIT_SECONDS
-    ) -> None:
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._settings = settings
         self._client = client
-        self._rate_limit_wait = rate_limit_wait
 
     @classmethod
     def create(cls, settings: Settings, context: Any) -> LfhClient:
@@ -127,7 +123,7 @@ class LfhClient:
                 ) from e
             if response.status_code == 429 and throttled < self._settings.lfh_rate_limit_retries:
                 throttled += 1
-                await asyncio.sleep(self._rate_limit_wait)
+                await asyncio.sleep(self._settings.lfh_rate_limit_wait_seconds)
                 continue
             return _stored_record(response)
 

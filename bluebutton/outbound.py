@@ -6,6 +6,7 @@ the sandbox CA), never remove it.
 
 from __future__ import annotations
 
+import logging
 import random
 import ssl
 
@@ -16,6 +17,23 @@ from bluebutton import __version__
 from bluebutton.settings import Settings
 
 USER_AGENT = f"bluebutton/{__version__} (+https://github.com/bluebutton-connector)"
+
+
+class _WithoutQuery(logging.Filter):
+    """Drops the query string from URLs in httpx's log records: they carry patient ids."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                arg.copy_with(query=None) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+def redact_http_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _WithoutQuery) for f in logger.filters):
+        logger.addFilter(_WithoutQuery())
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext:

@@ -18,25 +18,24 @@ from bluebutton.deps import (
     ValidatorDep,
 )
 from bluebutton.errors import OAuthError
-from bluebutton.lfh import LfhEnvelope
 from bluebutton.oauth import callback_error, new_pending_authorization
 from bluebutton.pages import callback_page
 from bluebutton.query import FhirQuery
 from bluebutton.schemas import (
     AuthorizeLink,
-    ForwardedBundles,
     Health,
-    OperationOutcome,
     RefreshRequest,
     RevokeRequest,
     TokenResponse,
 )
 
 router = APIRouter()
+FHIR_JSON = "application/fhir+json"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": OperationOutcome} for code in codes}
+    content = {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
+    return {code: {"description": "FHIR OperationOutcome", "content": content} for code in codes}
 
 
 @router.get("/health", tags=["service"])
@@ -81,7 +80,6 @@ stored; an invalid Bundle (422) is never forwarded."""
         },
         **_errors(400, 401, 403, 404, 422, 429, 500, 502, 504),
     },
-    openapi_extra={"x-models": [LfhEnvelope.__name__, ForwardedBundles.__name__]},
 )
 async def fetch_fhir(
     query: Annotated[FhirQuery, Query()],

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     lfh_max_bundle_bytes: int = Field(default=600_000, ge=10_000)
     lfh_timeout_seconds: float = Field(default=120.0, gt=0)
     lfh_rate_limit_retries: int = Field(default=20, ge=0)
+    lfh_rate_limit_wait_seconds: float = Field(default=1.0, ge=0)
 
     cms_timeout_seconds: float = Field(default=60.0, gt=0)
     cms_max_pages: int = Field(default=200, ge=1)
@@ -55,10 +56,16 @@ class Settings(BaseSettings):
 
     @field_validator("cms_base_url", "lfh_url")
     @classmethod
-    def _no_path_query(cls, url: HttpUrl) -> HttpUrl:
-        if url.query or url.fragment or (url.path or "/") != "/":
-            raise ValueError("give only scheme, host and port (no path, query or fragment)")
+    def _no_query(cls, url: HttpUrl) -> HttpUrl:
+        if url.query or url.fragment:
+            raise ValueError("give a base URL without a query or fragment")
         return url
+
+    @field_validator("cms_api_version", mode="before")
+    @classmethod
+    def _version_from_text(cls, value: object) -> object:
+        # Environment variables are text; Literal[2, 3] only matches the integers.
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     @field_validator("ca_file")
     @classmethod
@@ -87,6 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def cms_origin(self) -> str:
+        """The CMS base URL without a trailing slash (a path prefix, if any, is kept)."""
         return str(self.cms_base_url).rstrip("/")
 
     @property

@@ -16,7 +16,6 @@ from fhir.resources.R4B.bundle import Bundle
 
 import bluebutton.pipeline
 from bluebutton.fhir import Validator
-from bluebutton.lfh import RATE_LIMIT_WAIT_SECONDS
 from bluebutton.settings import Settings
 from tests.conftest import (
     AUTH,
@@ -47,6 +46,9 @@ from tests.conftest import (
 EOB = "ExplanationOfBenefit"
 
 pytestmark = pytest.mark.usefixtures("cms_sleeps", "lfh_sleeps")
+
+# connect's rate-limit window is one second; the default wait matches it.
+RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
 
 
 async def get_fhir(

@@ -13,13 +13,17 @@ import pytest
 import respx
 
 from bluebutton.errors import LfhError
-from bluebutton.lfh import RATE_LIMIT_WAIT_SECONDS, LfhClient
+from bluebutton.lfh import LfhClient
+from bluebutton.settings import Settings
 from tests.conftest import TOKEN, SleepRecorder, envelope_for, make_settings
 
 CONTEXT = ssl.create_default_context()
 BODY = b'{"resourceType":"Bundle","type":"searchset","total":0,"entry":[]}'
 # connect answers with its own formatting; the client must hand these bytes on unchanged.
 ENVELOPE = orjson.dumps(envelope_for(7, BODY)).replace(b'","', b'", "')
+
+# connect's rate-limit window is one second; the default wait matches it.
+RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
 
 
 @asynccontextmanager

@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     connect_seconds = connect_validation_seconds(entry_bytes, args.limit)
 
     def row(label: str, rs: list[Run]) -> str:
-        med = lambda f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
+        def med(name: str) -> float:
+            return statistics.median(getattr(r, name) for r in rs)
+
         return (
             f"{label:<10}{args.claims:>7}{rs[0].pages:>6}{args.rtt_ms:>8}"
             f"{med('fetch'):>9.3f}{med('validate'):>10.3f}{med('forward'):>9.3f}{med('total'):>8.3f}"
