@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def row(label: str, rs: list[Run]) -> str:
         def med(name: str) -> float:
-            return statistics.median(getattr(r, name) for r in rs)
+            return float(statistics.median(getattr(r, name) for r in rs))
 
         return (
             f"{label:<10}{args.claims:>7}{rs[0].pages:>6}{args.rtt_ms:>8}"
