@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
@@ -128,8 +129,16 @@ def problems_to_issues(problems: list[Problem]) -> list[Issue]:
     return issues
 
 
-def _warm_up() -> None:
-    """Worker initializer: touch the models so the first real task is not slower."""
+WORKER_NICENESS = 10
+
+
+def _init_worker() -> None:
+    """Worker initializer: yield the CPU to the service's event loop, and warm the models.
+
+    Validation saturates every core it gets; a lower priority keeps the event loop (health
+    checks, other requests, the pages still arriving) answering promptly meanwhile.
+    """
+    os.nice(WORKER_NICENESS)
     for model in MODELS.values():
         model.model_fields  # noqa: B018
 
@@ -143,7 +152,7 @@ class Validator:
             # models) once, not from the threaded, socket-holding service process.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
-            executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_up)
+            executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
         self._executor = executor
 
     def close(self) -> None:
