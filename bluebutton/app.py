@@ -7,12 +7,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -151,7 +154,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
+        docs_url=None,
+        redoc_url=None,
     )
     handlers: dict[Any, Any] = {
         BlueButtonError: _blue_button_error,
@@ -162,8 +166,28 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(exc_class, handler)
     app.add_middleware(RequestLog)
     app.include_router(router)
+    _serve_swagger_ui(app)
     _document_models(app, [LfhEnvelope, ForwardedBundles, OperationOutcome])
     return app
+
+
+def _serve_swagger_ui(app: FastAPI) -> None:
+    """Swagger UI at /docs from a local copy: FastAPI's default loads it from a CDN, which
+    leaves /docs blank offline, in air-gapped deployments, and in our own sandbox."""
+    assets = resources.files("fastapi_offline") / "static"  # Swagger UI 5 (OpenAPI 3.1)
+    app.mount("/static/swagger-ui", StaticFiles(directory=str(assets)), name="swagger-ui")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    app.add_api_route("/docs", docs, include_in_schema=False)
 
 
 def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
