@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,7 +40,18 @@ FHIR_JSON = "application/fhir+json"
 # How a v2 (`startIndex`) or v3 (`_offset`) paging link says where its page starts.
 INDEX_PARAMS = ("startIndex", "_offset")
 
-Page = dict[str, Any]
+
+@dataclass(frozen=True)
+class Page:
+    """One search page, reduced at once to what a pull needs: each entry as compact JSON.
+
+    The parsed page (ten times its JSON size in Python objects) is dropped right away, so pages
+    fetched at the same time do not pile up as dicts.
+    """
+
+    entries: list[bytes]
+    total: int | None
+    next_url: str | None
 
 
 def cms_detail(response: httpx.Response) -> str | None:
@@ -147,7 +159,7 @@ class CmsClient:
         pages = 1 + len(planned)
         # Follow `next` from the last page we have (all of them, when there was no plan; any
         # left over, when the search grew while we were pulling).
-        while (next_url := next_link(last)) is not None:
+        while (next_url := last.next_url) is not None:
             link = self.check_link(next_url)
             if str(link) in seen:
                 raise CmsProtocolError("Blue Button's paging links repeat; stopped to avoid an endless pull")
@@ -166,22 +178,20 @@ class CmsClient:
 
     def _plan_pages(self, first: Page) -> list[httpx.URL]:
         """The URLs of pages 2..n by index, or [] when the first page does not allow it."""
-        next_url = next_link(first)
-        total = first.get("total")
-        if next_url is None or not isinstance(total, int) or isinstance(total, bool):
+        if first.next_url is None or first.total is None:
             return []
-        link = self.check_link(next_url)
+        link = self.check_link(first.next_url)
         names = [n for n in INDEX_PARAMS if n in link.params]
         if len(names) != 1:
             return []
         try:
             start = int(link.params[names[0]])
-            size = int(link.params.get("_count", len(first.get("entry", []))))
+            size = int(link.params.get("_count", len(first.entries)))
         except ValueError:
             return []
-        if size <= 0 or start <= 0 or start != len(first.get("entry", [])):
+        if size <= 0 or start <= 0 or start != len(first.entries):
             return []
-        indices = range(start, total, size)
+        indices = range(start, first.total, size)
         self._check_page_count(1 + len(indices))
         return [link.copy_set_param(names[0], str(index)) for index in indices]
 
@@ -261,7 +271,7 @@ class CmsClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def next_link(page: Page) -> str | None:
+def next_link(page: dict[str, Any]) -> str | None:
     for link in page.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
@@ -282,7 +292,12 @@ def parse_bundle(response: httpx.Response) -> Page:
         isinstance(e, dict) and isinstance(e.get("resource"), dict) for e in entries
     ):
         raise CmsProtocolError("Blue Button's Bundle has entries without a resource")
-    return body
+    total = body.get("total")
+    return Page(
+        entries=[orjson.dumps(entry) for entry in entries],
+        total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+        next_url=next_link(body),
+    )
 
 
 def _status_error(response: httpx.Response, attempt: int) -> CmsError:

@@ -164,11 +164,16 @@ class Validator:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
 
-    async def validate(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> list[Problem]:
-        """Validate entries in chunks spread over the workers; problems in entry order."""
-        futures = [
+    def submit_chunks(
+        self, entry_bytes: Sequence[bytes], first_index: int
+    ) -> list[asyncio.Future[list[Problem]]]:
+        """Start validating in chunks small enough to keep every worker busy."""
+        return [
             self.submit(entry_bytes[start : start + CHUNK_ENTRIES], first_index + start)
             for start in range(0, len(entry_bytes), CHUNK_ENTRIES)
         ]
-        results = await asyncio.gather(*futures)
+
+    async def validate(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> list[Problem]:
+        """Validate entries in chunks spread over the workers; problems in entry order."""
+        results = await asyncio.gather(*self.submit_chunks(entry_bytes, first_index))
         return [problem for chunk in results for problem in chunk]

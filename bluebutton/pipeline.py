@@ -12,8 +12,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import orjson
-
 from bluebutton.bundles import BundleHeader, Piece, split_entries
 from bluebutton.cms import CmsClient
 from bluebutton.errors import BundleInvalidError, Issue, LfhError, PartialForwardError
@@ -55,10 +53,8 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
     try:
         async for page in cms.iter_pages(query.resource_type, query.cms_params(), token):
             pages += 1
-            fresh = [orjson.dumps(entry) for entry in page.get("entry", [])]
-            if fresh:
-                checks.append(validator.submit(fresh, len(entries)))
-                entries += fresh
+            checks += validator.submit_chunks(page.entries, len(entries))
+            entries += page.entries
         fetched = time.perf_counter()
         header = BundleHeader.fresh(total=len(entries))
         problems = validate_shell(header.as_dict())

@@ -14,7 +14,7 @@ import pytest
 import respx
 
 import bluebutton.outbound
-from bluebutton.cms import CmsClient, cms_detail, next_link
+from bluebutton.cms import CmsClient, Page, cms_detail, next_link
 from bluebutton.errors import (
     CmsBadRequestError,
     CmsError,
@@ -54,12 +54,12 @@ async def cms_client(**overrides: Any) -> AsyncIterator[CmsClient]:
         await http.aclose()
 
 
-async def pull_pages(cms: CmsClient, params: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+async def pull_pages(cms: CmsClient, params: list[tuple[str, str]] | None = None) -> list[Page]:
     return [page async for page in cms.iter_pages(EOB, params or [("_count", "50")], TOKEN)]
 
 
-def ids(pages: list[dict[str, Any]]) -> list[str]:
-    return [entry["resource"]["id"] for page in pages for entry in page.get("entry", [])]
+def ids(pages: list[Page]) -> list[str]:
+    return [orjson.loads(entry)["resource"]["id"] for page in pages for entry in page.entries]
 
 
 # ------------------------------------------------------------------------------------------- paging
