@@ -33,6 +33,7 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         access_log=False,  # its lines include query strings (authorization codes)
+        timeout_graceful_shutdown=10,  # in-flight pulls get 10 s; idle TLS clients do not hold the stop
         log_config=None,
         **tls,  # type: ignore[arg-type]
     )

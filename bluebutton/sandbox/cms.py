@@ -211,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         tls = {"ssl_certfile": str(args.tls_cert), "ssl_keyfile": str(args.tls_key)}
     # access_log off: authorize callbacks and token calls carry codes in query strings.
     uvicorn.run(
-        create_cms_app(config), host=args.host, port=args.port, access_log=False, lifespan="off", **tls
+        create_cms_app(config),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=3,  # TLS keep-alive clients would hold a stop for 30 s
+        **tls,
     )
 
 

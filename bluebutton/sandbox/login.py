@@ -30,6 +30,7 @@ def authorize(
     *,
     share_demographics: bool = True,
     allow: bool = True,
+    accept: str = "application/json",
 ) -> httpx.Response:
     """Run the flow for `BBUser<user_number>`; the answer is the connector's callback response."""
     with httpx.Client(verify=ca_context(), timeout=30.0) as client:
@@ -53,7 +54,7 @@ def authorize(
         )
         if redirect.status_code not in (302, 303):
             raise AssertionError(f"consent did not redirect: HTTP {redirect.status_code}")
-        return client.get(redirect.headers["Location"], headers={"Accept": "application/json"})
+        return client.get(redirect.headers["Location"], headers={"Accept": accept})
 
 
 def token_set(connector_url: str, user_number: int, **choices: Any) -> dict[str, Any]:
