@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -134,6 +135,9 @@ def create_app(settings: Settings) -> FastAPI:
         lfh = LfhClient.create(settings, context)
         pending = open_store(settings.state_store)
         validator = Validator(settings.validation_workers)
+        # Everything built so far lives as long as the app: keep it out of the collector's
+        # full passes, which would otherwise walk it while a large pull allocates.
+        gc.freeze()
         try:
             yield State(
                 settings=settings,
