@@ -6,6 +6,7 @@
     ├── BundleInvalidError               422  CMS data failed R4 validation (one issue per problem)
     ├── EntryTooLargeError               422  one entry alone exceeds connect's record size
     ├── NotConfiguredError               503  a feature needs settings that are missing
+    ├── ValidationUnavailableError       503  a validation worker died mid-pull
     ├── OAuthError                       400  authorize/callback problems (unknown state, ...)
     │   └── AccessDeniedError            403  the beneficiary declined
     └── UpstreamError                    502  an upstream failed; carries upstream, status, detail
@@ -99,6 +100,11 @@ class EntryTooLargeError(BlueButtonError):
 class NotConfiguredError(BlueButtonError):
     status_code = 503
     code = "not-supported"
+
+
+class ValidationUnavailableError(BlueButtonError):
+    status_code = 503
+    code = "transient"
 
 
 class OAuthError(BlueButtonError):

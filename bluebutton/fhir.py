@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import orjson
@@ -147,22 +148,33 @@ class Validator:
     """Validates entries off the event loop in a process pool sized by the settings."""
 
     def __init__(self, workers: int, executor: Executor | None = None) -> None:
-        if executor is None:
-            # forkserver: workers fork from a clean server that imported this module (and the
-            # models) once, not from the threaded, socket-holding service process.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
-            executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
-        self._executor = executor
+        self._workers = workers
+        self._executor = executor or self._new_pool()
+
+    def _new_pool(self) -> Executor:
+        # forkserver: workers fork from a clean server that imported this module (and the
+        # models) once, not from the threaded, socket-holding service process.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context, initializer=_init_worker)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, entry_bytes: Sequence[bytes], first_index: int) -> asyncio.Future[list[Problem]]:
-        """Start validating consecutive entries (compact JSON each) from `first_index` on."""
+        """Start validating consecutive entries (compact JSON each) from `first_index` on.
+
+        A pool whose worker died (killed, out of memory) refuses all work; it is replaced here so
+        one crash fails one request, not every later one.
+        """
         payload = b"[" + b",".join(entry_bytes) + b"]"
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
+        try:
+            return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
+        except BrokenProcessPool:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_pool()
+            return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
 
     def submit_chunks(
         self, entry_bytes: Sequence[bytes], first_index: int

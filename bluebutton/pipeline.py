@@ -10,11 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from bluebutton.bundles import BundleHeader, Piece, split_entries
 from bluebutton.cms import CmsClient
-from bluebutton.errors import BundleInvalidError, Issue, LfhError, PartialForwardError
+from bluebutton.errors import (
+    BundleInvalidError,
+    Issue,
+    LfhError,
+    PartialForwardError,
+    ValidationUnavailableError,
+)
 from bluebutton.fhir import Problem, Validator, problems_to_issues, validate_shell
 from bluebutton.lfh import LfhClient, StoredRecord
 from bluebutton.query import FhirQuery
@@ -58,8 +65,14 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
         fetched = time.perf_counter()
         header = BundleHeader.fresh(total=len(entries))
         problems = validate_shell(header.as_dict())
-        for chunk in await asyncio.gather(*checks):
-            problems += chunk
+        try:
+            for chunk in await asyncio.gather(*checks):
+                problems += chunk
+        except BrokenProcessPool as e:
+            raise ValidationUnavailableError(
+                "A FHIR validation worker stopped (killed or out of memory) during this pull; "
+                "nothing was forwarded. Retry the request."
+            ) from e
     finally:
         for check in checks:
             check.cancel()

@@ -221,3 +221,24 @@ async def test_validator_in_worker_processes() -> None:
         assert await validator.validate(_mixed(5, set())) == []
     finally:
         validator.close()
+
+
+async def test_a_dead_worker_fails_one_pull_and_the_pool_is_replaced() -> None:
+    """A worker killed mid-task breaks the pool; the next submission gets a fresh one."""
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    validator = Validator(1)
+    try:
+        assert await validator.validate(_mixed(2, set())) == []
+        pool = validator._executor
+        for pid in list(pool._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            await validator.validate(_mixed(2, set()))
+        problems = await validator.validate(_mixed(3, {1}))
+        assert [p[0] for p in problems] == [1]
+        assert validator._executor is not pool
+    finally:
+        validator.close()
