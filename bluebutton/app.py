@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bluebutton import __version__
+from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
@@ -36,7 +37,6 @@ from bluebutton.state import State
 
 logger = logging.getLogger("bluebutton.access")
 
-FHIR_JSON = "application/fhir+json"
 
 DESCRIPTION = """
 Pulls a beneficiary's Medicare data (Patient, Coverage or ExplanationOfBenefit) from the CMS Blue
@@ -199,13 +199,14 @@ def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = generate()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-        return app.openapi_schema or generate()
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()  # FastAPI caches it in app.openapi_schema; we extend that copy
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -17,6 +17,8 @@ import orjson
 
 from bluebutton.errors import EntryTooLargeError
 
+FHIR_JSON = "application/fhir+json"
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 import httpx
 import orjson
 
+from bluebutton.bundles import FHIR_JSON
 from bluebutton.errors import (
     CmsBadRequestError,
     CmsError,
@@ -37,7 +38,6 @@ from bluebutton.settings import Settings
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_RETRY_AFTER = 60.0
-FHIR_JSON = "application/fhir+json"
 # How a v2 (`startIndex`) or v3 (`_offset`) paging link says where its page starts.
 INDEX_PARAMS = ("startIndex", "_offset")
 

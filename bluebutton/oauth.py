@@ -148,21 +148,29 @@ class OAuthClient:
         # quote_via: scopes are space-delimited and CMS expects %20, not '+' (bb2-api.md §2.2).
         return f"{self._settings.cms_oauth_base}authorize/?" + urlencode(query, quote_via=quote)
 
-    async def _token_request(self, data: dict[str, str]) -> httpx.Response:
+    async def _post(self, endpoint: str, data: dict[str, str], advice: str = "") -> httpx.Response:
+        """POST a form to `{base}/v{n}/o/<endpoint>` with HTTP Basic client authentication."""
         client_id, secret = self.credentials()
         try:
             return await self._client.post(
-                f"{self._settings.cms_oauth_base}token/",
+                f"{self._settings.cms_oauth_base}{endpoint}",
                 data=data,
                 auth=httpx.BasicAuth(client_id, secret),
                 headers={"Accept": "application/json"},
             )
         except httpx.TransportError as e:
             raise CmsTokenError(
-                f"could not reach Blue Button's token endpoint ({type(e).__name__}); "
-                "authorization codes are single-use, so start again at /bluebutton/authorize",
+                f"could not reach Blue Button's {endpoint.rstrip('/')} endpoint ({type(e).__name__})"
+                + advice,
                 transient=True,
             ) from e
+
+    async def _token_request(self, data: dict[str, str]) -> httpx.Response:
+        return await self._post(
+            "token/",
+            data,
+            "; authorization codes are single-use, so start again at /bluebutton/authorize",
+        )
 
     async def exchange_code(self, code: str, verifier: str) -> TokenSet:
         response = await self._token_request(
@@ -215,18 +223,7 @@ class OAuthClient:
 
     async def revoke(self, token: str) -> None:
         """RFC 7009 revocation; CMS answers 200 even for unknown tokens."""
-        client_id, secret = self.credentials()
-        try:
-            response = await self._client.post(
-                f"{self._settings.cms_oauth_base}revoke_token/",
-                data={"token": token},
-                auth=httpx.BasicAuth(client_id, secret),
-            )
-        except httpx.TransportError as e:
-            raise CmsTokenError(
-                f"could not reach Blue Button's revocation endpoint ({type(e).__name__})",
-                transient=True,
-            ) from e
+        response = await self._post("revoke_token/", {"token": token})
         if response.status_code != 200:
             raise _token_error(response, "revoking the token")
 

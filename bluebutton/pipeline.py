@@ -13,7 +13,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from bluebutton.bundles import BundleHeader, Piece, split_entries
+from bluebutton.bundles import FHIR_JSON, BundleHeader, Piece, split_entries
 from bluebutton.cms import CmsClient
 from bluebutton.errors import (
     BundleInvalidError,
@@ -27,8 +27,6 @@ from bluebutton.lfh import LfhClient, StoredRecord
 from bluebutton.query import FhirQuery
 
 logger = logging.getLogger(__name__)
-
-FHIR_JSON = "application/fhir+json"
 
 
 @dataclass

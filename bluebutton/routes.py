@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from bluebutton import pipeline
+from bluebutton.bundles import FHIR_JSON
 from bluebutton.deps import (
     BearerTokenDep,
     CmsDep,
@@ -30,7 +31,6 @@ from bluebutton.schemas import (
 )
 
 router = APIRouter()
-FHIR_JSON = "application/fhir+json"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
