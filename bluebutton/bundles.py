@@ -1,6 +1,6 @@
 """Assembling FHIR `searchset` Bundles as bytes: the merged pull, and connect-sized pieces of it.
 
-Each entry is serialised once (compact JSON); the merged Bundle and every piece are those bytes
+Each entry stays the JSON bytes CMS sent; the merged Bundle and every piece are those bytes
 joined under a small header, so sizes are exact without serialising candidates and nothing is
 re-encoded on the way to connect.
 """
@@ -8,7 +8,7 @@ re-encoded on the way to connect.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,10 +46,20 @@ class BundleHeader:
         }
 
     def wrap(self, entries: Sequence[bytes]) -> bytes:
-        head = orjson.dumps(self.as_dict())[:-1]
-        if not entries:
-            return head + b',"entry":[]}'
-        return head + b',"entry":[' + b",".join(entries) + b"]}"
+        return b"".join(self.parts(entries))
+
+    def parts(self, entries: Sequence[bytes]) -> Iterator[bytes]:
+        """The wrapped Bundle as consecutive byte strings, the entries among them uncopied."""
+        yield orjson.dumps(self.as_dict())[:-1] + b',"entry":['
+        for index, entry in enumerate(entries):
+            if index:
+                yield b","
+            yield entry
+        yield b"]}"
+
+    def size(self, entries: Sequence[bytes]) -> int:
+        """`len(self.wrap(entries))`, without assembling it."""
+        return self.overhead() + sum(len(e) for e in entries) + max(len(entries) - 1, 0)
 
     def overhead(self) -> int:
         """Bytes of a wrapped Bundle that are not entries or the commas between them."""
@@ -79,8 +89,7 @@ def split_entries(entries: Sequence[bytes], limit: int, merged: BundleHeader) ->
     Greedy packing is optimal here: with the order fixed, closing a piece later never forces more
     pieces. When everything fits, the one piece is the merged Bundle itself (same id).
     """
-    whole = merged.overhead() + sum(len(e) for e in entries) + max(len(entries) - 1, 0)
-    if whole <= limit:
+    if merged.size(entries) <= limit:
         return [Piece(0, len(entries), merged, entries)]
     probe = BundleHeader.fresh(merged.total)
     overhead = probe.overhead()

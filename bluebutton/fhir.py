@@ -67,9 +67,17 @@ def _problems(error: pydantic.ValidationError, index: int, ref: str, prefix: str
     ]
 
 
+class EntriesNotJsonError(ValueError):
+    """The entries passed the fetch's syntax check but are not JSON after all (bad UTF-8, say)."""
+
+
 def validate_entries(payload: bytes, first_index: int) -> list[Problem]:
     """Validate a JSON array of Bundle entries; runs in a worker process."""
-    entries = orjson.loads(payload)
+    try:
+        entries = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        # The message is orjson's position and reason; it never quotes the data.
+        raise EntriesNotJsonError(str(e)) from None
     problems: list[Problem] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -150,6 +158,9 @@ class Validator:
     def __init__(self, workers: int, executor: Executor | None = None) -> None:
         self._workers = workers
         self._executor = executor or self._new_pool()
+        # Chunks handed to the pool at once, across all requests: enough to keep every worker
+        # busy, few enough that the copies waiting for a worker stay a small part of a pull.
+        self._window = asyncio.Semaphore(2 * workers)
 
     def _new_pool(self) -> Executor:
         # forkserver: workers fork from a clean server that imported this module (and the
@@ -179,11 +190,15 @@ class Validator:
     def submit_chunks(
         self, entry_bytes: Sequence[bytes], first_index: int
     ) -> list[asyncio.Future[list[Problem]]]:
-        """Start validating in chunks small enough to keep every worker busy."""
+        """Validate in chunks small enough to keep every worker busy, a few at a time."""
         return [
-            self.submit(entry_bytes[start : start + CHUNK_ENTRIES], first_index + start)
-            for start in range(0, len(entry_bytes), CHUNK_ENTRIES)
+            asyncio.ensure_future(self._check(entry_bytes[at : at + CHUNK_ENTRIES], first_index + at))
+            for at in range(0, len(entry_bytes), CHUNK_ENTRIES)
         ]
+
+    async def _check(self, entry_bytes: Sequence[bytes], first_index: int) -> list[Problem]:
+        async with self._window:
+            return await self.submit(entry_bytes, first_index)
 
     async def validate(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> list[Problem]:
         """Validate entries in chunks spread over the workers; problems in entry order."""

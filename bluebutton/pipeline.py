@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
@@ -17,12 +18,13 @@ from bluebutton.bundles import FHIR_JSON, BundleHeader, Piece, split_entries
 from bluebutton.cms import CmsClient
 from bluebutton.errors import (
     BundleInvalidError,
+    CmsProtocolError,
     Issue,
     LfhError,
     PartialForwardError,
     ValidationUnavailableError,
 )
-from bluebutton.fhir import Problem, Validator, problems_to_issues, validate_shell
+from bluebutton.fhir import EntriesNotJsonError, Problem, Validator, problems_to_issues, validate_shell
 from bluebutton.lfh import LfhClient, StoredRecord
 from bluebutton.query import FhirQuery
 
@@ -38,13 +40,14 @@ class Pulled:
     pages: int
     timings: dict[str, float] = field(default_factory=dict)
 
-    def merged(self) -> bytes:
-        return self.header.wrap(self.entries)
-
 
 @dataclass(frozen=True)
 class Answer:
-    body: bytes
+    """The response body as parts sent one after another: a pull's data is never copied into one
+    body (the merged Bundle and connect's envelopes are each larger than the data)."""
+
+    parts: Iterable[bytes]
+    length: int
     media_type: str
     headers: dict[str, str]
 
@@ -71,6 +74,8 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
                 "A FHIR validation worker stopped (killed or out of memory) during this pull; "
                 "nothing was forwarded. Retry the request."
             ) from e
+        except EntriesNotJsonError as e:
+            raise CmsProtocolError("Blue Button answered 200 with a body that is not JSON") from e
     finally:
         for check in checks:
             check.cancel()
@@ -148,20 +153,16 @@ def _record_headers(records: list[StoredRecord]) -> dict[str, str]:
     }
 
 
-def envelopes_answer(stored: list[tuple[Piece, StoredRecord]], total: int) -> bytes:
+def envelopes_answer(stored: list[tuple[Piece, StoredRecord]], total: int) -> list[bytes]:
     """connect's envelope unchanged for one Bundle; the documented aggregate for several."""
     if len(stored) == 1:
-        return stored[0][1].envelope
-    parts = [
-        b'{"first_entry":%d,"entry_count":%d,"envelope":%s}'
-        % (piece.start, piece.stop - piece.start, record.envelope)
-        for piece, record in stored
-    ]
-    return b'{"bundle_count":%d,"entry_count":%d,"bundles":[%s]}' % (
-        len(stored),
-        total,
-        b",".join(parts),
-    )
+        return [stored[0][1].envelope]
+    parts = [b'{"bundle_count":%d,"entry_count":%d,"bundles":[' % (len(stored), total)]
+    for number, (piece, record) in enumerate(stored):
+        start = b'{"first_entry":%d,"entry_count":%d,"envelope":' % (piece.start, piece.stop - piece.start)
+        parts += [b"," + start if number else start, record.envelope, b"}"]
+    parts.append(b"]}")
+    return parts
 
 
 async def transfer(
@@ -191,5 +192,7 @@ async def transfer(
         f"{name};dur={seconds * 1000:.1f}" for name, seconds in pulled.timings.items()
     )
     if query.return_cms:
-        return Answer(pulled.merged(), FHIR_JSON, headers)
-    return Answer(envelopes_answer(stored, len(pulled.entries)), "application/json", headers)
+        header, entries = pulled.header, pulled.entries
+        return Answer(header.parts(entries), header.size(entries), FHIR_JSON, headers)
+    parts = envelopes_answer(stored, len(pulled.entries))
+    return Answer(parts, sum(len(part) for part in parts), "application/json", headers)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from bluebutton import pipeline
 from bluebutton.bundles import FHIR_JSON
@@ -90,7 +91,16 @@ async def fetch_fhir(
     validator: ValidatorDep,
 ) -> Response:
     answer = await pipeline.transfer(query, token, cms, validator, lfh, settings.lfh_max_bundle_bytes)
-    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+    return StreamingResponse(
+        _send(answer.parts),
+        media_type=answer.media_type,
+        headers={**answer.headers, "Content-Length": str(answer.length)},
+    )
+
+
+async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
 
 def _wants_html(request: Request) -> bool:

@@ -415,6 +415,12 @@ def test_backoff_delay_has_jitter_within_bounds(attempt: int) -> None:
         pytest.param(
             orjson.dumps({"resourceType": "Bundle", "entry": {"resource": {}}}), id="entry-not-list"
         ),
+        pytest.param(orjson.dumps({"resourceType": "Bundle", "entry": None}), id="entry-null"),
+        pytest.param(orjson.dumps({"resourceType": "Bundle", "entry": [[1]]}), id="entry-not-object"),
+        pytest.param(
+            orjson.dumps({"resourceType": "Bundle", "entry": [{"resource": [1]}]}), id="resource-not-object"
+        ),
+        pytest.param(b'{"resourceType": "Bundle", "entry": [{"resource": {"a": 1,}}]}', id="bad-entry"),
     ],
 )
 async def test_malformed_200_is_a_protocol_error(
@@ -427,6 +433,19 @@ async def test_malformed_200_is_a_protocol_error(
     assert info.value.status_code == 502
     assert "Blue Button" in str(info.value)
     assert route.call_count >= 1
+
+
+async def test_entries_are_the_bytes_cms_sent(cms_mock: respx.MockRouter) -> None:
+    """Entries are cut out of the page as they are, whatever its layout, and parsed nowhere here."""
+    page = cms_page([make_eob(1), make_eob(2)], total=2)
+    body = orjson.dumps(page, option=orjson.OPT_INDENT_2)
+    cms_mock.get(EOB).mock(return_value=httpx.Response(200, content=body))
+    async with cms_client() as cms:
+        (got,) = await pull_pages(cms)
+    assert [orjson.loads(entry) for entry in got.entries] == page["entry"]
+    assert all(entry in body and entry.startswith(b"{\n") for entry in got.entries)
+    assert got.total == 2
+    assert got.next_url is None
 
 
 async def test_error_messages_carry_hints(cms_mock: respx.MockRouter) -> None:
@@ -492,7 +511,9 @@ def test_cms_detail_of_non_json_and_long_bodies() -> None:
         pytest.param([{"relation": "self", "url": "a"}], None, id="no-next"),
         pytest.param([{"relation": "next", "url": ""}], None, id="empty-next"),
         pytest.param([{"relation": "next"}], None, id="next-without-url"),
+        pytest.param(None, None, id="no-links"),
+        pytest.param({"relation": "next", "url": "b"}, None, id="links-not-a-list"),
     ],
 )
-def test_next_link(links: list[dict[str, str]], expected: str | None) -> None:
-    assert next_link({"resourceType": "Bundle", "link": links}) == expected
+def test_next_link(links: object, expected: str | None) -> None:
+    assert next_link(links) == expected

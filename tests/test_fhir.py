@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -13,7 +14,14 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
 from bluebutton.bundles import BundleHeader
-from bluebutton.fhir import MAX_ISSUES, Validator, problems_to_issues, validate_entries, validate_shell
+from bluebutton.fhir import (
+    MAX_ISSUES,
+    EntriesNotJsonError,
+    Validator,
+    problems_to_issues,
+    validate_entries,
+    validate_shell,
+)
 from tests.conftest import (
     cms_page,
     compact,
@@ -208,6 +216,52 @@ async def test_validator_reports_in_entry_order(thread_validator: Validator) -> 
     problems = await thread_validator.validate(_mixed(27, bad))
     assert [p[0] for p in problems] == sorted(bad)
     assert [p[1] for p in problems] == [f"ExplanationOfBenefit/{eob_id(n)}" for n in sorted(bad)]
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """Records how many tasks were handed over and not yet finished, at most."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self.lock:
+            self.running -= 1
+
+
+async def test_validator_hands_the_pool_a_few_chunks_at_a_time() -> None:
+    """A pull's chunks wait their turn instead of all queueing (with their copies) at once."""
+    executor = CountingExecutor()
+    validator = Validator(2, executor=executor)
+    try:
+        bad = {5, 77, 133}
+        problems = await validator.validate(_mixed(140, bad))  # 14 chunks
+        assert [p[0] for p in problems] == sorted(bad)
+        assert 1 <= executor.most <= 4
+        assert executor.running == 0
+    finally:
+        validator.close()
+
+
+async def test_entries_that_are_not_json_fail_in_a_worker_process() -> None:
+    validator = Validator(1)
+    try:
+        with pytest.raises(EntriesNotJsonError) as info:
+            await validator.validate([b'{"resource":{"resourceType":"Patient","id":"\xff"}}'])
+        assert "\xff" not in str(info.value)
+        assert await validator.validate(_mixed(2, set())) == []
+    finally:
+        validator.close()
 
 
 async def test_validator_in_worker_processes() -> None:

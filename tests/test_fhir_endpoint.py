@@ -294,6 +294,29 @@ async def test_hostile_next_link_is_502_and_never_called(
     assert_nothing_forwarded(connect)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b'"\xff"', id="invalid-utf8"),
+        pytest.param(b"1e999", id="infinite-number"),
+    ],
+)
+async def test_entry_that_is_not_json_after_all_is_502(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect, bad: bytes
+) -> None:
+    """The fetch only checks a page's syntax; what only a full parse refuses is caught before
+    anything is forwarded, with the same answer as any other non-JSON page."""
+    body = orjson.dumps(cms_page([make_eob(n) for n in range(3)], total=3))
+    body = body.replace(
+        b'"resourceType":"ExplanationOfBenefit"', b'"x":%s,"resourceType":"ExplanationOfBenefit"' % bad, 1
+    )
+    cms_mock.get(EOB).mock(return_value=httpx.Response(200, content=body))
+    response = await get_fhir(client)
+    assert response.status_code == 502, response.text
+    assert "not JSON" in diagnostics(response)
+    assert_nothing_forwarded(connect)
+
+
 async def test_repeating_link_is_502(
     client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
@@ -385,6 +408,7 @@ async def test_split_into_connect_sized_bundles(
     assert [e for b in connect.stored_bundles for e in b["entry"]] == page["entry"]
     assert len({b["id"] for b in connect.stored_bundles}) == 5
     # the documented aggregate, in order
+    assert response.headers["content-length"] == str(len(response.content))
     answer = response.json()
     assert answer["bundle_count"] == 5
     assert answer["entry_count"] == 10
@@ -410,6 +434,7 @@ async def test_split_with_return_cms_answers_the_whole_bundle(
     one_page(cms_mock, claims)
     response = await get_fhir(small_client, return_cms="true")
     assert response.status_code == 200, response.text
+    assert response.headers["content-length"] == str(len(response.content))
     merged = response.json()
     assert ids_in(merged) == [c["id"] for c in claims]
     assert merged["total"] == 7

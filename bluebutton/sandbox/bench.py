@@ -74,6 +74,24 @@ class HealthProbe(threading.Thread):
                 time.sleep(0.01)
 
 
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def worker_rss_mb(connector: int) -> tuple[int, float, float]:
+    """The validation pool: (workers, the forkserver's RSS = a fresh worker's, largest peak), MB."""
+    servers = _children(connector)
+    workers = [w for server in servers for w in _children(server)]
+    if not servers or not workers:
+        return 0, 0.0, 0.0
+    fresh = max(_rss_kb(server, "VmRSS") for server in servers) / 1024
+    return len(workers), fresh, max(_rss_kb(w, "VmHWM") for w in workers) / 1024
+
+
 def connector_pull(stack: Stack, token: str, client: httpx.Client, pages_per: int) -> Run:
     started = time.perf_counter()
     response = client.get(
@@ -161,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = [connector_pull(stack, token, client, pages) for _ in range(args.runs)]
                 probe.running.clear()
                 peak_kb = _rss_kb(pid, "VmHWM")
+                workers = worker_rss_mb(pid)
                 baseline: list[Run] = []
                 entry_bytes: list[bytes] = []
                 for _ in range(args.baseline_runs):
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return (
             f"{label:<10}{args.claims:>7}{rs[0].pages:>6}{args.rtt_ms:>8}"
-            f"{med('fetch'):>9.3f}{med('validate'):>10.3f}{med('forward'):>9.3f}{med('total'):>8.3f}"
+            f"{med('fetch'):>9.3f}{med('validate'):>11.3f}{med('forward'):>10.3f}{med('total'):>9.3f}"
         )
 
     total = statistics.median(r.total for r in runs)
@@ -185,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     peak_mb = peak_kb / 1024
     growth = (peak_kb - idle_kb) * 1024
     print(
-        f"{'':<10}{'claims':>7}{'pages':>6}{'rtt_ms':>8}{'fetch_s':>9}{'validate_s':>10}"
-        f"{'forward_s':>9}{'total_s':>8}"
+        f"{'':<10}{'claims':>7}{'pages':>6}{'rtt_ms':>8}{'fetch_s':>9}{'validate_s':>11}"
+        f"{'forward_s':>10}{'total_s':>9}"
     )
     print(row("connector", runs))
     print(row("naive", baseline))
@@ -195,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bundle JSON {bundle_bytes / 1e6:.2f} MB; connector RSS idle {idle_kb / 1024:.0f} MB, "
         f"peak {peak_mb:.0f} MB (+{growth / max(bundle_bytes, 1):.1f}x the bundle)"
+    )
+    print(
+        f"validation workers: {workers[0]}, each {workers[1]:.0f} MB when fresh (the forkserver's "
+        f"size, mostly shared), largest peak {workers[2]:.0f} MB"
     )
     print(
         f"connect-side validation of the same Bundles (not in the totals): {connect_seconds:.2f} s "

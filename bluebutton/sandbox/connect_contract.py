@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -59,6 +60,15 @@ def _is_json_content_type(value: str) -> bool:
     return subtype == "json" or subtype.endswith("+json")
 
 
+def _loads(raw: bytes) -> Any:
+    """`json.loads`, faster: orjson gives the same value for all it accepts (strict RFC 8259), and
+    whatever it refuses is left to `json.loads`, for FastAPI's leniency and its exact errors."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 async def read_body_dict(request: Request) -> dict[str, Any]:
     """The body as FastAPI 0.78 hands `request_data: dict = Body(...)` to connect's route."""
     raw = await request.body()
@@ -66,7 +76,7 @@ async def read_body_dict(request: Request) -> dict[str, Any]:
     if raw:
         content_type = request.headers.get("content-type")  # the first header wins, as in FastAPI
         try:
-            body = json.loads(raw) if not content_type or _is_json_content_type(content_type) else raw
+            body = _loads(raw) if not content_type or _is_json_content_type(content_type) else raw
         except json.JSONDecodeError as e:
             # pydantic v1 puts the exception's __dict__ in ctx; we leave out `doc`, the body itself.
             ctx = {"msg": e.msg, "pos": e.pos, "lineno": e.lineno, "colno": e.colno}
