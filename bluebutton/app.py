@@ -134,7 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         lfh = LfhClient.create(settings, context)
         pending = open_store(settings.state_store)
-        validator = Validator(settings.validation_workers)
+        validator = Validator(settings.validation_workers, fast=settings.fast_validation)
         # Everything built so far lives as long as the app: keep it out of the collector's
         # full passes, which would otherwise walk it while a large pull allocates.
         gc.freeze()

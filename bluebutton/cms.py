@@ -30,7 +30,7 @@ from bluebutton.errors import (
     CmsUnavailableError,
     rate_limited,
 )
-from bluebutton.outbound import backoff_delay
+from bluebutton.outbound import backoff_delay, release
 from bluebutton.settings import Settings
 
 # GETs are idempotent: these answers (and transport failures) are worth another try.
@@ -249,17 +249,20 @@ class CmsClient:
                 )
                 cause = e
             else:
-                if response.status_code == 200:
-                    try:
-                        return parse_bundle(response)
-                    except CmsProtocolError as e:
-                        failure, cause = e, e
-                elif response.status_code in RETRYABLE_STATUSES:
-                    failure = _status_error(response, attempt)
-                    cause = failure
-                    retry_after = retry_after_seconds(response)
-                else:
-                    raise _status_error(response, attempt)
+                try:
+                    if response.status_code == 200:
+                        try:
+                            return parse_bundle(response.content)
+                        except CmsProtocolError as e:
+                            failure, cause = e, e
+                    elif response.status_code in RETRYABLE_STATUSES:
+                        failure = _status_error(response, attempt)
+                        cause = failure
+                        retry_after = retry_after_seconds(response)
+                    else:
+                        raise _status_error(response, attempt)
+                finally:
+                    release(response)
             delay = backoff_delay(attempt, settings.cms_retry_backoff_seconds)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
@@ -289,14 +292,13 @@ _PAGE_DECODER = msgspec.json.Decoder(_PageShape)
 _ENTRY_DECODER = msgspec.json.Decoder(_EntryShape)
 
 
-def parse_bundle(response: httpx.Response) -> Page:
+def parse_bundle(content: bytes) -> Page:
     """Reduce a search page to its entries' JSON bytes, exactly as CMS sent them.
 
     Anything unusual (malformed JSON, not a Bundle, an entry without a resource object) is left
     to the strict parser below, which says precisely what is wrong. The raw entries are parsed
     for the first time by the validation workers.
     """
-    content = response.content
     try:
         page = _PAGE_DECODER.decode(content)
         entries = [bytes(raw) for raw in page.entry]

@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from bluebutton.errors import LfhError
-from bluebutton.outbound import build_client
+from bluebutton.outbound import build_client, release
 from bluebutton.settings import Settings
 
 CONNECT_ATTEMPTS = 3
@@ -121,11 +121,13 @@ class LfhClient:
                     f"the connection to LinuxForHealth connect failed after the Bundle was sent "
                     f"({type(e).__name__}); it may or may not have been stored",
                 ) from e
-            if response.status_code == 429 and throttled < self._settings.lfh_rate_limit_retries:
-                throttled += 1
-                await asyncio.sleep(self._settings.lfh_rate_limit_wait_seconds)
-                continue
-            return _stored_record(response)
+            try:
+                if response.status_code != 429 or throttled >= self._settings.lfh_rate_limit_retries:
+                    return _stored_record(response)
+            finally:
+                release(response)
+            throttled += 1
+            await asyncio.sleep(self._settings.lfh_rate_limit_wait_seconds)
 
 
 def _stored_record(response: httpx.Response) -> StoredRecord:

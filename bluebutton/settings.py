@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     cms_fetch_concurrency: int = Field(default=4, ge=1, le=16)
 
     validation_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    fast_validation: bool = True
 
     state_store: str = "memory"
     state_ttl_seconds: int = Field(default=600, ge=30)
