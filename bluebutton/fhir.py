@@ -183,7 +183,7 @@ class Validator:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, entry_bytes: Sequence[bytes], first_index: int) -> asyncio.Future[list[Problem]]:
-        """Start validating consecutive entries (compact JSON each) from `first_index` on.
+        """Start validating consecutive entries (JSON bytes each) from `first_index` on.
 
         A pool whose worker died (killed, out of memory) refuses all work; it is replaced here so
         one crash fails one request, not every later one.

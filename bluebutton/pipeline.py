@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Pulled:
-    """A validated pull: each entry as compact JSON, and the merged Bundle's header."""
+    """A validated pull: each entry's JSON bytes as CMS sent them, and the merged Bundle's header."""
 
     entries: list[bytes]
     header: BundleHeader

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import respx
 
+import bluebutton.cms
 import bluebutton.outbound
 from bluebutton.cms import CmsClient, Page, cms_detail, next_link
 from bluebutton.errors import (
@@ -259,6 +260,21 @@ async def test_retryable_status_is_retried_then_succeeds(
     assert ids(got) == [make_eob(1)["id"]]
     assert route.call_count == 4
     assert len(cms_sleeps.delays) == 3
+
+
+async def test_every_response_is_released(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[int] = []
+    monkeypatch.setattr(bluebutton.cms, "release", lambda response: released.append(response.status_code))
+    page = cms_page([make_eob(1)])
+    route = cms_mock.get(EOB).mock(side_effect=[fhir_response({}, 503), fhir_response(page)])
+    async with cms_client() as cms:
+        await pull_pages(cms)
+        with pytest.raises(CmsNotFoundError):
+            route.side_effect = [fhir_response({}, 404)]
+            await pull_pages(cms)
+    assert released == [503, 200, 404]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import respx
 
+import bluebutton.lfh
 from bluebutton.errors import LfhError
 from bluebutton.lfh import LfhClient
 from bluebutton.settings import Settings
@@ -76,6 +77,19 @@ async def test_rate_limited_then_stored(lfh_mock: respx.MockRouter, lfh_sleeps: 
     assert [c.request.content for c in route.calls] == [BODY] * 3
     assert lfh_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS] * 2
     assert RATE_LIMIT_WAIT_SECONDS >= 1.0  # connect's window is one second
+
+
+async def test_every_response_is_released(
+    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[int] = []
+    monkeypatch.setattr(bluebutton.lfh, "release", lambda response: released.append(response.status_code))
+    lfh_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited(), stored(), httpx.Response(500, json={})])
+    async with lfh_client() as lfh:
+        await lfh.post_bundle(BODY)
+        with pytest.raises(LfhError):
+            await lfh.post_bundle(BODY)
+    assert released == [429, 200, 500]
 
 
 async def test_rate_limited_for_too_long(lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder) -> None:

@@ -2,8 +2,10 @@
 
 Starts the emulated CMS (with added latency and a fixed claim count), the emulated connect (no
 validation, no rate limit: we time the connector, not connect) and the connector; authorizes a
-user; runs the pull several times while polling `/health`; then runs the naive pull in the same
-run (sequential `next` with `_count=10`, one-Bundle validation, sequential POSTs) and prints both.
+user; pulls once with `return_cms` to size the Bundle; runs the pull several times while polling
+`/health`; then runs the naive pull in the same run (sequential `next` with `_count=10`, one-Bundle
+validation, sequential POSTs) and prints both. The connector's RSS is read from /proc: its peak
+over all pulls against its idle RSS before the first.
 """
 
 from __future__ import annotations
