@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from fhir.resources.R4B.patient import Patient
 
 from bluebutton import fhir_speedups
 from bluebutton.errors import Issue
+
+logger = logging.getLogger(__name__)
 
 # Imported above so forked workers start with the models built; listed for the lookup below.
 MODELS: dict[str, type[Any]] = {
@@ -150,8 +153,12 @@ def _init_worker(fast: bool) -> None:
     checks, other requests, the pages still arriving) answering promptly meanwhile.
     """
     os.nice(WORKER_NICENESS)
-    if fast:
-        fhir_speedups.install()
+    if fast and not fhir_speedups.install():
+        logger.warning(
+            "validation speedups off: they were checked against %s only; validating with the "
+            "library as it is (correct, about twice as slow)",
+            fhir_speedups.CHECKED_VERSIONS,
+        )
     for model in MODELS.values():
         model.model_fields  # noqa: B018
 

@@ -8,6 +8,7 @@ they are there, and mutations aimed at each check the speedups replace.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pydantic
 import pytest
 
 from bluebutton import fhir_speedups
-from bluebutton.fhir import Validator, _model_for, validate_entries
+from bluebutton.fhir import Validator, _init_worker, _model_for, validate_entries
 from bluebutton.sandbox.cms_data import INVALID_USERS, generate_claims
 from tests.conftest import SAMPLES_DIR
 
@@ -203,6 +204,17 @@ def test_other_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fhir_speedups, "CHECKED_VERSIONS", {"fhir_core": "0.0.0"})
     assert fhir_speedups.install() is False
     assert not fhir_speedups._installed
+
+
+def test_a_worker_says_when_the_speedups_are_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(os, "nice", lambda _: 0)  # the test process keeps its priority
+    monkeypatch.setattr(fhir_speedups, "CHECKED_VERSIONS", {"fhir_core": "0.0.0"})
+    _init_worker(True)
+    assert "validation speedups off" in caplog.text
+    assert "0.0.0" in caplog.text
+    assert not fhir_speedups.installed()
 
 
 if __name__ == "__main__":
