@@ -220,7 +220,15 @@ def test_dockerignore_excludes(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["Pipfile", "Pipfile.lock", "bluebutton/__main__.py", "bluebutton/sandbox/__init__.py"]
+    "path",
+    [
+        "Pipfile",
+        "Pipfile.lock",
+        "bluebutton/__main__.py",
+        "bluebutton/sandbox/__init__.py",
+        "bluebutton/sandbox/cms/__main__.py",
+        "bluebutton/sandbox/connect/__main__.py",
+    ],
 )
 def test_dockerignore_keeps(path: str) -> None:
     assert not dockerignored(path)

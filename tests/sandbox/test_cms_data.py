@@ -12,9 +12,9 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from bluebutton.sandbox.cms_beneficiary import build_coverages, build_patient, userinfo
-from bluebutton.sandbox.cms_codes import CLAIM_TYPES
-from bluebutton.sandbox.cms_data import (
+from bluebutton.sandbox.cms.beneficiary import build_coverages, build_patient, userinfo
+from bluebutton.sandbox.cms.codes import CLAIM_TYPES
+from bluebutton.sandbox.cms.data import (
     INVALID_USERS,
     CmsDataset,
     claim_count,

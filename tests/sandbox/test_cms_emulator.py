@@ -23,15 +23,15 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from starlette.applications import Starlette
 
-from bluebutton.sandbox.cms import (
+from bluebutton.sandbox.cms.app import create_cms_app
+from bluebutton.sandbox.cms.config import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
     DEFAULT_REDIRECT_URI,
     CmsSandboxConfig,
-    create_cms_app,
 )
-from bluebutton.sandbox.cms_data import generate_claims
-from bluebutton.sandbox.cms_faults import ConnectionDropped, Faults
+from bluebutton.sandbox.cms.data import generate_claims
+from bluebutton.sandbox.cms.faults import ConnectionDropped, Faults
 
 CLIENT = (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
 REDIRECT = DEFAULT_REDIRECT_URI
@@ -144,8 +144,15 @@ def entry_ids(bundle: dict[str, Any]) -> list[str]:
     return [e["resource"]["id"] for e in bundle.get("entry", [])]
 
 
-def link(bundle: dict[str, Any], relation: str) -> str | None:
-    return next((x["url"] for x in bundle["link"] if x["relation"] == relation), None)
+def find_link(bundle: dict[str, Any], relation: str) -> str | None:
+    return next((str(x["url"]) for x in bundle["link"] if x["relation"] == relation), None)
+
+
+def link(bundle: dict[str, Any], relation: str) -> str:
+    """The URL of a link that must be there."""
+    url = find_link(bundle, relation)
+    assert url is not None, f"no {relation!r} link in {bundle['link']}"
+    return url
 
 
 def pending_id(url: str) -> str:
@@ -627,7 +634,7 @@ async def test_paging_links_follow_cms_shape():
             bundle = response.json()
             pages.append(bundle)
             seen += entry_ids(bundle)
-            url = link(bundle, "next")
+            url = find_link(bundle, "next")
         assert len(pages) == 4 and len(seen) == 155 == len(set(seen))
         first, second, last = pages[0], pages[1], pages[-1]
         assert first["resourceType"] == "Bundle" and first["type"] == "searchset"
@@ -667,7 +674,7 @@ async def test_count_default_limits_and_alias():
         alias = (await cms.fhir("ExplanationOfBenefit", token, {"count": 5})).json()
         assert len(alias["entry"]) == 5
         zero = (await cms.fhir("ExplanationOfBenefit", token, {"_count": 0})).json()
-        assert zero["total"] == 52 and "entry" not in zero and link(zero, "next") is None
+        assert zero["total"] == 52 and "entry" not in zero and find_link(zero, "next") is None
         beyond = (await cms.fhir("ExplanationOfBenefit", token, {"startIndex": 60})).json()
         assert beyond["total"] == 52 and "entry" not in beyond
         for params, detail in [
@@ -723,7 +730,7 @@ async def test_date_filters_select_subsets():
             while url:
                 bundle = (await cms.fhir(url, token, query)).json()
                 out += [e["resource"] for e in bundle.get("entry", [])]
-                url, query = link(bundle, "next"), None
+                url, query = find_link(bundle, "next"), None
             return out
 
         everything = await fetch([])
@@ -736,7 +743,7 @@ async def test_date_filters_select_subsets():
         assert 0 < len(window) < len(everything)
 
         def service_end(r: dict[str, Any]) -> str:
-            return r["billablePeriod"]["end"] if "billablePeriod" in r else r["item"][0]["servicedDate"]
+            return str(r["billablePeriod"]["end"] if "billablePeriod" in r else r["item"][0]["servicedDate"])
 
         older = await fetch([("service-date", "le2018-12-31")])
         assert 0 < len(older) < 200 and all(service_end(r) <= "2018-12-31" for r in older)

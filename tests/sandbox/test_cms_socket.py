@@ -13,14 +13,10 @@ import httpx
 import pytest
 import uvicorn
 
-from bluebutton.sandbox.cms import (
-    DEFAULT_REDIRECT_URI,
-    CmsSandboxConfig,
-    build_parser,
-    config_from_args,
-    create_cms_app,
-)
-from bluebutton.sandbox.cms_faults import Faults
+from bluebutton.sandbox.cms.app import create_cms_app
+from bluebutton.sandbox.cms.cli import build_parser, config_from_args
+from bluebutton.sandbox.cms.config import DEFAULT_REDIRECT_URI, CmsSandboxConfig
+from bluebutton.sandbox.cms.faults import Faults
 
 CERTS = Path(__file__).resolve().parents[2] / "local-certs"
 

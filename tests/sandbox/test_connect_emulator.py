@@ -18,8 +18,8 @@ import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
 
-from bluebutton.sandbox.connect import ConnectSandboxApp, ConnectSandboxConfig, create_connect_app
-from bluebutton.sandbox.connect_config import CERT_DIR, parse_args
+from bluebutton.sandbox.connect.app import ConnectSandboxApp, ConnectSandboxConfig, create_connect_app
+from bluebutton.sandbox.connect.config import CERT_DIR, parse_args
 
 ENVELOPE_FIELDS = [
     "uuid",

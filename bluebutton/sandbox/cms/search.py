@@ -1,6 +1,6 @@
 """Blue Button v2 search semantics: the query schema, date and type filters, paging links, Bundle.
 
-Pure functions, no HTTP (`cms_fhir.py` calls them). Rules from bb2-api.md §3.1/§3.2 and CMS's
+Pure functions, no HTTP (`fhir.py` calls them). Rules from bb2-api.md §3.1/§3.2 and CMS's
 `views/search.py` QUERY_SCHEMA:
 
 - `_count` (alias `count`, which wins) is an int 0..50, default 10: "expected int",
@@ -33,8 +33,8 @@ from urllib.parse import urlencode
 import orjson
 from starlette.datastructures import QueryParams
 
-from bluebutton.sandbox.cms_codes import CLAIM_TYPES, EOB_TYPE_SYSTEM
-from bluebutton.sandbox.cms_data import iso_instant
+from bluebutton.sandbox.cms.codes import CLAIM_TYPES, EOB_TYPE_SYSTEM
+from bluebutton.sandbox.cms.data import iso_instant
 
 MAX_COUNT: Final = 50
 DEFAULT_COUNT: Final = 10

@@ -19,7 +19,7 @@ import random
 from datetime import date, timedelta
 from typing import Any, Final
 
-from bluebutton.sandbox.cms_codes import (
+from bluebutton.sandbox.cms.codes import (
     BB_VAR,
     BENEFIT_SYSTEM,
     C4BB,
@@ -572,7 +572,7 @@ def build_claim(
     last_updated: str,
     defect: str | None = None,
 ) -> dict[str, Any]:
-    """One EOB of claim type `kind` (see `cms_codes.CLAIM_TYPES`), optionally with a `DEFECTS` key."""
+    """One EOB of claim type `kind` (see `codes.CLAIM_TYPES`), optionally with a `DEFECTS` key."""
     if kind == "pde":
         eob = _pde(rng, kind, claim_id, patient_id, start, end, last_updated)
     elif kind in ("carrier", "dme"):

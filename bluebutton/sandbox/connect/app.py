@@ -23,7 +23,7 @@ cases included, because a permissive fake would hide exactly the bugs we need to
 - `GET /data?dataformat=&partition=&offset=` returns a stored envelope (delivery fields null, as in
   Kafka); a missing or non-integer parameter is a list-shaped 422 (connect types `partition` and
   `offset` as `int`), an unknown record 404. `GET /status` returns a status document. Records live
-  in SQLite (`connect_store`), so offsets carry on across restarts.
+  in SQLite (`store.py`), so offsets carry on across restarts.
 
 Deviations, all harmless to the connector: FHIR validation uses fhir.resources 8 `R4B` (connect pins
 6.4.0, R4), so type names added in R4B are accepted and error texts differ in wording; `data` keeps
@@ -55,14 +55,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
-import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -71,8 +70,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bluebutton.sandbox.connect_config import KAFKA_RECORD_OVERHEAD, ConnectSandboxConfig, parse_args
-from bluebutton.sandbox.connect_contract import (
+from bluebutton.sandbox.connect.config import KAFKA_RECORD_OVERHEAD, ConnectSandboxConfig
+from bluebutton.sandbox.connect.contract import (
     ConnectError,
     detail,
     encode_data,
@@ -84,10 +83,10 @@ from bluebutton.sandbox.connect_contract import (
     stored_envelope,
     transmission_attributes,
 )
-from bluebutton.sandbox.connect_controls import KAFKA_FAILURE_DETAIL, Faults, FixedWindowLimiter
-from bluebutton.sandbox.connect_store import PARTITION, TOPIC, RecordStore
+from bluebutton.sandbox.connect.controls import KAFKA_FAILURE_DETAIL, Faults, FixedWindowLimiter
+from bluebutton.sandbox.connect.store import PARTITION, TOPIC, RecordStore
 
-__all__ = ["ConnectSandboxApp", "ConnectSandboxConfig", "create_connect_app", "main"]
+__all__ = ["ConnectSandboxApp", "ConnectSandboxConfig", "create_connect_app"]
 
 ADMIN_PREFIX = "/_sandbox/"
 CONNECT_VERSION = "0.42.0"
@@ -290,20 +289,3 @@ def create_connect_app(
     ]
     handlers = {HTTPException: _http_exception, ConnectError: _connect_error}
     return ConnectSandboxApp(sandbox, routes=routes, exception_handlers=handlers, lifespan=lifespan)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_args(argv)
-    uvicorn.run(
-        create_connect_app(config),
-        host=config.host,
-        port=config.port,
-        ssl_certfile=config.tls_cert if config.tls else None,
-        ssl_keyfile=config.tls_key if config.tls else None,
-        access_log=False,
-        timeout_graceful_shutdown=3,  # TLS keep-alive clients would hold a stop for 30 s
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Code tables for the emulated Blue Button 2.0 data: systems, profiles and a few real-looking codes.
 
-Only vocabulary lives here (no randomness, no resources): the generator in `cms_claims.py` and
-`cms_data.py` picks from these tuples. The systems and variable names are the ones CMS's v2 (CARIN
+Only vocabulary lives here (no randomness, no resources): the generator in `claims.py` and
+`data.py` picks from these tuples. The systems and variable names are the ones CMS's v2 (CARIN
 Blue Button) responses use (see `../shared/bb2-samples/`): `https://bluebutton.cms.gov/resources/...`
 variables and code systems next to the C4BB and HL7 terminology systems. Codes are plausible, not a
 clinical data set.

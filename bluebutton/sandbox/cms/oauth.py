@@ -12,7 +12,7 @@
 Slash-less `authorize`, `revoke_token` and `revoke` answer 301 to the slash form, as Django's
 APPEND_SLASH does (a client POSTing to the discovery URL follows with a GET and fails, like on CMS).
 Error statuses and bodies are CMS's: its own JSON for authorize checks, oauthlib/DOT bodies at the
-token endpoint, DRF `{"detail": ...}` for userinfo. State lives in `cms_tokens.TokenStore`.
+token endpoint, DRF `{"detail": ...}` for userinfo. State lives in `tokens.TokenStore`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from starlette.datastructures import FormData
@@ -30,14 +30,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bluebutton.sandbox.cms_beneficiary import userinfo
-from bluebutton.sandbox.cms_data import parse_username, password, patient_id, username
-from bluebutton.sandbox.cms_pages import consent_page, error_page, login_page
-from bluebutton.sandbox.cms_scopes import granted_scopes, within, without_demographics
-from bluebutton.sandbox.cms_tokens import AccessToken, TokenStore
-
-if TYPE_CHECKING:
-    from bluebutton.sandbox.cms import CmsSandboxConfig
+from bluebutton.sandbox.cms.beneficiary import userinfo
+from bluebutton.sandbox.cms.config import CmsSandboxConfig
+from bluebutton.sandbox.cms.data import parse_username, password, patient_id, username
+from bluebutton.sandbox.cms.pages import consent_page, error_page, login_page
+from bluebutton.sandbox.cms.scopes import granted_scopes, within, without_demographics
+from bluebutton.sandbox.cms.tokens import AccessToken, TokenStore
 
 NO_CREDENTIALS = "Authentication credentials were not provided."
 NO_PERMISSION = "You do not have permission to perform this action."

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from bluebutton.sandbox.cms_codes import (
+from bluebutton.sandbox.cms.codes import (
     BB_VAR,
     COVERAGE_PROFILE,
     FAMILY_NAMES,
@@ -27,7 +27,7 @@ from bluebutton.sandbox.cms_codes import (
     coding,
     concept,
 )
-from bluebutton.sandbox.cms_data import LAST_UPDATED_FROM, LAST_UPDATED_SPAN, iso_instant, patient_id, seeded
+from bluebutton.sandbox.cms.data import LAST_UPDATED_FROM, LAST_UPDATED_SPAN, iso_instant, patient_id, seeded
 
 
 @dataclass(frozen=True, slots=True)

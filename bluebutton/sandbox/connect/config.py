@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CERT_DIR = Path(__file__).resolve().parents[2] / "local-certs"
+CERT_DIR = Path(__file__).resolve().parents[3] / "local-certs"
 ENV_PREFIX = "BLUEBUTTON_SANDBOX_CONNECT_"
 KAFKA_RECORD_OVERHEAD = 36
 """Bytes of framing librdkafka adds to a record and counts against `message.max.bytes`: with the

@@ -11,7 +11,7 @@ with `WWW-Authenticate: Bearer realm="api"`), permissions (403 for a foreign `pa
 CMS's texts). Unknown parameters are dropped silently, like CMS's voluptuous `REMOVE_EXTRA`; for a
 repeated single-valued parameter the last value wins (Django `QueryDict.dict()`).
 
-Query rules, filters, paging links and Bundle assembly live in `cms_search.py`; links are absolute
+Query rules, filters, paging links and Bundle assembly live in `search.py`; links are absolute
 on the request's own scheme/host/port. Result order is fixed per user, so pages fetched
 concurrently by `startIndex` line up with following `next`.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import anyio
 import orjson
@@ -28,16 +28,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bluebutton.sandbox.cms_beneficiary import build_coverages, build_patient, person
-from bluebutton.sandbox.cms_data import CmsDataset, is_eob_id_shape, patient_id, user_for_eob_id
-from bluebutton.sandbox.cms_faults import FHIR_MEDIA_TYPE, FaultState
-from bluebutton.sandbox.cms_oauth import NO_PERMISSION, authenticate_bearer, json_error
-from bluebutton.sandbox.cms_scopes import RESOURCES, SUPPORTED_SCOPES, allows
-from bluebutton.sandbox.cms_search import UPSTREAM_400, SearchQuery, paging_links, parse_search, searchset
-from bluebutton.sandbox.cms_tokens import TokenStore
-
-if TYPE_CHECKING:
-    from bluebutton.sandbox.cms import CmsSandboxConfig
+from bluebutton.sandbox.cms.beneficiary import build_coverages, build_patient, person
+from bluebutton.sandbox.cms.config import CmsSandboxConfig
+from bluebutton.sandbox.cms.data import CmsDataset, is_eob_id_shape, patient_id, user_for_eob_id
+from bluebutton.sandbox.cms.faults import FHIR_MEDIA_TYPE, FaultState
+from bluebutton.sandbox.cms.oauth import NO_PERMISSION, authenticate_bearer, json_error
+from bluebutton.sandbox.cms.scopes import RESOURCES, SUPPORTED_SCOPES, allows
+from bluebutton.sandbox.cms.search import UPSTREAM_400, SearchQuery, paging_links, parse_search, searchset
+from bluebutton.sandbox.cms.tokens import TokenStore
 
 _COVERAGE_ID: Final = re.compile(r"^part-([abcd])-(-?\d+)$")
 

@@ -1,7 +1,7 @@
 """The emulator's OAuth state, in memory: pending authorizations, codes, grants and tokens.
 
-It holds the lifetimes and lifecycle rules of bb2-api.md §2 so the HTTP layer (`cms_oauth.py`,
-`cms_fhir.py`) only translates:
+It holds the lifetimes and lifecycle rules of bb2-api.md §2 so the HTTP layer (`oauth.py`,
+`fhir.py`) only translates:
 
 - a pending authorization (CMS's `Approval`, the `/v2/o/authorize/<uuid>/` page) lives 600 s (§2.2);
 - an authorization code lives 60 s and is single use (DOT default, §2.3);

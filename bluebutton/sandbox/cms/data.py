@@ -3,7 +3,7 @@
 Everything derives from the user number N (0..29999) through `random.Random(N)`, so a user's data
 is the same in every process and run. A user's claim list (ids, types, dates) is cheap; claim
 bodies are built lazily, page by page, and kept as JSON bytes (a 200-claim user is about 10 MB of
-JSON and takes well under a second to build). Patient, Coverage and userinfo: `cms_beneficiary.py`.
+JSON and takes well under a second to build). Patient, Coverage and userinfo: `beneficiary.py`.
 
 Users and ids (bb2-api.md §6):
 
@@ -55,8 +55,8 @@ from typing import Any, Final
 
 import orjson
 
-from bluebutton.sandbox.cms_claims import DEFECTS, build_claim
-from bluebutton.sandbox.cms_codes import CLAIM_TYPES
+from bluebutton.sandbox.cms.claims import DEFECTS, build_claim
+from bluebutton.sandbox.cms.codes import CLAIM_TYPES
 
 USER_COUNT: Final = 30_000
 INVALID_USERS: Final = range(29_900, 29_910)

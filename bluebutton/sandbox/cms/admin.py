@@ -1,6 +1,6 @@
 """Admin endpoints of the CMS emulator, for tests, the demo and the benchmark (not part of CMS).
 
-    GET   /_sandbox/faults          the live fault switchboard (`cms_faults.Faults`) as JSON
+    GET   /_sandbox/faults          the live fault switchboard (`faults.Faults`) as JSON
     PUT   /_sandbox/faults          replace it (omitted fields get their defaults); 400 if invalid
     PATCH /_sandbox/faults          change only the given fields
     POST  /_sandbox/expire_token    {"user": "BBUser00042"} -> the user's access tokens expire now
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bluebutton.sandbox.cms_data import (
+from bluebutton.sandbox.cms.data import (
     USER_COUNT,
     CmsDataset,
     parse_username,
@@ -31,8 +31,8 @@ from bluebutton.sandbox.cms_data import (
     user_for_patient_id,
     username,
 )
-from bluebutton.sandbox.cms_faults import Faults, FaultState
-from bluebutton.sandbox.cms_tokens import TokenStore
+from bluebutton.sandbox.cms.faults import Faults, FaultState
+from bluebutton.sandbox.cms.tokens import TokenStore
 
 
 def resolve_user(value: Any) -> int | None:

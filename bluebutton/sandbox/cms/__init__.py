@@ -1,0 +1,33 @@
+"""An offline stand-in for the CMS Blue Button 2.0 API (v2): OAuth 2.0 + FHIR R4, as a Starlette app.
+
+Used by the one-command demo, the end-to-end tests (httpx and headless Chromium over real sockets)
+and the benchmark. It is meant to be faithful, errors included (bb2-api.md): a permissive fake
+would hide the connector bugs we need to catch. Run it with
+
+    python -m bluebutton.sandbox.cms [--port 5300] [--no-tls] [--claims 150] [--faults '{...}']
+
+Every option can also come from `BLUEBUTTON_SANDBOX_CMS_<OPTION>` (e.g. `..._PORT=5300`,
+`..._REDIRECT_URI="https://a/cb,https://b/cb"`, `..._NO_TLS=1`); `--help` lists them.
+
+Modules (one concern each; imports only point down this list's dependencies, never back to `app`):
+
+    config.py       `CmsSandboxConfig` and its defaults (client, redirect URI, lifetimes)
+    app.py          `create_cms_app`: the parts below wired into one Starlette app
+    cli.py          the command line (`__main__.py` runs it)
+    oauth.py        authorize/login/consent, token, revoke, userinfo, discovery
+    tokens.py       pending authorizations, codes, grants, tokens
+    scopes.py       granted scopes, demographics withheld, what a token may read
+    pages.py        the HTML login and consent forms
+    fhir.py         metadata, search and read: token, scope and own-patient checks
+    search.py       query schema, filters, paging links, Bundle assembly
+    faults.py       latency, 429, 5xx, dropped connections, hostile `next` links, failing pages
+    admin.py        `/_sandbox/...`: faults at run time, expire tokens/grants, reset, user info
+    data.py         deterministic users, ids, claim lists and counts, the per-user cache
+    beneficiary.py  Patient, Coverage and userinfo of a user
+    claims.py       one ExplanationOfBenefit per claim type (valid R4 unless a defect is asked)
+    codes.py        code systems and code tables
+
+Users, ids, claim counts and the deliberately invalid users are documented in `data.py`; the
+admin endpoints in `admin.py`; fault semantics in `faults.py`. The package imports nothing on its
+own: import the module you need (`bluebutton.sandbox.cms.app`, `.config`, ...).
+"""

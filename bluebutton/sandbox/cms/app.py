@@ -1,0 +1,54 @@
+"""`create_cms_app`: the emulator's OAuth, FHIR and admin routes behind its fault middleware."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import Receive, Scope, Send
+
+from bluebutton.sandbox.cms.admin import AdminApi
+from bluebutton.sandbox.cms.config import CmsSandboxConfig
+from bluebutton.sandbox.cms.data import CmsDataset
+from bluebutton.sandbox.cms.faults import RAW_SEND_KEY, FaultMiddleware, FaultState
+from bluebutton.sandbox.cms.fhir import FhirApi
+from bluebutton.sandbox.cms.oauth import OAuthApi
+from bluebutton.sandbox.cms.tokens import TokenStore
+
+
+class CmsApp(Starlette):
+    """Starlette that keeps the server's own `send` in the scope, so a fault can drop the socket."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND_KEY] = send
+        await super().__call__(scope, receive, send)
+
+
+def create_cms_app(config: CmsSandboxConfig) -> Starlette:
+    """A fresh emulator with empty token store; `app.state` exposes its parts to tests."""
+    tokens = TokenStore(
+        clock=config.clock,
+        access_token_seconds=config.access_token_seconds,
+        code_seconds=config.code_seconds,
+        approval_seconds=config.approval_seconds,
+    )
+    dataset = CmsDataset(config.claims_override, config.cached_users)
+    faults = FaultState(config.faults.model_copy())
+    routes = (
+        OAuthApi(config, tokens).routes()
+        + FhirApi(config, tokens, dataset, faults).routes()
+        + AdminApi(tokens, dataset, faults, config.faults).routes()
+    )
+    app = CmsApp(
+        routes=routes,
+        middleware=[
+            # Outermost: CMS gzips on `Accept-Encoding: gzip` above 1 KB (bb2-api.md §5).
+            Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6),
+            Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms),
+        ],
+    )
+    app.state.config = config
+    app.state.tokens = tokens
+    app.state.dataset = dataset
+    app.state.faults = faults
+    return app
