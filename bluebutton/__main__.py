@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -9,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from bluebutton.app import create_app
+from bluebutton.outbound import redact_http_logs
 from bluebutton.settings import Settings, describe_error
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -16,6 +18,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    redact_http_logs()
 
 
 def main() -> int:
@@ -28,8 +31,12 @@ def main() -> int:
     tls = {}
     if settings.tls:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    app = create_app(settings)
+    # Everything imported and built so far lives as long as the process: keep it out of the
+    # collector's full passes, which would otherwise walk it while a large pull allocates.
+    gc.freeze()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log=False,  # its lines include query strings (authorization codes)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -24,12 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bluebutton import __version__
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
+from bluebutton.connect import ConnectClient, LfhEnvelope
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
-from bluebutton.lfh import LfhClient, LfhEnvelope
 from bluebutton.oauth import OAuthClient
-from bluebutton.outbound import build_client, build_ssl_context, redact_http_logs
-from bluebutton.pending import open_store
+from bluebutton.outbound import build_ssl_context
+from bluebutton.pending import PendingStore, open_pending_store
+from bluebutton.pipeline import Transfer
 from bluebutton.routes import router
 from bluebutton.schemas import ForwardedBundles, OperationOutcome
 from bluebutton.settings import Settings
@@ -121,37 +121,46 @@ class RequestLog:
             )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    cms: CmsClient | None = None,
+    connect: ConnectClient | None = None,
+    pending: PendingStore | None = None,
+    validator: Validator | None = None,
+) -> FastAPI:
+    """The app. The lifespan opens every resource not given here, and closes what it opened;
+    a resource passed in (tests pass clients on a virtual clock, or a store to inspect) stays its
+    caller's to close."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        redact_http_logs()
-        context = build_ssl_context(settings)
-        cms_http = build_client(
-            base_url=settings.cms_origin,
-            context=context,
-            timeout=settings.cms_timeout_seconds,
-            max_connections=max(8, settings.cms_fetch_concurrency * 2),
-        )
-        lfh = LfhClient.create(settings, context)
-        pending = open_store(settings.state_store)
-        validator = Validator(settings.validation_workers, fast=settings.fast_validation)
-        # Everything built so far lives as long as the app: keep it out of the collector's
-        # full passes, which would otherwise walk it while a large pull allocates.
-        gc.freeze()
-        try:
+        # One exit stack: a start-up that fails halfway closes what it had opened, in reverse.
+        async with AsyncExitStack() as stack:
+            context = build_ssl_context(settings)
+            cms_client = cms
+            if cms_client is None:
+                cms_client = await stack.enter_async_context(CmsClient.create(settings, context))
+            connect_client = connect
+            if connect_client is None:
+                connect_client = await stack.enter_async_context(ConnectClient.create(settings, context))
+            pending_store = pending
+            if pending_store is None:
+                pending_store = open_pending_store(settings.state_store)
+                stack.push_async_callback(pending_store.aclose)
+            validation = validator
+            if validation is None:
+                validation = Validator(settings.validation_workers, fast=settings.fast_validation)
+                await stack.enter_async_context(validation)
             yield State(
                 settings=settings,
-                cms=CmsClient(settings, cms_http),
-                lfh=lfh,
-                validator=validator,
-                oauth=OAuthClient(settings, cms_http),
-                pending=pending,
+                cms=cms_client,
+                connect=connect_client,
+                validator=validation,
+                oauth=OAuthClient(settings, cms_client.http),
+                pending=pending_store,
+                transfer=Transfer(cms_client, validation, connect_client, settings.lfh_max_bundle_bytes),
             )
-        finally:
-            await cms_http.aclose()
-            await lfh.aclose()
-            await pending.aclose()
-            validator.close()
 
     app = FastAPI(
         title="bluebutton",

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Self
 from urllib.parse import unquote
 
 import httpx
-import msgspec
-import orjson
 
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.errors import (
@@ -25,50 +25,27 @@ from bluebutton.errors import (
     CmsForbiddenError,
     CmsNotFoundError,
     CmsProtocolError,
+    CmsRateLimitedError,
     CmsTimeoutError,
     CmsUnauthorizedError,
     CmsUnavailableError,
-    rate_limited,
+    CmsUnexpectedStatusError,
+    TransientUpstreamError,
 )
-from bluebutton.outbound import backoff_delay, release
+from bluebutton.outbound import backoff_delay, build_client, read_error_body, release
+from bluebutton.search_page import Page, parse_page
 from bluebutton.settings import Settings
 
-# GETs are idempotent: these answers (and transport failures) are worth another try.
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+# GETs are idempotent: these answers (and transport failures) are worth another try; they become
+# the `TransientUpstreamError`s below, which is what the retry loop tests.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_RETRY_AFTER = 60.0
 # How a v2 (`startIndex`) or v3 (`_offset`) paging link says where its page starts.
 INDEX_PARAMS = ("startIndex", "_offset")
-
-
-@dataclass(frozen=True)
-class Page:
-    """One search page, reduced at once to what a pull needs: each entry's JSON bytes.
-
-    The page is never parsed into Python objects (ten times its JSON size), so memory stays near
-    the size of the data however many pages arrive at once.
-    """
-
-    entries: list[bytes]
-    total: int | None
-    next_url: str | None
-
-
-def cms_detail(response: httpx.Response) -> str | None:
-    """CMS's own explanation from a JSON error body (DRF `detail`, OAuth `error_description`, ...)."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    if body.get("resourceType") == "OperationOutcome":
-        texts = [str(i.get("diagnostics", "")) for i in body.get("issue", []) if isinstance(i, dict)]
-        text = "; ".join(t for t in texts if t)
-    else:
-        parts = [body.get(k) for k in ("error", "error_description", "detail", "message")]
-        text = ": ".join(str(p) for p in parts if isinstance(p, str) and p)
-    return text[:500] or None
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -84,16 +61,18 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 class Pacer:
     """Shared by the requests of one pull: after a 429, none of them starts before it is time."""
 
-    def __init__(self) -> None:
+    def __init__(self, sleep: Sleep = asyncio.sleep, clock: Clock = time.monotonic) -> None:
+        self._sleep = sleep
+        self._clock = clock
         self._resume_at = 0.0
 
     def pause(self, seconds: float) -> None:
-        self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+        self._resume_at = max(self._resume_at, self._clock() + seconds)
 
     async def wait(self) -> None:
-        delay = self._resume_at - time.monotonic()
+        delay = self._resume_at - self._clock()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
 
 def _path_within(url: httpx.URL, base_path: str) -> bool:
@@ -114,12 +93,60 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 
 
 class CmsClient:
-    """One shared client for the Blue Button FHIR API."""
+    """One shared client for the Blue Button FHIR API; it owns (and closes) its HTTP client, which
+    the OAuth client borrows for CMS's token endpoints.
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    `sleep` and `clock` are what retries and pacing wait with and measure by (tests pass a virtual
+    clock)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._settings = settings
-        self._client = client
+        self._client = http
+        self._sleep = sleep
+        self._clock = clock
         self._base = httpx.URL(settings.cms_fhir_base)
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        context: ssl.SSLContext,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> CmsClient:
+        http = build_client(
+            base_url=settings.cms_origin,
+            context=context,
+            timeout=settings.cms_timeout_seconds,
+            max_connections=max(8, settings.cms_fetch_concurrency * 2),
+        )
+        return cls(settings, http, sleep=sleep, clock=clock)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self._client
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def pacer(self) -> Pacer:
+        return Pacer(self._sleep, self._clock)
 
     def check_link(self, url: str) -> httpx.URL:
         """Refuse a paging link that leaves the CMS origin or its FHIR base path."""
@@ -143,9 +170,9 @@ class CmsClient:
         index (`startIndex` in v2, `_offset` in v3), a few at a time; without a usable total or
         index the pull follows `link[relation=next]` page by page.
         """
-        pacer = Pacer()
+        pacer = self.pacer()
         url: httpx.URL = self._base.join(resource_type)
-        first = await self.get_bundle(url, params, token, pacer)
+        first = await self.get_page(url, params, token, pacer)
         yield first
         seen = {str(url.copy_merge_params(tuple(params)))}
         planned = self._plan_pages(first)
@@ -166,7 +193,7 @@ class CmsClient:
             seen.add(str(link))
             pages += 1
             self._check_page_count(pages)
-            last = await self.get_bundle(link, None, token, pacer)
+            last = await self.get_page(link, None, token, pacer)
             yield last
 
     def _check_page_count(self, pages: int) -> None:
@@ -203,7 +230,7 @@ class CmsClient:
 
         async def fetch(link: httpx.URL) -> Page:
             async with limit:
-                return await self.get_bundle(link, None, token, pacer)
+                return await self.get_page(link, None, token, pacer)
 
         tasks = [asyncio.ensure_future(fetch(link)) for link in links]
         try:
@@ -214,7 +241,7 @@ class CmsClient:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def get_bundle(
+    async def get_page(
         self,
         url: httpx.URL | str,
         params: list[tuple[str, str]] | None,
@@ -223,8 +250,8 @@ class CmsClient:
     ) -> Page:
         """GET one search page, retrying transient failures with backoff and `Retry-After`."""
         settings = self._settings
-        pacer = pacer or Pacer()
-        deadline = time.monotonic() + settings.cms_retry_budget_seconds
+        pacer = pacer or self.pacer()
+        deadline = self._clock() + settings.cms_retry_budget_seconds
         attempts = settings.cms_retry_attempts
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
@@ -244,109 +271,38 @@ class CmsClient:
             except httpx.TransportError as e:
                 failure = CmsUnavailableError(
                     f"could not reach Blue Button at {settings.cms_origin} "
-                    f"({type(e).__name__}, {attempt} attempt(s))",
-                    transient=True,
+                    f"({type(e).__name__}, {attempt} attempt(s))"
                 )
                 cause = e
             else:
                 try:
                     if response.status_code == 200:
                         try:
-                            return parse_bundle(response.content)
-                        except CmsProtocolError as e:
+                            return parse_page(response.content)
+                        except CmsError as e:
                             failure, cause = e, e
-                    elif response.status_code in RETRYABLE_STATUSES:
+                    else:
                         failure = _status_error(response, attempt)
                         cause = failure
                         retry_after = retry_after_seconds(response)
-                    else:
-                        raise _status_error(response, attempt)
                 finally:
                     release(response)
+            if not isinstance(failure, TransientUpstreamError):
+                raise failure
             delay = backoff_delay(attempt, settings.cms_retry_backoff_seconds)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-            if attempt == attempts or time.monotonic() + delay > deadline:
+            if attempt == attempts or self._clock() + delay > deadline:
                 raise failure from cause
             if retry_after is not None:
                 pacer.pause(delay)  # a 429 slows the whole pull, not just this page
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _PageShape(msgspec.Struct):
-    """What a pull reads of a search page. Each entry stays raw JSON: msgspec checks its syntax
-    and skips it at C speed, where parsing it into dicts would cost ten times the page in memory."""
-
-    resourceType: object = None
-    total: object = None
-    link: object = None
-    entry: list[msgspec.Raw] = []
-
-
-class _EntryShape(msgspec.Struct):
-    resource: msgspec.Raw = msgspec.Raw()
-
-
-_PAGE_DECODER = msgspec.json.Decoder(_PageShape)
-_ENTRY_DECODER = msgspec.json.Decoder(_EntryShape)
-
-
-def parse_bundle(content: bytes) -> Page:
-    """Reduce a search page to its entries' JSON bytes, exactly as CMS sent them.
-
-    Anything unusual (malformed JSON, not a Bundle, an entry without a resource object) is left
-    to the strict parser below, which says precisely what is wrong. The raw entries are parsed
-    for the first time by the validation workers.
-    """
-    try:
-        page = _PAGE_DECODER.decode(content)
-        entries = [bytes(raw) for raw in page.entry]
-        whole = page.resourceType == "Bundle" and all(
-            bytes(_ENTRY_DECODER.decode(raw).resource)[:1] == b"{" for raw in entries
-        )
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        whole = False
-    if not whole:
-        return _parse_strictly(content)
-    return Page(entries=entries, total=_count(page.total), next_url=next_link(page.link))
-
-
-def _count(total: object) -> int | None:
-    return total if isinstance(total, int) and not isinstance(total, bool) else None
-
-
-def next_link(links: object) -> str | None:
-    for link in links if isinstance(links, list) else []:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            url = link.get("url")
-            return url if isinstance(url, str) and url else None
-    return None
-
-
-def _parse_strictly(content: bytes) -> Page:
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError as e:
-        raise CmsProtocolError("Blue Button answered 200 with a body that is not JSON") from e
-    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
-        kind = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
-        raise CmsProtocolError(f"Blue Button answered 200 with {kind!s}, not a FHIR Bundle")
-    entries = body.get("entry", [])
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("resource"), dict) for e in entries
-    ):
-        raise CmsProtocolError("Blue Button's Bundle has entries without a resource")
-    return Page(
-        entries=[orjson.dumps(entry) for entry in entries],
-        total=_count(body.get("total")),
-        next_url=next_link(body.get("link")),
-    )
 
 
 def _status_error(response: httpx.Response, attempt: int) -> CmsError:
     status = response.status_code
-    detail = cms_detail(response)
+    detail = read_error_body(response).detail
     if status == 401:
         return CmsUnauthorizedError(
             "Blue Button refused the access token: it is expired or revoked, or the beneficiary's "
@@ -372,16 +328,16 @@ def _status_error(response: httpx.Response, attempt: int) -> CmsError:
             detail=detail,
         )
     if status == 429:
-        return rate_limited(
+        retry_after = retry_after_seconds(response)
+        return CmsRateLimitedError(
             f"Blue Button is rate-limiting this token ({attempt} attempt(s)); retry later",
-            retry_after_seconds(response),
-            detail,
+            upstream_status=429,
+            detail=detail,
+            headers={"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else {},
         )
     if status == 400:
         return CmsBadRequestError("Blue Button rejected the search", upstream_status=status, detail=detail)
-    return CmsUnavailableError(
-        f"Blue Button failed with HTTP {status} ({attempt} attempt(s))",
-        upstream_status=status,
-        detail=detail,
-        transient=status >= 500,
-    )
+    message = f"Blue Button failed with HTTP {status} ({attempt} attempt(s))"
+    if status in RETRYABLE_STATUSES:
+        return CmsUnavailableError(message, upstream_status=status, detail=detail)
+    return CmsUnexpectedStatusError(message, upstream_status=status, detail=detail)

@@ -8,13 +8,13 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bluebutton.cms import CmsClient
 from bluebutton.errors import MissingTokenError
 from bluebutton.fhir import Validator
-from bluebutton.lfh import LfhClient
 from bluebutton.oauth import OAuthClient
 from bluebutton.pending import PendingStore
+from bluebutton.pipeline import Transfer
 from bluebutton.settings import Settings
+from bluebutton.state import State
 
 # RFC 6750 §2.1 b64token.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -27,28 +27,29 @@ _bearer = HTTPBearer(
 )
 
 
+def app_state(request: Request) -> State:
+    """The lifespan's state; Starlette hands each request a shallow copy of what it yielded."""
+    return cast(State, request.scope["state"])
+
+
 def get_settings(request: Request) -> Settings:
-    return cast(Settings, request.state.settings)
-
-
-def get_cms(request: Request) -> CmsClient:
-    return cast(CmsClient, request.state.cms)
-
-
-def get_lfh(request: Request) -> LfhClient:
-    return cast(LfhClient, request.state.lfh)
+    return app_state(request)["settings"]
 
 
 def get_validator(request: Request) -> Validator:
-    return cast(Validator, request.state.validator)
+    return app_state(request)["validator"]
 
 
 def get_oauth(request: Request) -> OAuthClient:
-    return cast(OAuthClient, request.state.oauth)
+    return app_state(request)["oauth"]
 
 
 def get_pending(request: Request) -> PendingStore:
-    return cast(PendingStore, request.state.pending)
+    return app_state(request)["pending"]
+
+
+def get_transfer(request: Request) -> Transfer:
+    return app_state(request)["transfer"]
 
 
 def bearer_token(
@@ -76,9 +77,8 @@ def bearer_token(
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-CmsDep = Annotated[CmsClient, Depends(get_cms)]
-LfhDep = Annotated[LfhClient, Depends(get_lfh)]
 ValidatorDep = Annotated[Validator, Depends(get_validator)]
 BearerTokenDep = Annotated[str, Depends(bearer_token)]
 OAuthDep = Annotated[OAuthClient, Depends(get_oauth)]
 PendingDep = Annotated[PendingStore, Depends(get_pending)]
+TransferDep = Annotated[Transfer, Depends(get_transfer)]

@@ -1,35 +1,43 @@
-"""The service's error tree; each class knows its HTTP status, and one handler renders them all.
+"""The service's error tree; each class fixes its HTTP status and FHIR issue code, one handler renders all.
 
-    BlueButtonError                      500  base: status, FHIR issue code, message, headers
-    ├── BadRequestError                  400  the caller's input (beyond what FastAPI checks)
-    ├── MissingTokenError                401  no usable `Authorization: Bearer` header
-    ├── BundleInvalidError               422  CMS data failed R4 validation (one issue per problem)
-    ├── EntryTooLargeError               422  one entry alone exceeds connect's record size
-    ├── NotConfiguredError               503  a feature needs settings that are missing
-    ├── ValidationUnavailableError       503  a validation worker died mid-pull
-    ├── OAuthError                       400  authorize/callback problems (unknown state, ...)
-    │   └── AccessDeniedError            403  the beneficiary declined
-    └── UpstreamError                    502  an upstream failed; carries upstream, status, detail
-        ├── CmsError                          anything Blue Button answered or failed to answer
-        │   ├── CmsUnauthorizedError     401  token expired, revoked, grant ended
-        │   ├── CmsForbiddenError        403  scope missing or foreign patient
-        │   ├── CmsNotFoundError         404
-        │   ├── CmsBadRequestError       400  CMS refused the query
-        │   ├── CmsRateLimitedError      429  after retries, with Retry-After
-        │   ├── CmsTimeoutError          504
-        │   ├── CmsUnavailableError      502  5xx, connection failure (transient)
-        │   ├── CmsProtocolError         502  malformed body, hostile or looping links
-        │   └── CmsTokenError            502  token endpoint refused (invalid_grant, ...)
-        │       └── CmsRefreshRejectedError 401  refresh token reused or grant expired
-        └── LfhError                          LinuxForHealth connect
-            └── PartialForwardError           some pieces stored, the rest not
+    class                                status  code       ↻  meaning
+    BlueButtonError                      500  exception        message, extra issues, headers
+    ├── MissingTokenError                401  login            no usable `Authorization: Bearer` header
+    ├── BundleInvalidError               422  invalid          CMS data is not valid R4
+    ├── EntryTooLargeError               422  too-costly       one entry alone exceeds connect's record size
+    ├── NotConfiguredError               503  not-supported    a feature needs settings that are missing
+    ├── ValidationUnavailableError       503  transient        a validation worker died mid-pull
+    ├── OAuthError                       400  security         authorize/callback problems
+    │   └── AccessDeniedError            403  forbidden        the beneficiary declined
+    └── UpstreamError                    502  transient        upstream, its status, its detail
+        ├── TransientUpstreamError       502  transient     ↻  the same request may succeed later
+        ├── CmsError                     502  transient        Blue Button answered or failed
+        │   ├── CmsUnauthorizedError     401  login            token expired, revoked, grant ended
+        │   ├── CmsForbiddenError        403  forbidden        scope missing or foreign patient
+        │   ├── CmsNotFoundError         404  not-found
+        │   ├── CmsBadRequestError       400  invalid          CMS refused the query
+        │   ├── CmsRateLimitedError      429  throttled     ↻  after retries, with Retry-After
+        │   ├── CmsTimeoutError          504  timeout       ↻
+        │   ├── CmsUnavailableError      502  transient     ↻  500/502/503/504, connection failure
+        │   ├── CmsUnexpectedStatusError 502  transient        any other status
+        │   ├── CmsProtocolError         502  exception        hostile or looping links, too many pages
+        │   │   └── CmsMalformedPageError 502 exception     ↻  a 200 whose body is not a search page
+        │   └── CmsTokenError            502  security         token endpoint refused (invalid_grant, ...)
+        │       ├── CmsTokenUnreachableError 502 security   ↻  token endpoint not reached
+        │       └── CmsRefreshRejectedError 401 login          refresh token reused or grant expired
+        └── ConnectError                 502  transient        LinuxForHealth connect refused or failed
+            ├── ConnectUnreachableError  502  transient     ↻  no connection could be opened
+            ├── ConnectTimeoutError      504  timeout          no answer in time; the Bundle may be stored
+            └── PartialForwardError      502  incomplete       some pieces stored, the rest not
 
+↻ marks a subclass of `TransientUpstreamError` (a second base: the tree shows the first), which
+retry code tests with `isinstance`. `tests/test_errors.py` checks this drawing against the classes.
 Messages are written for the caller and never contain a token, a code, a secret or FHIR payload.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -67,11 +75,6 @@ class BlueButtonError(Exception):
 
     def issues(self) -> list[Issue]:
         return [Issue(self.message, self.code), *self.extra_issues]
-
-
-class BadRequestError(BlueButtonError):
-    status_code = 400
-    code = "invalid"
 
 
 class MissingTokenError(BlueButtonError):
@@ -117,22 +120,25 @@ class AccessDeniedError(OAuthError):
     code = "forbidden"
 
 
-@dataclass(eq=False)
 class UpstreamError(BlueButtonError):
-    """An upstream failed. `transient` marks failures worth retrying later unchanged."""
+    """An upstream failed: which one, the status it answered (if any) and what it said."""
 
-    message: str
-    upstream: str = "upstream"
-    upstream_status: int | None = None
-    detail: str | None = None
-    transient: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
-    extra_issues: list[Issue] = field(default_factory=list)
-    status_code: int = 502
-    code: str = "transient"
+    status_code = 502
+    code = "transient"
+    upstream = "upstream"
 
-    def __post_init__(self) -> None:
-        Exception.__init__(self, self.message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        detail: str | None = None,
+        issues: list[Issue] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, issues=issues, headers=headers)
+        self.upstream_status = upstream_status
+        self.detail = detail
 
     def issues(self) -> list[Issue]:
         text = self.message
@@ -141,85 +147,87 @@ class UpstreamError(BlueButtonError):
         return [Issue(text, self.code), *self.extra_issues]
 
 
-@dataclass(eq=False)
+class TransientUpstreamError(UpstreamError):
+    """The same request may succeed later, unchanged: what retry loops retry."""
+
+
 class CmsError(UpstreamError):
-    upstream: str = "Blue Button (CMS)"
+    upstream = "Blue Button (CMS)"
 
 
-@dataclass(eq=False)
 class CmsUnauthorizedError(CmsError):
-    status_code: int = 401
-    code: str = "login"
+    status_code = 401
+    code = "login"
 
 
-@dataclass(eq=False)
 class CmsForbiddenError(CmsError):
-    status_code: int = 403
-    code: str = "forbidden"
+    status_code = 403
+    code = "forbidden"
 
 
-@dataclass(eq=False)
 class CmsNotFoundError(CmsError):
-    status_code: int = 404
-    code: str = "not-found"
+    status_code = 404
+    code = "not-found"
 
 
-@dataclass(eq=False)
 class CmsBadRequestError(CmsError):
-    status_code: int = 400
-    code: str = "invalid"
+    status_code = 400
+    code = "invalid"
 
 
-@dataclass(eq=False)
-class CmsRateLimitedError(CmsError):
-    status_code: int = 429
-    code: str = "throttled"
-    transient: bool = True
+class CmsRateLimitedError(CmsError, TransientUpstreamError):
+    status_code = 429
+    code = "throttled"
 
 
-@dataclass(eq=False)
-class CmsTimeoutError(CmsError):
-    status_code: int = 504
-    code: str = "timeout"
-    transient: bool = True
+class CmsTimeoutError(CmsError, TransientUpstreamError):
+    status_code = 504
+    code = "timeout"
 
 
-@dataclass(eq=False)
-class CmsUnavailableError(CmsError):
-    transient: bool = True
+class CmsUnavailableError(CmsError, TransientUpstreamError):
+    pass
 
 
-@dataclass(eq=False)
+class CmsUnexpectedStatusError(CmsError):
+    pass
+
+
 class CmsProtocolError(CmsError):
-    code: str = "exception"
+    code = "exception"
 
 
-@dataclass(eq=False)
+class CmsMalformedPageError(CmsProtocolError, TransientUpstreamError):
+    pass
+
+
 class CmsTokenError(CmsError):
-    code: str = "security"
+    code = "security"
 
 
-@dataclass(eq=False)
+class CmsTokenUnreachableError(CmsTokenError, TransientUpstreamError):
+    pass
+
+
 class CmsRefreshRejectedError(CmsTokenError):
-    status_code: int = 401
+    status_code = 401
+    code = "login"
 
 
-@dataclass(eq=False)
-class LfhError(UpstreamError):
-    upstream: str = "LinuxForHealth connect"
+class ConnectError(UpstreamError):
+    upstream = "LinuxForHealth connect"
 
 
-@dataclass(eq=False)
-class PartialForwardError(LfhError):
+class ConnectUnreachableError(ConnectError, TransientUpstreamError):
+    pass
+
+
+class ConnectTimeoutError(ConnectError):
+    status_code = 504
+    code = "timeout"
+
+
+class PartialForwardError(ConnectError):
     """A POST failed after earlier pieces were stored; `extra_issues` lists what is where."""
 
-    code: str = "incomplete"
-
-
-def _retry_after_header(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, round(seconds)))}
-
-
-def rate_limited(message: str, retry_after: float | None, detail: str | None) -> CmsRateLimitedError:
-    headers = _retry_after_header(retry_after) if retry_after is not None else {}
-    return CmsRateLimitedError(message, upstream_status=429, detail=detail, headers=headers)
+    code = "incomplete"

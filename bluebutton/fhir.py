@@ -17,7 +17,8 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal, Self
 
 import orjson
 import pydantic
@@ -27,8 +28,8 @@ from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.explanationofbenefit import ExplanationOfBenefit
 from fhir.resources.R4B.patient import Patient
 
-from bluebutton import fhir_speedups
-from bluebutton.errors import Issue
+from bluebutton import validation_patches
+from bluebutton.errors import Issue, ValidationUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -153,23 +154,37 @@ def _init_worker(fast: bool) -> None:
     checks, other requests, the pages still arriving) answering promptly meanwhile.
     """
     os.nice(WORKER_NICENESS)
-    if fast and not fhir_speedups.install():
+    if fast and not validation_patches.install():
         logger.warning(
             "validation speedups off: they were checked against %s only; validating with the "
             "library as it is (correct, about twice as slow)",
-            fhir_speedups.CHECKED_VERSIONS,
+            validation_patches.CHECKED_VERSIONS,
         )
     for model in MODELS.values():
         model.model_fields  # noqa: B018
 
 
+ValidationMode = Literal["fast", "standard"]
+
+
+def worker_mode() -> ValidationMode:
+    """Whether this process validates with the patches installed; asked of a worker, after its
+    initializer ran, so the answer is what the workers really do."""
+    return "fast" if validation_patches.installed() else "standard"
+
+
 class Validator:
-    """Validates entries off the event loop in a process pool sized by the settings."""
+    """Validates entries off the event loop in a process pool sized by the settings.
+
+    Enter it (`async with`) to start the pool and learn `mode` from a worker; leaving shuts the
+    pool down.
+    """
 
     def __init__(self, workers: int, executor: Executor | None = None, *, fast: bool = True) -> None:
         self._workers = workers
         self._fast = fast
         self._executor = executor or self._new_pool()
+        self.mode: ValidationMode = "standard"
         # Chunks handed to the pool at once, across all requests: enough to keep every worker
         # busy, few enough that the copies waiting for a worker stay a small part of a pull.
         self._window = asyncio.Semaphore(2 * workers)
@@ -188,6 +203,19 @@ class Validator:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def __aenter__(self) -> Self:
+        try:
+            self.mode = await asyncio.get_running_loop().run_in_executor(self._executor, worker_mode)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def submit(self, entry_bytes: Sequence[bytes], first_index: int) -> asyncio.Future[list[Problem]]:
         """Start validating consecutive entries (JSON bytes each) from `first_index` on.
@@ -215,7 +243,13 @@ class Validator:
 
     async def _check(self, entry_bytes: Sequence[bytes], first_index: int) -> list[Problem]:
         async with self._window:
-            return await self.submit(entry_bytes, first_index)
+            try:
+                return await self.submit(entry_bytes, first_index)
+            except BrokenProcessPool as e:
+                raise ValidationUnavailableError(
+                    "A FHIR validation worker stopped (killed or out of memory) during this pull; "
+                    "nothing was forwarded. Retry the request."
+                ) from e
 
     async def validate(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> list[Problem]:
         """Validate entries in chunks spread over the workers; problems in entry order."""

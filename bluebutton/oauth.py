@@ -21,14 +21,15 @@ from urllib.parse import quote, urlencode
 import httpx
 import orjson
 
-from bluebutton.cms import cms_detail
 from bluebutton.errors import (
     AccessDeniedError,
     CmsRefreshRejectedError,
     CmsTokenError,
+    CmsTokenUnreachableError,
     NotConfiguredError,
     OAuthError,
 )
+from bluebutton.outbound import read_error_body
 from bluebutton.pending import PendingAuthorization
 from bluebutton.settings import Settings
 
@@ -159,10 +160,8 @@ class OAuthClient:
                 headers={"Accept": "application/json"},
             )
         except httpx.TransportError as e:
-            raise CmsTokenError(
-                f"could not reach Blue Button's {endpoint.rstrip('/')} endpoint ({type(e).__name__})"
-                + advice,
-                transient=True,
+            raise CmsTokenUnreachableError(
+                f"could not reach Blue Button's {endpoint.rstrip('/')} endpoint ({type(e).__name__})" + advice
             ) from e
 
     async def _token_request(self, data: dict[str, str]) -> httpx.Response:
@@ -209,16 +208,15 @@ class OAuthClient:
         response = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
         if response.status_code == 200:
             return _token_set(response)
-        error = _error_fields(response)[0]
-        if response.status_code >= 500 or (error == "invalid_client" and response.status_code == 401):
+        said = read_error_body(response)
+        if response.status_code >= 500 or (said.error == "invalid_client" and response.status_code == 401):
             raise _token_error(response, "refreshing the token")
         raise CmsRefreshRejectedError(
             "Blue Button refused the refresh token. Refresh tokens are single-use (each refresh "
             "returns a new one, and the old one stops working), and the beneficiary's 13-month "
             "grant may have expired or been revoked: re-authorize at GET /bluebutton/authorize.",
             upstream_status=response.status_code,
-            detail=cms_detail(response),
-            code="login",
+            detail=said.detail,
         )
 
     async def revoke(self, token: str) -> None:
@@ -241,23 +239,11 @@ def callback_error(error: str, description: str | None) -> OAuthError:
     return OAuthError(text + ". Start again at GET /bluebutton/authorize.")
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    error = body.get("error")
-    description = body.get("error_description") or body.get("message") or body.get("detail")
-    return (error if isinstance(error, str) else None, description if isinstance(description, str) else None)
-
-
 def _token_error(response: httpx.Response, doing: str) -> CmsTokenError:
-    error, _ = _error_fields(response)
-    if response.status_code == 401 and error in ("invalid_client", None):
+    said = read_error_body(response)
+    if response.status_code == 401 and said.error in ("invalid_client", None):
         hint = "check BLUEBUTTON_CMS_CLIENT_ID and BLUEBUTTON_CMS_CLIENT_SECRET"
-    elif error == "invalid_grant":
+    elif said.error == "invalid_grant":
         hint = (
             "the code expired (codes live 60 seconds), was already used, or the grant ended; "
             "start again at GET /bluebutton/authorize"
@@ -267,5 +253,5 @@ def _token_error(response: httpx.Response, doing: str) -> CmsTokenError:
     return CmsTokenError(
         f"Blue Button refused {doing} (HTTP {response.status_code}); {hint}",
         upstream_status=response.status_code,
-        detail=cms_detail(response),
+        detail=said.detail,
     )

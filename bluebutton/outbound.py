@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+from dataclasses import dataclass
 
 import certifi
 import httpx
+import orjson
 
 from bluebutton import __version__
 from bluebutton.settings import Settings
@@ -72,3 +74,36 @@ def release(response: httpx.Response) -> None:
 def backoff_delay(attempt: int, base: float, cap: float = 10.0) -> float:
     """Exponential backoff with full jitter (attempt 1 → up to `base`, doubling, capped)."""
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))  # noqa: S311 - jitter, not crypto
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """What an upstream said in an error body: the OAuth `error` code, and a short explanation."""
+
+    error: str | None
+    detail: str | None
+
+
+def read_error_body(response: httpx.Response) -> ErrorBody:
+    """Read an error body from CMS (DRF `detail`, OAuth `error`/`error_description`, FHIR
+    OperationOutcome) or connect (FastAPI's `detail`, a string or a list of errors), or a short
+    plain-text one (a proxy's); an HTML error page says nothing worth passing on."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        text = response.text.strip()
+        return ErrorBody(None, text[:300] if text and not text.startswith("<") else None)
+    if not isinstance(body, dict):
+        return ErrorBody(None, None)
+    error = body.get("error")
+    error = error if isinstance(error, str) and error else None
+    if body.get("resourceType") == "OperationOutcome":
+        texts = [str(i.get("diagnostics", "")) for i in body.get("issue", []) if isinstance(i, dict)]
+        text = "; ".join(t for t in texts if t)
+    else:
+        detail = body.get("detail")
+        if isinstance(detail, list):  # FastAPI's 422 shape
+            detail = "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
+        parts = [error, body.get("error_description"), detail, body.get("message")]
+        text = ": ".join(p for p in parts if isinstance(p, str) and p)
+    return ErrorBody(error, text[:500] or None)

@@ -35,7 +35,7 @@ class PendingStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-class MemoryStore:
+class MemoryPendingStore:
     """Single-process store; a dict pop cannot interleave with another coroutine."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -57,7 +57,7 @@ class MemoryStore:
         self._items.clear()
 
 
-class RedisStore:
+class RedisPendingStore:
     """Shared store for several replicas; keys expire by Redis TTL."""
 
     PREFIX = "bluebutton:pending:"
@@ -66,7 +66,7 @@ class RedisStore:
         self._client = client
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
+    def from_url(cls, url: str) -> RedisPendingStore:
         return cls(aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
 
     def _key(self, state: str) -> str:
@@ -88,7 +88,8 @@ class RedisStore:
         await self._client.aclose()
 
 
-def open_store(url: str) -> PendingStore:
+def open_pending_store(url: str) -> PendingStore:
+    """The store `BLUEBUTTON_STATE_STORE` names: `memory`, or a Redis URL."""
     if url == "memory":
-        return MemoryStore()
-    return RedisStore.from_url(url)
+        return MemoryPendingStore()
+    return RedisPendingStore.from_url(url)

@@ -11,21 +11,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from bluebutton.bundles import FHIR_JSON, BundleHeader, Piece, split_entries
 from bluebutton.cms import CmsClient
+from bluebutton.connect import ConnectClient, StoredRecord
 from bluebutton.errors import (
     BundleInvalidError,
     CmsProtocolError,
+    ConnectError,
     Issue,
-    LfhError,
     PartialForwardError,
-    ValidationUnavailableError,
 )
 from bluebutton.fhir import EntriesNotJsonError, Problem, Validator, problems_to_issues, validate_shell
-from bluebutton.lfh import LfhClient, StoredRecord
 from bluebutton.query import FhirQuery
 
 logger = logging.getLogger(__name__)
@@ -69,11 +67,6 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
         try:
             for chunk in await asyncio.gather(*checks):
                 problems += chunk
-        except BrokenProcessPool as e:
-            raise ValidationUnavailableError(
-                "A FHIR validation worker stopped (killed or out of memory) during this pull; "
-                "nothing was forwarded. Retry the request."
-            ) from e
         except EntriesNotJsonError as e:
             raise CmsProtocolError("Blue Button answered 200 with a body that is not JSON") from e
     finally:
@@ -100,14 +93,14 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
     )
 
 
-async def forward(pulled: Pulled, lfh: LfhClient, limit: int) -> list[tuple[Piece, StoredRecord]]:
+async def forward(pulled: Pulled, connect: ConnectClient, limit: int) -> list[tuple[Piece, StoredRecord]]:
     """POST the pieces in order; on a failure, report what is stored and what is not."""
     pieces = split_entries(pulled.entries, limit, pulled.header)
     stored: list[tuple[Piece, StoredRecord]] = []
     for number, piece in enumerate(pieces, start=1):
         try:
-            stored.append((piece, await lfh.post_bundle(piece.body)))
-        except LfhError as e:
+            stored.append((piece, await connect.post_bundle(piece.body)))
+        except ConnectError as e:
             if not stored:
                 raise
             raise _partial_failure(pieces, stored, number, e) from e
@@ -115,7 +108,7 @@ async def forward(pulled: Pulled, lfh: LfhClient, limit: int) -> list[tuple[Piec
 
 
 def _partial_failure(
-    pieces: list[Piece], stored: list[tuple[Piece, StoredRecord]], failed: int, cause: LfhError
+    pieces: list[Piece], stored: list[tuple[Piece, StoredRecord]], failed: int, cause: ConnectError
 ) -> PartialForwardError:
     count = len(pieces)
     issues = [
@@ -140,7 +133,7 @@ def _partial_failure(
         f"{first_lost}-{pieces[-1].stop - 1} were not stored. Re-run the request, or resend "
         "from the reported entry on, to complete the transfer",
         upstream_status=cause.upstream_status,
-        extra_issues=issues,
+        issues=issues,
         headers=_record_headers([record for _, record in stored]),
     )
 
@@ -165,34 +158,40 @@ def envelopes_answer(stored: list[tuple[Piece, StoredRecord]], total: int) -> li
     return parts
 
 
-async def transfer(
-    query: FhirQuery,
-    token: str,
-    cms: CmsClient,
-    validator: Validator,
-    lfh: LfhClient,
-    limit: int,
-) -> Answer:
-    pulled = await pull(query, token, cms, validator)
-    started = time.perf_counter()
-    stored = await forward(pulled, lfh, limit)
-    pulled.timings["forward"] = time.perf_counter() - started
-    logger.info(
-        "transferred %s: %d entries in %d page(s) as %d Bundle(s); fetch %.3fs validate %.3fs forward %.3fs",
-        query.resource_type,
-        len(pulled.entries),
-        pulled.pages,
-        len(stored),
-        pulled.timings["fetch"],
-        pulled.timings["validate"],
-        pulled.timings["forward"],
-    )
-    headers = _record_headers([record for _, record in stored])
-    headers["Server-Timing"] = ", ".join(
-        f"{name};dur={seconds * 1000:.1f}" for name, seconds in pulled.timings.items()
-    )
-    if query.return_cms:
-        header, entries = pulled.header, pulled.entries
-        return Answer(header.parts(entries), header.size(entries), FHIR_JSON, headers)
-    parts = envelopes_answer(stored, len(pulled.entries))
-    return Answer(parts, sum(len(part) for part in parts), "application/json", headers)
+class Transfer:
+    """What one `GET /bluebutton/fhir` needs, built once in the lifespan: pull, then forward."""
+
+    def __init__(
+        self, cms: CmsClient, validator: Validator, connect: ConnectClient, max_bundle_bytes: int
+    ) -> None:
+        self.cms = cms
+        self.validator = validator
+        self.connect = connect
+        self.max_bundle_bytes = max_bundle_bytes
+
+    async def __call__(self, query: FhirQuery, token: str) -> Answer:
+        pulled = await pull(query, token, self.cms, self.validator)
+        started = time.perf_counter()
+        stored = await forward(pulled, self.connect, self.max_bundle_bytes)
+        pulled.timings["forward"] = time.perf_counter() - started
+        logger.info(
+            "transferred %s: %d entries in %d page(s) as %d Bundle(s); fetch %.3fs validate %.3fs "
+            "forward %.3fs; validation %s",
+            query.resource_type,
+            len(pulled.entries),
+            pulled.pages,
+            len(stored),
+            pulled.timings["fetch"],
+            pulled.timings["validate"],
+            pulled.timings["forward"],
+            self.validator.mode,
+        )
+        headers = _record_headers([record for _, record in stored])
+        headers["Server-Timing"] = ", ".join(
+            f"{name};dur={seconds * 1000:.1f}" for name, seconds in pulled.timings.items()
+        )
+        if query.return_cms:
+            header, entries = pulled.header, pulled.entries
+            return Answer(header.parts(entries), header.size(entries), FHIR_JSON, headers)
+        parts = envelopes_answer(stored, len(pulled.entries))
+        return Answer(parts, sum(len(part) for part in parts), "application/json", headers)

@@ -8,20 +8,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from bluebutton import pipeline
 from bluebutton.bundles import FHIR_JSON
+from bluebutton.callback_page import callback_page
 from bluebutton.deps import (
     BearerTokenDep,
-    CmsDep,
-    LfhDep,
     OAuthDep,
     PendingDep,
     SettingsDep,
+    TransferDep,
     ValidatorDep,
 )
 from bluebutton.errors import OAuthError
 from bluebutton.oauth import callback_error, new_pending_authorization
-from bluebutton.pages import callback_page
 from bluebutton.query import FhirQuery
 from bluebutton.schemas import (
     AuthorizeLink,
@@ -40,9 +38,10 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 @router.get("/health", tags=["service"])
-async def health() -> Health:
-    """Liveness: answers without touching any upstream."""
-    return Health()
+async def health(validator: ValidatorDep) -> Health:
+    """Liveness: answers without touching any upstream. `validation` says whether the validation
+    workers run with the speedup patches (`fast`) or the library as it is (`standard`)."""
+    return Health(validation=validator.mode)
 
 
 FHIR_DOC = """Pull every page of a Blue Button search, validate it as FHIR R4, and store it in
@@ -85,12 +84,9 @@ stored; an invalid Bundle (422) is never forwarded."""
 async def fetch_fhir(
     query: Annotated[FhirQuery, Query()],
     token: BearerTokenDep,
-    settings: SettingsDep,
-    cms: CmsDep,
-    lfh: LfhDep,
-    validator: ValidatorDep,
+    transfer: TransferDep,
 ) -> Response:
-    answer = await pipeline.transfer(query, token, cms, validator, lfh, settings.lfh_max_bundle_bytes)
+    answer = await transfer(query, token)
     return StreamingResponse(
         _send(answer.parts),
         media_type=answer.media_type,

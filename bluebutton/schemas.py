@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from bluebutton.lfh import LfhEnvelope
+from bluebutton.connect import LfhEnvelope
 
 
 class OutcomeIssue(BaseModel):
@@ -41,6 +41,9 @@ class ForwardedBundles(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    validation: Literal["fast", "standard"] = Field(
+        description="Whether the validation workers run with the speedup patches or without"
+    )
 
 
 class AuthorizeLink(BaseModel):

@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import TypedDict
 
 from bluebutton.cms import CmsClient
+from bluebutton.connect import ConnectClient
 from bluebutton.fhir import Validator
-from bluebutton.lfh import LfhClient
 from bluebutton.oauth import OAuthClient
 from bluebutton.pending import PendingStore
+from bluebutton.pipeline import Transfer
 from bluebutton.settings import Settings
 
 
 class State(TypedDict):
     settings: Settings
     cms: CmsClient
-    lfh: LfhClient
+    connect: ConnectClient
     validator: Validator
     oauth: OAuthClient
     pending: PendingStore
+    transfer: Transfer

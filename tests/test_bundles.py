@@ -12,7 +12,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from bluebutton.bundles import BundleHeader, split_entries
 from bluebutton.errors import EntryTooLargeError
-from tests.conftest import compact, entry_for, eob_with_entry_size, make_eob
+from tests.factories import compact, entry_for, eob_with_entry_size, make_eob
 
 
 def entries_of_sizes(sizes: list[int]) -> list[bytes]:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import orjson
@@ -15,7 +11,7 @@ import respx
 
 import bluebutton.cms
 import bluebutton.outbound
-from bluebutton.cms import CmsClient, Page, cms_detail, next_link
+from bluebutton.cms import CmsClient
 from bluebutton.errors import (
     CmsBadRequestError,
     CmsError,
@@ -28,40 +24,18 @@ from bluebutton.errors import (
     CmsUnavailableError,
 )
 from bluebutton.outbound import backoff_delay, build_client
-from tests.conftest import (
+from tests.factories import (
     FHIR_BASE,
     TOKEN,
-    SleepRecorder,
     cms_page,
     cms_pages,
     fhir_response,
     make_eob,
     make_settings,
     page_url,
-    serve_pages,
 )
-
-EOB = "ExplanationOfBenefit"
-CONTEXT = ssl.create_default_context()
-
-
-@asynccontextmanager
-async def cms_client(**overrides: Any) -> AsyncIterator[CmsClient]:
-    settings = make_settings(**overrides)
-    http = build_client(base_url=settings.cms_origin, context=CONTEXT, timeout=settings.cms_timeout_seconds)
-    try:
-        yield CmsClient(settings, http)
-    finally:
-        await http.aclose()
-
-
-async def pull_pages(cms: CmsClient, params: list[tuple[str, str]] | None = None) -> list[Page]:
-    return [page async for page in cms.iter_pages(EOB, params or [("_count", "50")], TOKEN)]
-
-
-def ids(pages: list[Page]) -> list[str]:
-    return [orjson.loads(entry)["resource"]["id"] for page in pages for entry in page.entries]
-
+from tests.fakes import SleepRecorder, serve_pages
+from tests.running import CONTEXT, EOB, cms_client, ids, pull_pages
 
 # ------------------------------------------------------------------------------------------- paging
 
@@ -487,49 +461,3 @@ async def test_token_is_never_a_client_default(cms_mock: respx.MockRouter) -> No
         assert http.follow_redirects is False
     finally:
         await http.aclose()
-
-
-# ---------------------------------------------------------------------------------------- helpers
-
-
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        pytest.param({"detail": "Not found."}, "Not found.", id="drf-detail"),
-        pytest.param(
-            {"error": "invalid_grant", "error_description": "expired"}, "invalid_grant: expired", id="oauth"
-        ),
-        pytest.param({"status_code": 400, "message": "Bad"}, "Bad", id="message"),
-        pytest.param(
-            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "a"}, {"diagnostics": "b"}]},
-            "a; b",
-            id="OperationOutcome",
-        ),
-        pytest.param({"something": "else"}, None, id="unknown-shape"),
-        pytest.param(["detail"], None, id="array"),
-    ],
-)
-def test_cms_detail(body: Any, expected: str | None) -> None:
-    assert cms_detail(httpx.Response(400, json=body)) == expected
-
-
-def test_cms_detail_of_non_json_and_long_bodies() -> None:
-    assert cms_detail(httpx.Response(502, text="<html>Bad Gateway</html>")) is None
-    detail = cms_detail(httpx.Response(500, json={"detail": "x" * 5000}))
-    assert detail is not None
-    assert len(detail) <= 500
-
-
-@pytest.mark.parametrize(
-    ("links", "expected"),
-    [
-        pytest.param([{"relation": "self", "url": "a"}, {"relation": "next", "url": "b"}], "b", id="next"),
-        pytest.param([{"relation": "self", "url": "a"}], None, id="no-next"),
-        pytest.param([{"relation": "next", "url": ""}], None, id="empty-next"),
-        pytest.param([{"relation": "next"}], None, id="next-without-url"),
-        pytest.param(None, None, id="no-links"),
-        pytest.param({"relation": "next", "url": "b"}, None, id="links-not-a-list"),
-    ],
-)
-def test_next_link(links: object, expected: str | None) -> None:
-    assert next_link(links) == expected

@@ -9,16 +9,10 @@ import httpx
 import respx
 
 from bluebutton.cms import Pacer
-from tests.conftest import (
-    Connect,
-    SleepRecorder,
-    cms_pages,
-    fhir_response,
-    make_eob,
-    outcome_issues,
-    page_url,
-)
-from tests.test_cms import EOB, cms_client, ids, pull_pages
+from tests.factories import cms_pages, fhir_response, make_eob, page_url
+from tests.fakes import Connect, SleepRecorder
+from tests.running import EOB, cms_client, ids, pull_pages
+from tests.wire import outcome_issues
 
 TOKEN_HEADER = {"Authorization": "Bearer test-access-token"}
 
@@ -112,7 +106,7 @@ async def test_429_mid_pull_pauses_every_page_then_completes(
 async def test_after_a_429_no_request_of_the_pull_starts_before_retry_after(
     cms_sleeps: SleepRecorder,
 ) -> None:
-    pacer = Pacer()
+    pacer = Pacer(sleep=cms_sleeps.sleep, clock=cms_sleeps.monotonic)
     await pacer.wait()
     assert cms_sleeps.delays == []  # nothing to wait for yet
     pacer.pause(7)

@@ -14,19 +14,12 @@ import respx
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import BundleEntry
 
-from tests.conftest import (
-    AUTH,
-    CMS_ORIGIN,
-    SANDBOX_ORIGIN,
-    Connect,
-    fhir_response,
-    make_settings,
-    open_client,
-    outcome_issues,
-    serve_pages,
-)
+from tests.factories import AUTH, CMS_ORIGIN, SANDBOX_ORIGIN, fhir_response, make_settings
+from tests.fakes import Connect, serve_pages
+from tests.running import open_client
+from tests.wire import outcome_issues
 
-pytestmark = pytest.mark.usefixtures("cms_sleeps", "lfh_sleeps")
+pytestmark = pytest.mark.usefixtures("cms_sleeps", "connect_sleeps")
 
 Loader = Callable[[str], dict[str, Any]]
 

@@ -22,7 +22,7 @@ from bluebutton.fhir import (
     validate_entries,
     validate_shell,
 )
-from tests.conftest import (
+from tests.factories import (
     cms_page,
     compact,
     entry_for,
@@ -278,10 +278,13 @@ async def test_validator_in_worker_processes() -> None:
 
 
 async def test_a_dead_worker_fails_one_pull_and_the_pool_is_replaced() -> None:
-    """A worker killed mid-task breaks the pool; the next submission gets a fresh one."""
+    """A worker killed mid-task breaks the pool: that pull fails with a 503 saying so (nothing
+    above the validator sees the pool's own exception); the next submission gets a fresh pool."""
     import os
     import signal
     from concurrent.futures.process import BrokenProcessPool
+
+    from bluebutton.errors import ValidationUnavailableError
 
     validator = Validator(1)
     try:
@@ -289,8 +292,10 @@ async def test_a_dead_worker_fails_one_pull_and_the_pool_is_replaced() -> None:
         pool = validator._executor
         for pid in list(pool._processes):  # type: ignore[attr-defined]
             os.kill(pid, signal.SIGKILL)
-        with pytest.raises(BrokenProcessPool):
+        with pytest.raises(ValidationUnavailableError) as info:
             await validator.validate(_mixed(2, set()))
+        assert info.value.status_code == 503
+        assert isinstance(info.value.__cause__, BrokenProcessPool)
         problems = await validator.validate(_mixed(3, {1}))
         assert [p[0] for p in problems] == [1]
         assert validator._executor is not pool

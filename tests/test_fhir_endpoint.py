@@ -4,29 +4,29 @@ forwarding, answers and the error table; `/health` and the OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import jsonschema  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema)
 import orjson
 import pytest
 import respx
 from fhir.resources.R4B.bundle import Bundle
 
 import bluebutton.pipeline
+from bluebutton import validation_patches
 from bluebutton.fhir import Validator
 from bluebutton.settings import Settings
-from tests.conftest import (
+from tests.factories import (
     AUTH,
     PATIENT_ID,
     SMALL_LIMIT,
     TOKEN,
-    Connect,
-    SleepRecorder,
     cms_page,
     cms_pages,
-    diagnostics,
     entry_for,
     envelope_for,
     eob_id,
@@ -35,17 +35,17 @@ from tests.conftest import (
     make_eob,
     make_patient,
     make_settings,
-    open_client,
-    outcome_issues,
     page_url,
     record_location,
     record_uuid,
-    serve_pages,
 )
+from tests.fakes import Connect, SleepRecorder, serve_pages
+from tests.running import open_client
+from tests.wire import diagnostics, outcome_issues
 
 EOB = "ExplanationOfBenefit"
 
-pytestmark = pytest.mark.usefixtures("cms_sleeps", "lfh_sleeps")
+pytestmark = pytest.mark.usefixtures("cms_sleeps", "connect_sleeps")
 
 # connect's rate-limit window is one second; the default wait matches it.
 RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
@@ -141,15 +141,39 @@ async def test_token_reaches_cms_unchanged_and_never_connect(
 # ----------------------------------------------------------------------------------- health, openapi
 
 
+def expected_validation_mode(fast_validation: bool = True) -> str:
+    return "fast" if fast_validation and validation_patches.matches_checked_versions() else "standard"
+
+
 async def test_health(
-    client: httpx.AsyncClient, cms_mock: respx.MockRouter, lfh_mock: respx.MockRouter
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect_mock: respx.MockRouter
 ) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "validation": expected_validation_mode()}
     assert response.headers["X-Request-ID"]
     assert not cms_mock.calls
-    assert not lfh_mock.calls
+    assert not connect_mock.calls
+
+
+async def test_health_says_when_validation_runs_without_the_patches(connect_mock: respx.MockRouter) -> None:
+    async with open_client(make_settings(fast_validation=False, validation_workers=1)) as client:
+        response = await client.get("/health")
+    assert response.json() == {"status": "ok", "validation": "standard"}
+
+
+async def test_the_transfer_log_line_says_how_entries_were_validated(
+    client: httpx.AsyncClient,
+    cms_mock: respx.MockRouter,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cms_mock.get("Patient").mock(return_value=fhir_response(cms_page([make_patient()])))
+    with caplog.at_level(logging.INFO, logger="bluebutton.pipeline"):
+        response = await client.get("/bluebutton/fhir", params={"resource_type": "Patient"}, headers=AUTH)
+    assert response.status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("transferred")]
+    assert line.endswith(f"; validation {expected_validation_mode()}")
 
 
 async def test_openapi_declares_bearer_auth_on_the_endpoint(client: httpx.AsyncClient) -> None:
@@ -427,6 +451,30 @@ async def test_split_into_connect_sized_bundles(
     )
 
 
+async def test_a_multi_bundle_answer_matches_its_documented_schema(
+    small_client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    """The answer for several Bundles is what OpenAPI documents as `ForwardedBundles`, and only
+    that branch of the endpoint's `oneOf` (it is no connect envelope)."""
+    cms_mock.get(EOB).mock(return_value=fhir_response(cms_page(sized_claims(6, 4000), total=6)))
+    response = await get_fhir(small_client)
+    assert response.status_code == 200, response.text
+    document = (await small_client.get("/openapi.json")).json()
+    declared = document["paths"]["/bluebutton/fhir"]["get"]["responses"]["200"]["content"]
+    declared_schema = declared["application/json"]["schema"]
+
+    def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+        return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+    answer = response.json()
+    assert answer["bundle_count"] > 1
+    validator({"$ref": "#/components/schemas/ForwardedBundles"}).validate(answer)
+    validator(declared_schema).validate(answer)
+    assert not validator({"$ref": "#/components/schemas/LfhEnvelope"}).is_valid(answer)
+    broken = {**answer, "bundles": [{**answer["bundles"][0], "envelope": {"status": "success"}}]}
+    assert not validator({"$ref": "#/components/schemas/ForwardedBundles"}).is_valid(broken)
+
+
 async def test_split_with_return_cms_answers_the_whole_bundle(
     small_client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
@@ -488,7 +536,7 @@ async def test_failure_on_the_third_of_five_posts_is_reported(
 
 
 async def test_connect_429_is_waited_out_and_resent(
-    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect, lfh_sleeps: SleepRecorder
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect, connect_sleeps: SleepRecorder
 ) -> None:
     one_page(cms_mock, [make_eob(1), make_eob(2)])
     connect.script = [httpx.Response(429, json={"error": "Rate limit exceeded: 10 per 1 second"})]
@@ -497,7 +545,7 @@ async def test_connect_429_is_waited_out_and_resent(
     calls = connect.route.calls
     assert len(calls) == 2
     assert calls[0].request.content == calls[1].request.content
-    assert lfh_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS]
+    assert connect_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS]
     assert response.content == connect.envelopes[0]
 
 

@@ -13,10 +13,10 @@ import pytest
 import respx
 
 import bluebutton.pipeline
-from tests.conftest import (
+from bluebutton.outbound import redact_http_logs
+from tests.factories import (
     AUTH,
     TOKEN,
-    Connect,
     cms_page,
     cms_pages,
     eob_with_entry_size,
@@ -24,20 +24,22 @@ from tests.conftest import (
     make_eob,
     make_patient,
     make_settings,
-    open_client,
-    serve_pages,
 )
+from tests.fakes import Connect, serve_pages
+from tests.running import open_client
 
 EOB = "ExplanationOfBenefit"
 CANARY = "Zanzibar-Quokka-4471"  # a value that only exists inside the claims
 CLAIM_IDS = [f"pde--{990_000_000 + n}" for n in range(60)]
 
-pytestmark = pytest.mark.usefixtures("cms_sleeps", "lfh_sleeps")
+pytestmark = pytest.mark.usefixtures("cms_sleeps", "connect_sleeps")
 
 
 @pytest.fixture
 def all_debug(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Root and every logger that exists at DEBUG, restored afterwards by caplog."""
+    """Root and every logger that exists at DEBUG, restored afterwards by caplog; with the
+    redaction `python -m bluebutton` installs in its process."""
+    redact_http_logs()
     caplog.set_level(logging.DEBUG)
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if isinstance(logger, logging.Logger):

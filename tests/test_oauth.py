@@ -20,9 +20,9 @@ import httpx
 import pytest
 import respx
 
-from bluebutton.pending import MemoryStore
+from bluebutton.pending import MemoryPendingStore
 from bluebutton.settings import Settings
-from tests.oauth_helpers import (
+from tests.factories import (
     AUTHORIZE,
     BROWSER_ACCEPT,
     CALLBACK,
@@ -33,20 +33,12 @@ from tests.oauth_helpers import (
     JSON_ACCEPT,
     REFRESH,
     REVOKE,
-    HeldCms,
-    basic_credentials,
-    client_for,
-    form_of,
-    inside,
     make_settings,
-    parse_page,
-    query_of,
-    running_app,
-    running_asgi,
-    s256,
     token_body,
-    until,
 )
+from tests.fakes import HeldCms, inside, until
+from tests.running import client_for, open_client, running_asgi
+from tests.wire import basic_credentials, form_of, parse_html, query_of, s256
 
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 # RFC 7636 §4.1: code_verifier = 43*128unreserved.
@@ -102,7 +94,7 @@ def assert_no_bearer(request: httpx.Request) -> None:
 
 @pytest.mark.parametrize("settings", [V2, V3], indirect=True)
 async def test_authorize_url_is_exactly_what_cms_requires(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         response = await client.get(AUTHORIZE, headers={"Accept": JSON_ACCEPT})
 
         url = response.json()["authorize_url"]
@@ -143,7 +135,7 @@ async def test_authorize_uses_the_configured_scopes_and_callback() -> None:
     settings = make_settings(
         cms_scopes="openid patient/Coverage.rs", callback_url="https://app.example:8443/bb/callback"
     )
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         query = await start(client)
 
     assert query["scope"] == "openid patient/Coverage.rs"
@@ -151,7 +143,7 @@ async def test_authorize_uses_the_configured_scopes_and_callback() -> None:
 
 
 async def test_authorize_never_reuses_a_state_or_a_challenge(settings: Settings) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         queries = [await start(client) for _ in range(25)]
 
         states = {q["state"] for q in queries}
@@ -169,7 +161,7 @@ async def test_authorize_never_reuses_a_state_or_a_challenge(settings: Settings)
     ],
 )
 async def test_browser_is_redirected_to_cms(settings: Settings, accept: str) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         response = await client.get(AUTHORIZE, headers={"Accept": accept})
 
         assert response.status_code == 307
@@ -182,7 +174,7 @@ async def test_browser_is_redirected_to_cms(settings: Settings, accept: str) -> 
 
 
 async def test_api_client_gets_the_url_to_open(settings: Settings) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         response = await client.get(AUTHORIZE, headers={"Accept": JSON_ACCEPT})
 
         assert response.status_code == 200
@@ -194,7 +186,7 @@ async def test_api_client_gets_the_url_to_open(settings: Settings) -> None:
 
 
 async def test_authorize_expiry_follows_the_state_ttl_setting() -> None:
-    async with running_app(make_settings(state_ttl_seconds=60)) as client:
+    async with open_client(make_settings(state_ttl_seconds=60)) as client:
         response = await client.get(AUTHORIZE, headers={"Accept": JSON_ACCEPT})
 
     assert response.json()["expires_in"] == 60
@@ -205,7 +197,7 @@ async def test_authorize_expiry_follows_the_state_ttl_setting() -> None:
 
 @pytest.mark.parametrize("settings", [V2, V3], indirect=True)
 async def test_code_exchange_on_the_wire(cms: respx.MockRouter, settings: Settings) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         query = await start(client)
 
         response = await call_back(client, query["state"], code="the-code")
@@ -229,7 +221,7 @@ async def test_code_exchange_on_the_wire(cms: respx.MockRouter, settings: Settin
 
 
 async def test_callback_json_is_the_token_set(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms_tokens = token_body(expires_in=3600)
         cms.routes["token"].mock(return_value=httpx.Response(200, json=cms_tokens))
         query = await start(client)
@@ -269,7 +261,7 @@ async def test_callback_json_is_the_token_set(settings: Settings, cms: respx.Moc
 
 
 async def test_state_is_single_use(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         query = await start(client)
         first = await call_back(client, query["state"], code="code-a")
 
@@ -293,7 +285,7 @@ async def test_state_is_single_use(settings: Settings, cms: respx.MockRouter) ->
 async def test_unknown_state_is_refused_without_calling_cms(
     settings: Settings, cms: respx.MockRouter, state: str | None
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         await start(client)  # a real pending authorization exists, just not this one
 
         response = await call_back(client, state)
@@ -304,7 +296,7 @@ async def test_unknown_state_is_refused_without_calling_cms(
 
 
 async def test_callback_without_code_is_refused(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         query = await start(client)
 
         response = await call_back(client, query["state"], code=None)
@@ -334,7 +326,7 @@ async def test_state_expires(ttl: int, elapsed: float, status: int) -> None:
     clock = FakeClock()
     with respx.mock(base_url=settings.cms_origin, assert_all_called=False) as cms:
         token = cms.post("/v2/o/token/").mock(return_value=httpx.Response(200, json=token_body()))
-        async with running_app(settings, store=MemoryStore(clock=clock)) as client:
+        async with open_client(settings, pending=MemoryPendingStore(clock=clock)) as client:
             query = await start(client)
             clock.now += elapsed
 
@@ -347,7 +339,7 @@ async def test_state_expires(ttl: int, elapsed: float, status: int) -> None:
 async def test_concurrent_callbacks_with_one_state_exchange_once(
     settings: Settings, cms: respx.MockRouter
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         held = HeldCms(lambda request: httpx.Response(200, json=token_body()))
         cms.routes["token"].mock(side_effect=held)
         query = await start(client)
@@ -364,7 +356,7 @@ async def test_concurrent_callbacks_with_one_state_exchange_once(
 
 
 async def test_declined_authorization_is_a_clear_403(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         query = await start(client)
 
         response = await client.get(CALLBACK, params={"error": "access_denied", "state": query["state"]})
@@ -383,7 +375,7 @@ async def test_declined_authorization_is_a_clear_403(settings: Settings, cms: re
 async def test_other_callback_errors_are_400_with_cms_description(
     settings: Settings, cms: respx.MockRouter, with_state: bool
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         params = {"error": "invalid_scope", "error_description": "The requested scope is invalid."}
         if with_state:
             params["state"] = (await start(client))["state"]
@@ -416,7 +408,7 @@ async def test_callback_works_when_swagger_and_callback_hosts_differ(
 
 
 async def test_browser_gets_the_token_page(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms_tokens = token_body()
         cms.routes["token"].mock(return_value=httpx.Response(200, json=cms_tokens))
         query = await start(client)
@@ -427,7 +419,7 @@ async def test_browser_gets_the_token_page(settings: Settings, cms: respx.MockRo
         assert response.headers["content-type"].startswith("text/html")
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["referrer-policy"] == "no-referrer"
-        page = parse_page(response.text)
+        page = parse_html(response.text)
         assert cms_tokens["patient"] in response.text
         for scope in DEFAULT_SCOPES.split():
             assert scope in page.by_id["scopes"].text
@@ -457,20 +449,20 @@ async def test_browser_gets_the_token_page(settings: Settings, cms: respx.MockRo
 async def test_demographics_warning(
     settings: Settings, cms: respx.MockRouter, scope: str, warned: bool
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(return_value=httpx.Response(200, json=token_body(scope=scope)))
         query = await start(client)
 
         response = await call_back(client, query["state"], accept=BROWSER_ACCEPT)
 
-        page = parse_page(response.text)
+        page = parse_html(response.text)
         assert ("demographics-warning" in page.by_id) is warned
         if warned:
             assert "403" in page.by_id["demographics-warning"].text
 
 
 async def test_token_page_escapes_what_cms_sent(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         hostile = '"><script>alert(1)</script>&'
         cms_tokens = token_body(
             access_token="tok" + hostile,
@@ -487,7 +479,7 @@ async def test_token_page_escapes_what_cms_sent(settings: Settings, cms: respx.M
         assert "<script>alert(1)</script>" not in response.text
         assert "<b>bold</b>" not in response.text
         assert html.escape(hostile) in response.text
-        page = parse_page(response.text)
+        page = parse_html(response.text)
         assert page.by_id["access-token"].text == cms_tokens["access_token"]
         assert page.by_id["patient"].text == cms_tokens["patient"]
         assert "<b>bold</b>" in page.by_id["scopes"].text
@@ -534,7 +526,7 @@ ONE_TIME = (
 async def test_cms_token_errors_are_502_with_cms_reason_and_advice(
     settings: Settings, cms: respx.MockRouter, status: int, cms_body: dict[str, Any], advice: str
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(return_value=httpx.Response(status, json=cms_body))
         query = await start(client)
 
@@ -561,7 +553,7 @@ async def test_cms_token_errors_are_502_with_cms_reason_and_advice(
 async def test_code_exchange_is_never_retried(
     settings: Settings, cms: respx.MockRouter, failure: httpx.Response | Exception
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(side_effect=[failure, httpx.Response(200, json=token_body())])
         query = await start(client)
 
@@ -582,7 +574,7 @@ async def test_code_exchange_is_never_retried(
 async def test_unusable_token_answer_is_502(
     settings: Settings, cms: respx.MockRouter, answer: httpx.Response
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(return_value=answer)
         query = await start(client)
 
@@ -596,7 +588,7 @@ async def test_unusable_token_answer_is_502(
 
 @pytest.mark.parametrize("settings", [V2, V3], indirect=True)
 async def test_refresh_on_the_wire(cms: respx.MockRouter, settings: Settings) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         new = token_body(refresh_token="rotated-refresh")
         cms.routes["token"].mock(return_value=httpx.Response(200, json=new))
 
@@ -654,7 +646,7 @@ async def test_refresh_on_the_wire(cms: respx.MockRouter, settings: Settings) ->
 async def test_rejected_refresh_token_is_401_with_reason_and_advice(
     settings: Settings, cms: respx.MockRouter, status: int, cms_body: dict[str, Any], cms_reason: str
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(return_value=httpx.Response(status, json=cms_body))
 
         response = await client.post(REFRESH, json={"refresh_token": "spent-refresh"})
@@ -670,7 +662,7 @@ async def test_rejected_refresh_token_is_401_with_reason_and_advice(
 
 
 async def test_refresh_with_bad_client_credentials_is_502(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(return_value=httpx.Response(401, json={"error": "invalid_client"}))
 
         response = await client.post(REFRESH, json={"refresh_token": "r"})
@@ -684,7 +676,7 @@ async def test_refresh_with_bad_client_credentials_is_502(settings: Settings, cm
 async def test_refreshing_a_used_token_again_reaches_cms_and_says_so(
     settings: Settings, cms: respx.MockRouter
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["token"].mock(
             side_effect=[
                 httpx.Response(200, json=token_body()),
@@ -712,7 +704,7 @@ async def test_refreshing_a_used_token_again_reaches_cms_and_says_so(
 async def test_refresh_body_is_validated(
     settings: Settings, cms: respx.MockRouter, body: dict[str, Any]
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         response = await client.post(REFRESH, json=body)
 
         assert response.status_code == 422
@@ -731,7 +723,7 @@ def _in_refresh(task: asyncio.Task[Any]) -> bool:
 async def test_concurrent_refreshes_of_one_token_share_one_cms_call(
     settings: Settings, cms: respx.MockRouter
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         new = token_body()
         held = HeldCms(lambda request: httpx.Response(200, json=new))
         cms.routes["token"].mock(side_effect=held)
@@ -753,7 +745,7 @@ async def test_concurrent_refreshes_of_one_token_share_one_cms_call(
 async def test_concurrent_refreshes_of_one_token_share_cms_refusal(
     settings: Settings, cms: respx.MockRouter
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         held = HeldCms(lambda request: httpx.Response(400, json={"error": "invalid_grant"}))
         cms.routes["token"].mock(side_effect=held)
 
@@ -769,7 +761,7 @@ async def test_concurrent_refreshes_of_one_token_share_cms_refusal(
 async def test_concurrent_refreshes_of_different_tokens_are_separate_calls(
     settings: Settings, cms: respx.MockRouter
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
 
         def answer(request: httpx.Request) -> httpx.Response:
             old = form_of(request)["refresh_token"]
@@ -793,7 +785,7 @@ async def test_concurrent_refreshes_of_different_tokens_are_separate_calls(
 
 @pytest.mark.parametrize("settings", [V2, V3], indirect=True)
 async def test_revoke_on_the_wire(cms: respx.MockRouter, settings: Settings) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         response = await client.post(REVOKE, json={"token": "token-to-revoke"})
 
         assert response.status_code == 204
@@ -822,7 +814,7 @@ async def test_revoke_on_the_wire(cms: respx.MockRouter, settings: Settings) -> 
 async def test_revoke_refused_by_cms_is_502(
     settings: Settings, cms: respx.MockRouter, failure: httpx.Response | Exception
 ) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         cms.routes["revoke"].mock(side_effect=[failure])
 
         response = await client.post(REVOKE, json={"token": "t"})
@@ -832,7 +824,7 @@ async def test_revoke_refused_by_cms_is_502(
 
 
 async def test_revoke_body_is_validated(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         response = await client.post(REVOKE, json={"refresh_token": "wrong-field"})
 
         assert response.status_code == 422
@@ -872,7 +864,7 @@ async def test_oauth_endpoints_answer_503_naming_missing_credentials(
 ) -> None:
     settings = make_settings(**missing)
     with respx.mock(base_url=settings.cms_origin) as cms:
-        async with running_app(settings) as client:
+        async with open_client(settings) as client:
             response = await client.request(method, path, **kwargs)
 
     assert response.status_code == 503, response.text
@@ -885,7 +877,7 @@ async def test_oauth_endpoints_answer_503_naming_missing_credentials(
 async def test_rest_of_the_api_works_without_credentials() -> None:
     settings = make_settings(cms_client_id=None, cms_client_secret=None)
     with respx.mock(base_url=settings.cms_origin) as cms:
-        async with running_app(settings) as client:
+        async with open_client(settings) as client:
             health = await client.get("/health")
             bad_query = await client.get(
                 "/bluebutton/fhir",
@@ -895,7 +887,7 @@ async def test_rest_of_the_api_works_without_credentials() -> None:
             no_token = await client.get("/bluebutton/fhir", params={"resource_type": "Coverage"})
 
     assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
+    assert health.json()["status"] == "ok"
     assert bad_query.status_code == 422
     assert bad_query.json()["issue"][0]["expression"] == ["resource_type"]
     assert no_token.status_code == 401
@@ -911,7 +903,7 @@ def _leaks(secret: str, response: httpx.Response) -> bool:
 
 
 async def test_pkce_verifier_never_leaves_the_server(settings: Settings, cms: respx.MockRouter) -> None:
-    async with running_app(settings) as client:
+    async with open_client(settings) as client:
         responses: list[httpx.Response] = []
         authorize_urls: list[str] = []
         for authorize_accept, callback_accept in [
@@ -952,7 +944,7 @@ async def test_no_token_code_verifier_or_secret_in_logs(
     )
     cms.routes["revoke"].mock(side_effect=[httpx.Response(200), httpx.Response(500, text="oops")])
     responses: list[httpx.Response] = []
-    async with running_app(settings, base_url=service) as client:
+    async with open_client(settings, base_url=service) as client:
         state = (await start(client))["state"]
         responses.append(await client.get(AUTHORIZE, headers={"Accept": BROWSER_ACCEPT}))
         responses.append(await call_back(client, state, code="code-good-1", accept=BROWSER_ACCEPT))

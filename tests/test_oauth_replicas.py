@@ -16,23 +16,11 @@ import redis.asyncio as aioredis
 import respx
 
 from bluebutton.settings import Settings
-from tests.oauth_helpers import (
-    AUTHORIZE,
-    BROWSER_ACCEPT,
-    CALLBACK,
-    JSON_ACCEPT,
-    REDIS_URL,
-    HeldCms,
-    form_of,
-    make_settings,
-    query_of,
-    redis_key,
-    redis_unavailable,
-    running_app,
-    s256,
-    token_body,
-    until,
-)
+from tests.factories import AUTHORIZE, BROWSER_ACCEPT, CALLBACK, JSON_ACCEPT, make_settings, token_body
+from tests.fakes import HeldCms, until
+from tests.running import open_client
+from tests.services import REDIS_URL, redis_key, redis_unavailable
+from tests.wire import form_of, query_of, s256
 
 
 @pytest.fixture
@@ -64,8 +52,8 @@ async def replicas(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient,
             states.append(query_of(url)["state"])
 
     async with (
-        running_app(settings, base_url="http://replica-a") as a,
-        running_app(settings, base_url="http://replica-b") as b,
+        open_client(settings, base_url="http://replica-a") as a,
+        open_client(settings, base_url="http://replica-b") as b,
     ):
         for client in (a, b):
             client.event_hooks["response"].append(remember)

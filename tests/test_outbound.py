@@ -1,15 +1,16 @@
-"""Outbound HTTP helpers: a read response is freed at once, without waiting for the collector."""
+"""Outbound HTTP helpers: a read response is freed at once; one reader of upstream error bodies."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from bluebutton.outbound import release
+from bluebutton.outbound import read_error_body, release
 
 BODY = b"x" * 100_000
 
@@ -51,3 +52,49 @@ async def test_a_released_response_is_freed_with_its_bodies() -> None:
     del response
     assert alive() is None
     assert request() is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param({"detail": "Not found."}, "Not found.", id="drf-detail"),
+        pytest.param(
+            {"error": "invalid_grant", "error_description": "expired"}, "invalid_grant: expired", id="oauth"
+        ),
+        pytest.param({"status_code": 400, "message": "Bad"}, "Bad", id="message"),
+        pytest.param(
+            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "a"}, {"diagnostics": "b"}]},
+            "a; b",
+            id="OperationOutcome",
+        ),
+        pytest.param(
+            {"detail": [{"loc": ["body"], "msg": "field required"}, {"msg": "bad"}]},
+            "field required; bad",
+            id="fastapi-422",
+        ),
+        pytest.param({"something": "else"}, None, id="unknown-shape"),
+        pytest.param(["detail"], None, id="array"),
+    ],
+)
+def test_error_body_detail(body: Any, expected: str | None) -> None:
+    assert read_error_body(httpx.Response(400, json=body)).detail == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        pytest.param({"error": "invalid_grant", "error_description": "x"}, "invalid_grant", id="oauth"),
+        pytest.param({"error": ""}, None, id="empty"),
+        pytest.param({"error": 3}, None, id="not-a-string"),
+        pytest.param({"detail": "Not found."}, None, id="drf"),
+    ],
+)
+def test_error_body_oauth_error(body: Any, error: str | None) -> None:
+    assert read_error_body(httpx.Response(400, json=body)).error == error
+
+
+def test_error_body_of_non_json_and_long_bodies() -> None:
+    assert read_error_body(httpx.Response(502, text="<html>Bad Gateway</html>")).detail is None
+    detail = read_error_body(httpx.Response(500, json={"detail": "x" * 5000})).detail
+    assert detail is not None
+    assert len(detail) <= 500

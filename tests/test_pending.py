@@ -12,8 +12,9 @@ import pydantic
 import pytest
 import redis.asyncio as aioredis
 
-from bluebutton.pending import MemoryStore, PendingAuthorization, RedisStore, open_store
-from tests.oauth_helpers import REDIS_URL, make_settings, redis_unavailable
+from bluebutton.pending import MemoryPendingStore, PendingAuthorization, RedisPendingStore, open_pending_store
+from tests.factories import make_settings
+from tests.services import REDIS_URL, redis_unavailable
 
 
 class FakeClock:
@@ -28,11 +29,11 @@ def pending(state: str = "state-" + "s" * 40, verifier: str = "v" * 86) -> Pendi
     return PendingAuthorization(state=state, verifier=verifier, created_at=1_700_000_000.0)
 
 
-# --- MemoryStore -------------------------------------------------------------------------------------
+# --- MemoryPendingStore -------------------------------------------------------------------------------------
 
 
 async def test_memory_take_returns_what_was_put_once() -> None:
-    store = MemoryStore(clock=FakeClock())
+    store = MemoryPendingStore(clock=FakeClock())
     item = pending()
     await store.put(item, 600)
 
@@ -41,7 +42,7 @@ async def test_memory_take_returns_what_was_put_once() -> None:
 
 
 async def test_memory_unknown_state_is_none() -> None:
-    store = MemoryStore(clock=FakeClock())
+    store = MemoryPendingStore(clock=FakeClock())
     await store.put(pending("known-" + "k" * 40), 600)
 
     assert await store.take("unknown-" + "u" * 40) is None
@@ -59,7 +60,7 @@ async def test_memory_unknown_state_is_none() -> None:
 )
 async def test_memory_expiry_follows_the_clock(elapsed: float, found: bool) -> None:
     clock = FakeClock()
-    store = MemoryStore(clock=clock)
+    store = MemoryPendingStore(clock=clock)
     item = pending()
     await store.put(item, 600)
 
@@ -71,7 +72,7 @@ async def test_memory_expiry_follows_the_clock(elapsed: float, found: bool) -> N
 
 async def test_memory_expired_items_do_not_block_new_ones() -> None:
     clock = FakeClock()
-    store = MemoryStore(clock=clock)
+    store = MemoryPendingStore(clock=clock)
     await store.put(pending("old-" + "o" * 40), 30)
     clock.now += 31
     fresh = pending("new-" + "n" * 40)
@@ -82,7 +83,7 @@ async def test_memory_expired_items_do_not_block_new_ones() -> None:
 
 
 async def test_memory_concurrent_takes_give_it_to_one() -> None:
-    store = MemoryStore(clock=FakeClock())
+    store = MemoryPendingStore(clock=FakeClock())
     item = pending()
     await store.put(item, 600)
 
@@ -92,7 +93,7 @@ async def test_memory_concurrent_takes_give_it_to_one() -> None:
 
 
 async def test_memory_aclose_forgets_everything() -> None:
-    store = MemoryStore(clock=FakeClock())
+    store = MemoryPendingStore(clock=FakeClock())
     item = pending()
     await store.put(item, 600)
 
@@ -101,21 +102,21 @@ async def test_memory_aclose_forgets_everything() -> None:
     assert await store.take(item.state) is None
 
 
-# --- open_store and the setting ----------------------------------------------------------------------
+# --- open_pending_store and the setting ----------------------------------------------------------
 
 
 async def test_open_store_memory() -> None:
-    store = open_store("memory")
+    store = open_pending_store("memory")
     try:
-        assert isinstance(store, MemoryStore)
+        assert isinstance(store, MemoryPendingStore)
     finally:
         await store.aclose()
 
 
 async def test_open_store_redis_url_is_a_redis_store() -> None:
-    store = open_store(REDIS_URL)  # connects lazily: no server needed to build it
+    store = open_pending_store(REDIS_URL)  # connects lazily: no server needed to build it
     try:
-        assert isinstance(store, RedisStore)
+        assert isinstance(store, RedisPendingStore)
     finally:
         await store.aclose()
 
@@ -140,7 +141,7 @@ def test_state_store_setting_accepts_memory_and_redis(value: str) -> None:
     assert make_settings(state_store=value).state_store == value
 
 
-# --- RedisStore against the real Redis ---------------------------------------------------------------
+# --- RedisPendingStore against the real Redis ---------------------------------------------------------------
 
 
 @pytest.fixture
@@ -151,8 +152,8 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def prefixed_store(client: aioredis.Redis, prefix: str) -> RedisStore:
-    class TestRedisStore(RedisStore):
+def prefixed_store(client: aioredis.Redis, prefix: str) -> RedisPendingStore:
+    class TestRedisStore(RedisPendingStore):
         PREFIX = prefix
 
     return TestRedisStore(client)
@@ -163,8 +164,8 @@ def connect(url: str) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def redis_store(url: str) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
-    """A RedisStore writing under a prefix of its own, and a client to look at Redis directly.
+async def redis_store(url: str) -> AsyncIterator[tuple[RedisPendingStore, aioredis.Redis]]:
+    """A RedisPendingStore writing under a prefix of its own, and a client to look at Redis directly.
 
     Only this prefix's keys are deleted afterwards (never FLUSHALL/FLUSHDB).
     """

@@ -10,18 +10,18 @@ import respx
 from pydantic import ValidationError
 
 from bluebutton.query import FhirQuery
-from tests.conftest import (
+from tests.factories import (
     AUTH,
     PATIENT_ID,
     TOKEN,
-    Connect,
     cms_page,
     fhir_response,
     make_coverage,
     make_eob,
     make_patient,
-    outcome_issues,
 )
+from tests.fakes import Connect
+from tests.wire import outcome_issues
 
 # ------------------------------------------------------------------------------ the model itself
 
@@ -221,7 +221,7 @@ BAD_QUERIES = [
 async def test_bad_query_is_422_before_any_upstream_call(
     client: httpx.AsyncClient,
     cms_mock: respx.MockRouter,
-    lfh_mock: respx.MockRouter,
+    connect_mock: respx.MockRouter,
     elsewhere: respx.Route,
     params: dict[str, Any],
     named: str,
@@ -233,7 +233,7 @@ async def test_bad_query_is_422_before_any_upstream_call(
     assert all(issue["severity"] == "error" for issue in issues)
     assert any(named in issue["diagnostics"] for issue in issues), issues
     assert not cms_mock.calls
-    assert not lfh_mock.calls
+    assert not connect_mock.calls
     assert not elsewhere.called
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from bluebutton.outbound import build_ssl_context
 from bluebutton.settings import Settings, describe_error
-from tests.conftest import CERTS, make_settings
+from tests.factories import CERTS, make_settings
 
 REPO_CERTS = Path(__file__).resolve().parents[1] / "local-certs"
 

@@ -18,10 +18,10 @@ import orjson
 import pydantic
 import pytest
 
-from bluebutton import fhir_speedups
+from bluebutton import validation_patches
 from bluebutton.fhir import Validator, _init_worker, _model_for, validate_entries
-from bluebutton.sandbox.cms_data import INVALID_USERS, generate_claims
-from tests.conftest import SAMPLES_DIR
+from bluebutton.sandbox.cms.data import INVALID_USERS, generate_claims
+from tests.factories import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = SAMPLES_DIR
@@ -34,7 +34,7 @@ def outcomes(entries: list[dict[str, Any]]) -> list[Any]:
     results: list[Any] = []
     for index, entry in enumerate(entries):
         payload = orjson.dumps([entry])
-        detail = []
+        detail: list[Any] = []
         for model, data in (
             (BundleEntry, {k: v for k, v in entry.items() if k != "resource"}),
             (_model_for(entry.get("resource", {}).get("resourceType")), entry.get("resource")),
@@ -57,9 +57,9 @@ def outcomes(entries: list[dict[str, Any]]) -> list[Any]:
 
 
 def _main() -> None:
-    """`python -m tests.test_fhir_speedups {plain|fast} CORPUS`: print the outcomes as JSON."""
+    """`python -m tests.test_validation_patches {plain|fast} CORPUS`: print the outcomes as JSON."""
     mode, corpus = sys.argv[1], Path(sys.argv[2])
-    if mode == "fast" and not fhir_speedups.install():
+    if mode == "fast" and not validation_patches.install():
         raise SystemExit("the speedups do not apply to these library versions")
     sys.stdout.buffer.write(orjson.dumps(outcomes(orjson.loads(corpus.read_bytes()))))
 
@@ -153,7 +153,7 @@ def _outcomes_of(corpus: Path) -> tuple[list[Any], list[Any]]:
     """(plain, fast): the outcomes from two fresh interpreters, run side by side."""
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.test_fhir_speedups", mode, str(corpus)],
+            [sys.executable, "-m", "tests.test_validation_patches", mode, str(corpus)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -168,8 +168,9 @@ def _outcomes_of(corpus: Path) -> tuple[list[Any], list[Any]]:
     return results[0], results[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
-    not fhir_speedups.matches_checked_versions(), reason="speedups inactive for these versions"
+    not validation_patches.matches_checked_versions(), reason="speedups inactive for these versions"
 )
 def test_same_results_as_the_library(tmp_path: Path) -> None:
     corpus = _corpus()
@@ -193,28 +194,28 @@ def test_samples_are_part_of_the_corpus_when_present() -> None:
 def test_validation_workers_use_the_speedups_as_set(fast: bool) -> None:
     validator = Validator(1, fast=fast)
     try:
-        installed = validator._executor.submit(fhir_speedups.installed).result(timeout=60)
-        assert installed is (fast and fhir_speedups.matches_checked_versions())
+        installed = validator._executor.submit(validation_patches.installed).result(timeout=60)
+        assert installed is (fast and validation_patches.matches_checked_versions())
     finally:
         validator.close()
-    assert not fhir_speedups.installed(), "never in the service process itself"
+    assert not validation_patches.installed(), "never in the service process itself"
 
 
 def test_other_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fhir_speedups, "CHECKED_VERSIONS", {"fhir_core": "0.0.0"})
-    assert fhir_speedups.install() is False
-    assert not fhir_speedups._installed
+    monkeypatch.setattr(validation_patches, "CHECKED_VERSIONS", {"fhir_core": "0.0.0"})
+    assert validation_patches.install() is False
+    assert not validation_patches._installed
 
 
 def test_a_worker_says_when_the_speedups_are_off(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(os, "nice", lambda _: 0)  # the test process keeps its priority
-    monkeypatch.setattr(fhir_speedups, "CHECKED_VERSIONS", {"fhir_core": "0.0.0"})
+    monkeypatch.setattr(validation_patches, "CHECKED_VERSIONS", {"fhir_core": "0.0.0"})
     _init_worker(True)
     assert "validation speedups off" in caplog.text
     assert "0.0.0" in caplog.text
-    assert not fhir_speedups.installed()
+    assert not validation_patches.installed()
 
 
 if __name__ == "__main__":

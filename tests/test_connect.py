@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,13 +11,14 @@ import orjson
 import pytest
 import respx
 
-import bluebutton.lfh
-from bluebutton.errors import LfhError
-from bluebutton.lfh import LfhClient
+import bluebutton.connect
+from bluebutton.connect import ConnectClient
+from bluebutton.errors import ConnectError
 from bluebutton.settings import Settings
-from tests.conftest import TOKEN, SleepRecorder, envelope_for, make_settings
+from tests.factories import TOKEN, envelope_for, make_settings
+from tests.fakes import SleepRecorder
+from tests.running import new_connect_client
 
-CONTEXT = ssl.create_default_context()
 BODY = b'{"resourceType":"Bundle","type":"searchset","total":0,"entry":[]}'
 # connect answers with its own formatting; the client must hand these bytes on unchanged.
 ENVELOPE = orjson.dumps(envelope_for(7, BODY)).replace(b'","', b'", "')
@@ -28,12 +28,9 @@ RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].d
 
 
 @asynccontextmanager
-async def lfh_client(**overrides: Any) -> AsyncIterator[LfhClient]:
-    client = LfhClient.create(make_settings(**overrides), CONTEXT)
-    try:
+async def connect_client(**overrides: Any) -> AsyncIterator[ConnectClient]:
+    async with new_connect_client(make_settings(**overrides)) as client:
         yield client
-    finally:
-        await client.aclose()
 
 
 def stored() -> httpx.Response:
@@ -44,9 +41,9 @@ def rate_limited() -> httpx.Response:
     return httpx.Response(429, json={"error": "Rate limit exceeded: 10 per 1 second"})
 
 
-async def test_stored_record(lfh_mock: respx.MockRouter) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(return_value=stored())
-    async with lfh_client() as lfh:
+async def test_stored_record(connect_mock: respx.MockRouter) -> None:
+    route = connect_mock.post("/fhir/Bundle").mock(return_value=stored())
+    async with connect_client() as lfh:
         record = await lfh.post_bundle(BODY)
     assert record.uuid == envelope_for(7, BODY)["uuid"]
     assert record.location == "FHIR-R4:0:7"
@@ -58,44 +55,50 @@ async def test_stored_record(lfh_mock: respx.MockRouter) -> None:
     assert request.headers["Content-Type"] == "application/fhir+json"
 
 
-async def test_no_credentials_are_sent_to_connect(lfh_mock: respx.MockRouter) -> None:
+async def test_no_credentials_are_sent_to_connect(connect_mock: respx.MockRouter) -> None:
     """connect stores every request header except a few in `transmission_attributes`."""
-    route = lfh_mock.post("/fhir/Bundle").mock(return_value=stored())
-    async with lfh_client() as lfh:
+    route = connect_mock.post("/fhir/Bundle").mock(return_value=stored())
+    async with connect_client() as lfh:
         await lfh.post_bundle(BODY)
     headers = {k.lower(): v for k, v in route.calls.last.request.headers.items()}
     assert not {k for k in headers if k in ("authorization", "cookie", "proxy-authorization", "x-api-key")}
     assert TOKEN not in str(headers)
 
 
-async def test_rate_limited_then_stored(lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited(), rate_limited(), stored()])
-    async with lfh_client() as lfh:
+async def test_rate_limited_then_stored(
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder
+) -> None:
+    route = connect_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited(), rate_limited(), stored()])
+    async with connect_client() as lfh:
         record = await lfh.post_bundle(BODY)
     assert record.location == "FHIR-R4:0:7"
     assert route.call_count == 3
     assert [c.request.content for c in route.calls] == [BODY] * 3
-    assert lfh_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS] * 2
+    assert connect_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS] * 2
     assert RATE_LIMIT_WAIT_SECONDS >= 1.0  # connect's window is one second
 
 
 async def test_every_response_is_released(
-    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     released: list[int] = []
-    monkeypatch.setattr(bluebutton.lfh, "release", lambda response: released.append(response.status_code))
-    lfh_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited(), stored(), httpx.Response(500, json={})])
-    async with lfh_client() as lfh:
+    monkeypatch.setattr(bluebutton.connect, "release", lambda response: released.append(response.status_code))
+    connect_mock.post("/fhir/Bundle").mock(
+        side_effect=[rate_limited(), stored(), httpx.Response(500, json={})]
+    )
+    async with connect_client() as lfh:
         await lfh.post_bundle(BODY)
-        with pytest.raises(LfhError):
+        with pytest.raises(ConnectError):
             await lfh.post_bundle(BODY)
     assert released == [429, 200, 500]
 
 
-async def test_rate_limited_for_too_long(lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(return_value=rate_limited())
-    async with lfh_client(lfh_rate_limit_retries=3) as lfh:
-        with pytest.raises(LfhError) as info:
+async def test_rate_limited_for_too_long(
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder
+) -> None:
+    route = connect_mock.post("/fhir/Bundle").mock(return_value=rate_limited())
+    async with connect_client(lfh_rate_limit_retries=3) as lfh:
+        with pytest.raises(ConnectError) as info:
             await lfh.post_bundle(BODY)
     assert route.call_count == 4
     assert info.value.status_code == 502
@@ -104,10 +107,12 @@ async def test_rate_limited_for_too_long(lfh_mock: respx.MockRouter, lfh_sleeps:
 
 @pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
 async def test_connection_not_opened_is_retried(
-    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, failure: type[Exception]
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: type[Exception]
 ) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=[failure("refused"), failure("refused"), stored()])
-    async with lfh_client() as lfh:
+    route = connect_mock.post("/fhir/Bundle").mock(
+        side_effect=[failure("refused"), failure("refused"), stored()]
+    )
+    async with connect_client() as lfh:
         record = await lfh.post_bundle(BODY)
     assert record.uuid
     assert route.call_count == 3
@@ -115,11 +120,11 @@ async def test_connection_not_opened_is_retried(
 
 @pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
 async def test_connect_unreachable(
-    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, failure: type[Exception]
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: type[Exception]
 ) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=failure("refused"))
-    async with lfh_client() as lfh:
-        with pytest.raises(LfhError) as info:
+    route = connect_mock.post("/fhir/Bundle").mock(side_effect=failure("refused"))
+    async with connect_client() as lfh:
+        with pytest.raises(ConnectError) as info:
             await lfh.post_bundle(BODY)
     assert route.call_count >= 2
     assert info.value.status_code == 502
@@ -137,11 +142,11 @@ async def test_connect_unreachable(
     ],
 )
 async def test_a_post_that_may_have_arrived_is_not_resent(
-    lfh_mock: respx.MockRouter, lfh_sleeps: SleepRecorder, failure: Exception, status: int
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: Exception, status: int
 ) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(side_effect=failure)
-    async with lfh_client() as lfh:
-        with pytest.raises(LfhError) as info:
+    route = connect_mock.post("/fhir/Bundle").mock(side_effect=failure)
+    async with connect_client() as lfh:
+        with pytest.raises(ConnectError) as info:
             await lfh.post_bundle(BODY)
     assert route.call_count == 1
     assert info.value.status_code == status
@@ -175,11 +180,11 @@ async def test_a_post_that_may_have_arrived_is_not_resent(
     ],
 )
 async def test_refusal_passes_connects_status_and_detail_on(
-    lfh_mock: respx.MockRouter, response: httpx.Response, detail: str
+    connect_mock: respx.MockRouter, response: httpx.Response, detail: str
 ) -> None:
-    route = lfh_mock.post("/fhir/Bundle").mock(return_value=response)
-    async with lfh_client() as lfh:
-        with pytest.raises(LfhError) as info:
+    route = connect_mock.post("/fhir/Bundle").mock(return_value=response)
+    async with connect_client() as lfh:
+        with pytest.raises(ConnectError) as info:
             await lfh.post_bundle(BODY)
     assert route.call_count == 1
     error = info.value
@@ -201,19 +206,19 @@ async def test_refusal_passes_connects_status_and_detail_on(
         pytest.param(orjson.dumps({"uuid": "u-1", "data_record_location": None}), id="no-location"),
     ],
 )
-async def test_200_without_an_envelope(lfh_mock: respx.MockRouter, content: bytes) -> None:
-    lfh_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=content))
-    async with lfh_client() as lfh:
-        with pytest.raises(LfhError) as info:
+async def test_200_without_an_envelope(connect_mock: respx.MockRouter, content: bytes) -> None:
+    connect_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=content))
+    async with connect_client() as lfh:
+        with pytest.raises(ConnectError) as info:
             await lfh.post_bundle(BODY)
     assert info.value.status_code == 502
     assert info.value.upstream_status == 200
     assert "LinuxForHealth connect" in info.value.issues()[0].diagnostics
 
 
-async def test_envelope_with_unknown_fields_is_accepted(lfh_mock: respx.MockRouter) -> None:
+async def test_envelope_with_unknown_fields_is_accepted(connect_mock: respx.MockRouter) -> None:
     envelope = orjson.dumps({**envelope_for(1, BODY), "future_field": {"x": 1}})
-    lfh_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=envelope))
-    async with lfh_client() as lfh:
+    connect_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=envelope))
+    async with connect_client() as lfh:
         record = await lfh.post_bundle(BODY)
     assert record.envelope == envelope

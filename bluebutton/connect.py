@@ -1,5 +1,7 @@
 """LinuxForHealth connect client: POST a Bundle to `/fhir/Bundle`, and connect's envelope model.
 
+The envelope model keeps connect's own name, `LfhEnvelope`: it is the schema's name in OpenAPI.
+
 Each POST becomes a new Kafka record, so a POST is only resent when it certainly never arrived:
 the connection could not be opened, or connect's rate limiter answered 429 before storing
 anything (lfh-connect.md §6). connect sends no `Retry-After`; its window is one second.
@@ -8,16 +10,20 @@ anything (lfh-connect.md §6). connect sends no `Retry-After`; its window is one
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
-import orjson
 from pydantic import BaseModel, ConfigDict
 
-from bluebutton.errors import LfhError
-from bluebutton.outbound import build_client, release
+from bluebutton.errors import ConnectError, ConnectTimeoutError, ConnectUnreachableError
+from bluebutton.outbound import build_client, read_error_body, release
 from bluebutton.settings import Settings
+
+Sleep = Callable[[float], Awaitable[None]]
 
 CONNECT_ATTEMPTS = 3
 
@@ -55,39 +61,40 @@ class StoredRecord:
     envelope: bytes
 
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return response.text[:300] or "(empty body)"
-    if isinstance(body, dict):
-        value = body.get("detail", body.get("error", body))
-        if isinstance(value, list):  # FastAPI's 422 shape
-            value = "; ".join(str(item.get("msg", item)) for item in value if isinstance(item, dict))
-        return str(value)[:1000]
-    return str(body)[:300]
+class ConnectClient:
+    """One shared client for connect; it owns (and closes) its HTTP client. `sleep` is what the
+    waits between resends use (tests pass a recorder)."""
 
-
-class LfhClient:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, *, sleep: Sleep = asyncio.sleep) -> None:
         self._settings = settings
-        self._client = client
+        self._client = http
+        self._sleep = sleep
 
     @classmethod
-    def create(cls, settings: Settings, context: Any) -> LfhClient:
-        client = build_client(
+    def create(
+        cls, settings: Settings, context: ssl.SSLContext, *, sleep: Sleep = asyncio.sleep
+    ) -> ConnectClient:
+        http = build_client(
             base_url=settings.lfh_origin,
             context=context,
             timeout=settings.lfh_timeout_seconds,
             max_connections=4,
         )
-        return cls(settings, client)
+        return cls(settings, http, sleep=sleep)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def post_bundle(self, body: bytes) -> StoredRecord:
-        """POST one Bundle; the answer is connect's envelope or an `LfhError` saying why not."""
+        """POST one Bundle; the answer is connect's envelope or a `ConnectError` saying why not."""
         origin = self._settings.lfh_origin
         connect_failures = 0
         throttled = 0
@@ -101,23 +108,20 @@ class LfhClient:
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 connect_failures += 1
                 if connect_failures >= CONNECT_ATTEMPTS:
-                    raise LfhError(
+                    raise ConnectUnreachableError(
                         f"could not connect to LinuxForHealth connect at {origin} "
-                        f"({type(e).__name__}, {connect_failures} attempts); is it running?",
-                        transient=True,
+                        f"({type(e).__name__}, {connect_failures} attempts); is it running?"
                     ) from e
-                await asyncio.sleep(0.2 * connect_failures)
+                await self._sleep(0.2 * connect_failures)
                 continue
             except httpx.TimeoutException as e:
-                raise LfhError(
+                raise ConnectTimeoutError(
                     f"LinuxForHealth connect did not answer within "
                     f"{self._settings.lfh_timeout_seconds:g} s; the Bundle may or may not have "
-                    "been stored",
-                    status_code=504,
-                    code="timeout",
+                    "been stored"
                 ) from e
             except httpx.TransportError as e:
-                raise LfhError(
+                raise ConnectError(
                     f"the connection to LinuxForHealth connect failed after the Bundle was sent "
                     f"({type(e).__name__}); it may or may not have been stored",
                 ) from e
@@ -127,7 +131,7 @@ class LfhClient:
             finally:
                 release(response)
             throttled += 1
-            await asyncio.sleep(self._settings.lfh_rate_limit_wait_seconds)
+            await self._sleep(self._settings.lfh_rate_limit_wait_seconds)
 
 
 def _stored_record(response: httpx.Response) -> StoredRecord:
@@ -136,20 +140,20 @@ def _stored_record(response: httpx.Response) -> StoredRecord:
         if response.status_code == 500:
             hint = " (connect answers 500 both for invalid FHIR and for a broken Kafka or a record "
             hint += "over its 1 MB limit)"
-        raise LfhError(
+        raise ConnectError(
             f"LinuxForHealth connect refused the Bundle with HTTP {response.status_code}{hint}",
             upstream_status=response.status_code,
-            detail=_detail(response),
+            detail=read_error_body(response).detail,
         )
     try:
         envelope = LfhEnvelope.model_validate_json(response.content)
     except ValueError as e:
-        raise LfhError(
+        raise ConnectError(
             "LinuxForHealth connect answered 200 without a storage envelope",
             upstream_status=200,
         ) from e
     if not envelope.data_record_location:
-        raise LfhError(
+        raise ConnectError(
             "LinuxForHealth connect answered 200 but gave no data_record_location",
             upstream_status=200,
         )

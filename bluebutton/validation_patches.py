@@ -1,5 +1,5 @@
-"""Faster fhir.resources validation with the same results: fhir_core's per-element checks, planned
-once per class.
+"""Run-time patches to fhir_core that make fhir.resources validation faster with the same results:
+its per-element checks, planned once per class.
 
 fhir_core 1.1 runs two Python validators on every element it builds (some 675 per claim), and
 each asks its class the same questions every time: which fields are lists of complex types (where
@@ -12,10 +12,11 @@ Together this halves the cost of a claim (about 6 ms to 3 ms on the benchmark ma
 pydantic captured both validators in every model's schema when the classes were built, so their
 code is replaced in place: the function objects stay, the schemas are not rebuilt. The checks
 below restate fhir_core 1.1.12's (same order, same errors, same messages), and nothing is changed
-for any other version. `tests/test_fhir_speedups.py` compares every result, pass or fail and each
+for any other version. `tests/test_validation_patches.py` compares every result, pass or fail and each
 error's location, message and type, with the untouched library on CMS samples, the sandbox's
 valid and invalid claims and targeted mutations. Used only in the validation workers, and
-`BLUEBUTTON_FAST_VALIDATION=false` turns it off.
+`BLUEBUTTON_FAST_VALIDATION=false` turns it off; `/health` says
+whether the workers run with them (`"validation": "fast"`) or without (`"standard"`).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _swap_code(function: Any, replacement: Any, keywords: dict[str, Any]) -> Non
 
 
 def install() -> bool:
-    """Apply the speedups to this process (idempotent); False where the versions differ."""
+    """Apply the patches to this process (idempotent); False where the versions differ."""
     global _installed
     if _installed:
         return True
