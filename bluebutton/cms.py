@@ -11,9 +11,7 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
-from typing import Self
+from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import httpx
@@ -32,12 +30,17 @@ from bluebutton.errors import (
     CmsUnexpectedStatusError,
     TransientUpstreamError,
 )
-from bluebutton.outbound import backoff_delay, build_client, read_error_body, release
+from bluebutton.outbound import (
+    Clock,
+    Sleep,
+    UpstreamClient,
+    backoff_delay,
+    build_client,
+    read_error_body,
+    release,
+)
 from bluebutton.search_page import Page, parse_page
 from bluebutton.settings import Settings
-
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 
 # GETs are idempotent: these answers (and transport failures) are worth another try; they become
 # the `TransientUpstreamError`s below, which is what the retry loop tests.
@@ -92,7 +95,7 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
 
 
-class CmsClient:
+class CmsClient(UpstreamClient):
     """One shared client for the Blue Button FHIR API; it owns (and closes) its HTTP client, which
     the OAuth client borrows for CMS's token endpoints.
 
@@ -108,7 +111,7 @@ class CmsClient:
         clock: Clock = time.monotonic,
     ) -> None:
         self._settings = settings
-        self._client = http
+        super().__init__(http)
         self._sleep = sleep
         self._clock = clock
         self._base = httpx.URL(settings.cms_fhir_base)
@@ -133,17 +136,6 @@ class CmsClient:
     @property
     def http(self) -> httpx.AsyncClient:
         return self._client
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     def pacer(self) -> Pacer:
         return Pacer(self._sleep, self._clock)

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
 from bluebutton.errors import ConnectError, ConnectTimeoutError, ConnectUnreachableError
-from bluebutton.outbound import build_client, read_error_body, release
+from bluebutton.outbound import Sleep, UpstreamClient, build_client, read_error_body, release
 from bluebutton.settings import Settings
-
-Sleep = Callable[[float], Awaitable[None]]
 
 CONNECT_ATTEMPTS = 3
 
@@ -61,13 +57,13 @@ class StoredRecord:
     envelope: bytes
 
 
-class ConnectClient:
+class ConnectClient(UpstreamClient):
     """One shared client for connect; it owns (and closes) its HTTP client. `sleep` is what the
     waits between resends use (tests pass a recorder)."""
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient, *, sleep: Sleep = asyncio.sleep) -> None:
         self._settings = settings
-        self._client = http
+        super().__init__(http)
         self._sleep = sleep
 
     @classmethod
@@ -81,17 +77,6 @@ class ConnectClient:
             max_connections=4,
         )
         return cls(settings, http, sleep=sleep)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     async def post_bundle(self, body: bytes) -> StoredRecord:
         """POST one Bundle; the answer is connect's envelope or a `ConnectError` saying why not."""

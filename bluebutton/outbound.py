@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 import certifi
 import httpx
@@ -19,6 +22,10 @@ from bluebutton import __version__
 from bluebutton.settings import Settings
 
 USER_AGENT = f"bluebutton/{__version__} (+https://github.com/bluebutton-connector)"
+
+# What an upstream client waits with and measures time by (tests pass a virtual clock).
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
 
 
 class _WithoutQuery(logging.Filter):
@@ -59,6 +66,24 @@ def build_client(
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )
+
+
+class UpstreamClient:
+    """An upstream's client owns its shared httpx client: `async with` it, and leaving closes it."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._client = http
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def release(response: httpx.Response) -> None:

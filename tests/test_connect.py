@@ -43,8 +43,8 @@ def rate_limited() -> httpx.Response:
 
 async def test_stored_record(connect_mock: respx.MockRouter) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(return_value=stored())
-    async with connect_client() as lfh:
-        record = await lfh.post_bundle(BODY)
+    async with connect_client() as client:
+        record = await client.post_bundle(BODY)
     assert record.uuid == envelope_for(7, BODY)["uuid"]
     assert record.location == "FHIR-R4:0:7"
     assert record.envelope == ENVELOPE
@@ -58,8 +58,8 @@ async def test_stored_record(connect_mock: respx.MockRouter) -> None:
 async def test_no_credentials_are_sent_to_connect(connect_mock: respx.MockRouter) -> None:
     """connect stores every request header except a few in `transmission_attributes`."""
     route = connect_mock.post("/fhir/Bundle").mock(return_value=stored())
-    async with connect_client() as lfh:
-        await lfh.post_bundle(BODY)
+    async with connect_client() as client:
+        await client.post_bundle(BODY)
     headers = {k.lower(): v for k, v in route.calls.last.request.headers.items()}
     assert not {k for k in headers if k in ("authorization", "cookie", "proxy-authorization", "x-api-key")}
     assert TOKEN not in str(headers)
@@ -69,8 +69,8 @@ async def test_rate_limited_then_stored(
     connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder
 ) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited(), rate_limited(), stored()])
-    async with connect_client() as lfh:
-        record = await lfh.post_bundle(BODY)
+    async with connect_client() as client:
+        record = await client.post_bundle(BODY)
     assert record.location == "FHIR-R4:0:7"
     assert route.call_count == 3
     assert [c.request.content for c in route.calls] == [BODY] * 3
@@ -86,10 +86,10 @@ async def test_every_response_is_released(
     connect_mock.post("/fhir/Bundle").mock(
         side_effect=[rate_limited(), stored(), httpx.Response(500, json={})]
     )
-    async with connect_client() as lfh:
-        await lfh.post_bundle(BODY)
+    async with connect_client() as client:
+        await client.post_bundle(BODY)
         with pytest.raises(ConnectError):
-            await lfh.post_bundle(BODY)
+            await client.post_bundle(BODY)
     assert released == [429, 200, 500]
 
 
@@ -97,9 +97,9 @@ async def test_rate_limited_for_too_long(
     connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder
 ) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(return_value=rate_limited())
-    async with connect_client(lfh_rate_limit_retries=3) as lfh:
+    async with connect_client(lfh_rate_limit_retries=3) as client:
         with pytest.raises(ConnectError) as info:
-            await lfh.post_bundle(BODY)
+            await client.post_bundle(BODY)
     assert route.call_count == 4
     assert info.value.status_code == 502
     assert info.value.upstream_status == 429
@@ -112,8 +112,8 @@ async def test_connection_not_opened_is_retried(
     route = connect_mock.post("/fhir/Bundle").mock(
         side_effect=[failure("refused"), failure("refused"), stored()]
     )
-    async with connect_client() as lfh:
-        record = await lfh.post_bundle(BODY)
+    async with connect_client() as client:
+        record = await client.post_bundle(BODY)
     assert record.uuid
     assert route.call_count == 3
 
@@ -123,9 +123,9 @@ async def test_connect_unreachable(
     connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: type[Exception]
 ) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(side_effect=failure("refused"))
-    async with connect_client() as lfh:
+    async with connect_client() as client:
         with pytest.raises(ConnectError) as info:
-            await lfh.post_bundle(BODY)
+            await client.post_bundle(BODY)
     assert route.call_count >= 2
     assert info.value.status_code == 502
     assert "LinuxForHealth connect" in info.value.issues()[0].diagnostics
@@ -145,9 +145,9 @@ async def test_a_post_that_may_have_arrived_is_not_resent(
     connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: Exception, status: int
 ) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(side_effect=failure)
-    async with connect_client() as lfh:
+    async with connect_client() as client:
         with pytest.raises(ConnectError) as info:
-            await lfh.post_bundle(BODY)
+            await client.post_bundle(BODY)
     assert route.call_count == 1
     assert info.value.status_code == status
     assert "may or may not" in info.value.message
@@ -183,9 +183,9 @@ async def test_refusal_passes_connects_status_and_detail_on(
     connect_mock: respx.MockRouter, response: httpx.Response, detail: str
 ) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(return_value=response)
-    async with connect_client() as lfh:
+    async with connect_client() as client:
         with pytest.raises(ConnectError) as info:
-            await lfh.post_bundle(BODY)
+            await client.post_bundle(BODY)
     assert route.call_count == 1
     error = info.value
     assert error.status_code == 502
@@ -208,9 +208,9 @@ async def test_refusal_passes_connects_status_and_detail_on(
 )
 async def test_200_without_an_envelope(connect_mock: respx.MockRouter, content: bytes) -> None:
     connect_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=content))
-    async with connect_client() as lfh:
+    async with connect_client() as client:
         with pytest.raises(ConnectError) as info:
-            await lfh.post_bundle(BODY)
+            await client.post_bundle(BODY)
     assert info.value.status_code == 502
     assert info.value.upstream_status == 200
     assert "LinuxForHealth connect" in info.value.issues()[0].diagnostics
@@ -219,6 +219,6 @@ async def test_200_without_an_envelope(connect_mock: respx.MockRouter, content: 
 async def test_envelope_with_unknown_fields_is_accepted(connect_mock: respx.MockRouter) -> None:
     envelope = orjson.dumps({**envelope_for(1, BODY), "future_field": {"x": 1}})
     connect_mock.post("/fhir/Bundle").mock(return_value=httpx.Response(200, content=envelope))
-    async with connect_client() as lfh:
-        record = await lfh.post_bundle(BODY)
+    async with connect_client() as client:
+        record = await client.post_bundle(BODY)
     assert record.envelope == envelope
