@@ -4,9 +4,10 @@ real processes on loopback ports, HTTPS verified against `local-certs/ca.pem`.
 The processes' logs (and connect's SQLite file) live in one temporary folder, named at the end of the
 run and, with the tail of each log, in the report of every failed test.
 
-connect starts with its rate limit off so the suite stays fast; the test of the rate limit turns it
-on at run time. The connector's CMS retry backoff is 0.05 s instead of 0.5 s, for the same reason;
-everything else is the connector's default configuration.
+connect starts with its rate limit off: whether a one-second window fills depends on this machine's
+speed, so the test of connect's 429 makes connect refuse a given number of POSTs instead
+(`throttle_next`). The connector's CMS retry backoff is 0.05 s instead of 0.5 s so the suite stays
+fast; everything else is the connector's default configuration.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ to any other host fails the test before it is sent.
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -171,6 +170,9 @@ class Harness:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    def connect_faults_now(self) -> dict[str, Any]:
+        return dict(self.client.get(f"{self.stack.connect_url}/_sandbox/faults").json())
+
     def records(self) -> list[dict[str, Any]]:
         """Everything connect has stored: `{"offset", "uuid", "bytes"}` each, in offset order."""
         response = self.client.get(f"{self.stack.connect_url}/_sandbox/records")
@@ -181,11 +183,7 @@ class Harness:
         """GET connect's `/data` for a `data_record_location` and decode the stored Bundle."""
         dataformat, partition, offset = location.split(":")
         params = {"dataformat": dataformat, "partition": partition, "offset": offset}
-        for _ in range(5):  # connect's own rate limit covers /data too, when it is on
-            response = self.client.get(f"{self.stack.connect_url}/data", params=params)
-            if response.status_code != 429:
-                break
-            time.sleep(1.0)
+        response = self.client.get(f"{self.stack.connect_url}/data", params=params)
         assert response.status_code == 200, f"{location}: HTTP {response.status_code} {response.text}"
         envelope = orjson.loads(response.content)
         bundle = orjson.loads(base64.b64decode(envelope["data"]))

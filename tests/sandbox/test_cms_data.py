@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter
 from typing import Any
 
@@ -82,12 +81,10 @@ def test_generation_is_deterministic_and_stable_in_order():
     assert generate_claims(77)[0].json() != generate_claims(78)[0].json()
 
 
-def test_generation_is_fast_and_claims_are_realistic_in_size():
-    started = time.perf_counter()
-    claims = generate_claims(4)
-    bodies = [c.json() for c in claims]
-    assert time.perf_counter() - started < 1.0
-    assert len(bodies) == 200
+def test_claims_are_realistic_in_size():
+    # How fast they are generated is the benchmark's business (`python -m bluebutton.sandbox.bench`),
+    # not a timed assert's.
+    assert len([c.json() for c in generate_claims(4)]) == 200
     sizes = [len(c.json()) for n in range(20, 45) for c in generate_claims(n)]
     assert 40_000 < statistics.mean(sizes) < 60_000
     assert max(sizes) < 200_000 and min(sizes) > 5_000

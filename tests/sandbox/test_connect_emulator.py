@@ -8,7 +8,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,14 @@ def a_bundle(**extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Callable[..., ConnectSandboxApp]:
-    def make(clock: Callable[[], float] = time.monotonic, **overrides: Any) -> ConnectSandboxApp:
+    def make(
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        **overrides: Any,
+    ) -> ConnectSandboxApp:
         settings: dict[str, Any] = {"db": tmp_path / "connect.sqlite3", "lfh_id": "lfh-test", "rate_limit": 0}
-        return create_connect_app(ConnectSandboxConfig(**{**settings, **overrides}), clock=clock)
+        config = ConnectSandboxConfig(**{**settings, **overrides})
+        return create_connect_app(config, clock=clock, sleep=sleep)
 
     return make
 
@@ -467,6 +472,7 @@ async def test_faults_start_at_the_configured_values(client: httpx.AsyncClient) 
         "down": False,
         "validate": True,
         "rate_limit": 0,
+        "throttle_next": 0,
     }
 
 
@@ -493,13 +499,37 @@ async def test_fault_document_must_be_a_json_object(client: httpx.AsyncClient) -
     assert (await client.put("/_sandbox/faults", content=b"{")).status_code == 400
 
 
-async def test_latency_delays_every_post(client: httpx.AsyncClient) -> None:
-    await client.put("/_sandbox/faults", json={"latency_ms": 150})
-    for path in ("/fhir/Bundle", "/fhir/Nope"):
-        started = time.perf_counter()
-        await client.post(path, json=a_bundle())
-        assert time.perf_counter() - started >= 0.15
-    assert await record_count(client) == 1  # the slow answer still stored the record
+async def test_latency_delays_every_post(make_app: Callable[..., ConnectSandboxApp]) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # records the delay instead of timing it
+        slept.append(seconds)
+
+    async with serve(make_app(sleep=sleep)) as client:
+        await client.put("/_sandbox/faults", json={"latency_ms": 150})
+        for path in ("/fhir/Bundle", "/fhir/Nope"):
+            await client.post(path, json=a_bundle())
+        assert slept == [0.15, 0.15]
+        assert (await client.get("/status")).status_code == 200
+        assert slept == [0.15, 0.15]  # only `POST /fhir` is slowed
+        assert await record_count(client) == 1  # the slow answer still stored the record
+
+
+async def test_throttle_next_refuses_that_many_posts_with_429_then_recovers(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.put("/_sandbox/faults", json={"throttle_next": 2})
+
+    answers = [await client.post("/fhir/Bundle", json=a_bundle()) for _ in range(3)]
+    # Other endpoints keep their own budget, as under slowapi.
+    assert (await client.get("/status")).status_code == 200
+
+    limit = {"error": "Rate limit exceeded: 10 per 1 second"}  # connect's text with its default
+    assert [(r.status_code, r.json()) for r in answers[:2]] == [(429, limit)] * 2
+    assert "retry-after" not in answers[0].headers  # slowapi sends none
+    assert answers[2].status_code == 200
+    assert (await client.get("/_sandbox/faults")).json()["throttle_next"] == 0
+    assert await record_count(client) == 1
 
 
 async def test_fail_next_fails_that_many_writes_then_recovers(client: httpx.AsyncClient) -> None:

@@ -44,7 +44,7 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
         middleware=[
             # Outermost: CMS gzips on `Accept-Encoding: gzip` above 1 KB (bb2-api.md §5).
             Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6),
-            Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms),
+            Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms, sleep=config.sleep),
         ],
     )
     app.state.config = config

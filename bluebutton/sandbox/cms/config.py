@@ -6,8 +6,9 @@ importing the module that imports them.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -39,6 +40,7 @@ class CmsSandboxConfig:
     entry_full_url: bool = False  # CMS sends entries without fullUrl; True adds it
     app_name: str = "LinuxForHealth connect Blue Button connector"
     clock: Callable[[], float] = time.time  # injectable for expiry tests
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the latency fault's; tests record it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))

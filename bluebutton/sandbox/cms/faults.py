@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs
 
@@ -113,10 +114,17 @@ async def drop_connection(scope: Scope) -> None:
 class FaultMiddleware:
     """Pure ASGI middleware in front of the FHIR routes (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, state: FaultState, base_latency_ms: int = 0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: FaultState,
+        base_latency_ms: int = 0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.app = app
         self.state = state
         self.base_latency_ms = base_latency_ms
+        self.sleep = sleep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -126,7 +134,7 @@ class FaultMiddleware:
         faults = self.state.faults
         latency = self.base_latency_ms + faults.latency_ms
         if latency:
-            await asyncio.sleep(latency / 1000)
+            await self.sleep(latency / 1000)
         messages = self._fault_for(scope, path, faults) if _DATA_PATH.match(path) else None
         if messages == "drop":
             await drop_connection(scope)

@@ -41,7 +41,9 @@ Test controls, on the same port with no auth (the emulator is meant for loopback
   writes succeed, then all fail until reset; null = off),
   `down` (every non-`/_sandbox` connection is dropped without an HTTP response: over a socket the
   client sees a transport error; in-process, with no socket, the app raises ConnectionResetError),
-  `validate` (FHIR validation on/off) and `rate_limit` (per second, 0 = off).
+  `validate` (FHIR validation on/off), `rate_limit` (per second, 0 = off) and `throttle_next` (the
+  next N `POST /fhir` answers are the limiter's 429, nothing stored, whatever the clock: how tests
+  meet a 429 without racing the one-second window).
 - `GET /_sandbox/records`: `{"count": n, "records": [{"offset", "uuid", "bytes"}]}`;
   `DELETE /_sandbox/records`: delete them all (`{"deleted": n}`); offsets are never reused.
 
@@ -55,7 +57,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -88,6 +90,7 @@ from bluebutton.sandbox.connect.store import PARTITION, TOPIC, RecordStore
 
 __all__ = ["ConnectSandboxApp", "ConnectSandboxConfig", "create_connect_app"]
 
+Sleep = Callable[[float], Awaitable[None]]
 ADMIN_PREFIX = "/_sandbox/"
 CONNECT_VERSION = "0.42.0"
 
@@ -95,8 +98,9 @@ CONNECT_VERSION = "0.42.0"
 class _Sandbox:
     """The emulator's state and endpoints; one per app."""
 
-    def __init__(self, config: ConnectSandboxConfig, clock: Callable[[], float]) -> None:
+    def __init__(self, config: ConnectSandboxConfig, clock: Callable[[], float], sleep: Sleep) -> None:
         self.config = config
+        self.sleep = sleep
         self.store = RecordStore(config.db)
         self.faults = self._startup_faults()
         self.limiter = FixedWindowLimiter(config.rate_limit, clock)
@@ -111,17 +115,22 @@ class _Sandbox:
         if not self.limiter.hit(client, request.scope["path"]):
             raise ConnectError(429, {"error": self.limiter.message})
 
+    def _check_throttle(self) -> None:
+        if self.faults.throttles():
+            raise ConnectError(429, {"error": self.limiter.message})
+
     async def post_fhir(self, request: Request) -> Response:
         try:
             response: Response = await self._store_fhir(request)
         except ConnectError as e:
             response = JSONResponse(e.content, e.status_code)
         if self.faults.latency_ms:
-            await asyncio.sleep(self.faults.latency_ms / 1000)
+            await self.sleep(self.faults.latency_ms / 1000)
         return response
 
     async def _store_fhir(self, request: Request) -> Response:
         started = time.perf_counter()
+        self._check_throttle()
         self._check_rate(request)
         resource_type: str = request.path_params["resource_type"]
         body = await read_body_dict(request)  # FastAPI parses the body before connect's route runs
@@ -268,10 +277,14 @@ async def _connect_error(request: Request, exc: Exception) -> Response:
 
 
 def create_connect_app(
-    config: ConnectSandboxConfig, *, clock: Callable[[], float] = time.monotonic
+    config: ConnectSandboxConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
 ) -> ConnectSandboxApp:
-    """Build the emulator; `clock` drives the rate-limit window (tests pass a fake one)."""
-    sandbox = _Sandbox(config, clock)
+    """Build the emulator; `clock` drives the rate-limit window and `sleep` the `latency_ms` delay
+    (tests pass fakes, so nothing they check depends on this machine's speed)."""
+    sandbox = _Sandbox(config, clock, sleep)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -30,6 +30,16 @@ class Faults(BaseModel):
     # `validate` would shadow a BaseModel method, hence the alias.
     fhir_validation: bool = Field(default=True, alias="validate")
     rate_limit: int = Field(default=10, ge=0)
+    # The next N `POST /fhir` answers are the rate limiter's 429 whatever the clock says, so a test
+    # can meet connect's 429 without racing its one-second window.
+    throttle_next: int = Field(default=0, ge=0)
+
+    def throttles(self) -> bool:
+        """Decide whether this POST is refused with 429, consuming one `throttle_next` unit."""
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return True
+        return False
 
     def storage_fails(self) -> bool:
         """Decide whether this Kafka write fails, consuming one `fail_next` or `fail_after` unit."""
@@ -73,5 +83,6 @@ class FixedWindowLimiter:
 
     @property
     def message(self) -> str:
-        # slowapi renders the `limits` item as "<n> per 1 second".
-        return f"Rate limit exceeded: {self.per_second} per 1 second"
+        # slowapi renders the `limits` item as "<n> per 1 second"; with the limiter off (a forced
+        # 429 from `throttle_next`), connect's default limit of 10.
+        return f"Rate limit exceeded: {self.per_second or 10} per 1 second"
