@@ -42,6 +42,7 @@ def ca_context() -> ssl.SSLContext:
 class StackConfig:
     cms_port: int = 0
     connect_port: int = 0
+    connect_control_port: int = 0  # connect's `/_sandbox/...`, open while its `down` fault is on
     connector_port: int = 0
     connect_db: Path | None = None
     cms_args: list[str] = field(default_factory=list)
@@ -57,6 +58,7 @@ class Stack:
     cms_url: str
     connect_url: str
     connector_url: str
+    connect_control_url: str
     connect_db: Path
     log_dir: Path | None
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
@@ -146,6 +148,7 @@ def _spawn(
 def start_stack(config: StackConfig) -> Stack:
     cms_port = config.cms_port or free_port()
     connect_port = config.connect_port or free_port()
+    control_port = config.connect_control_port or free_port()
     connector_port = config.connector_port or free_port()
     cms_url = f"https://localhost:{cms_port}"
     connect_url = f"https://localhost:{connect_port}"
@@ -153,7 +156,8 @@ def start_stack(config: StackConfig) -> Stack:
     db = config.connect_db or (config.log_dir or ROOT) / "connect-sandbox.sqlite3"
     env = _base_env()
     callback = f"https://localhost:{connector_port}/bluebutton/authorize_callback"
-    stack = Stack(cms_url, connect_url, connector_url, db, config.log_dir)
+    control_url = f"https://localhost:{control_port}"
+    stack = Stack(cms_url, connect_url, connector_url, control_url, db, config.log_dir)
     try:
         stack.launch(
             "cms",
@@ -183,6 +187,8 @@ def start_stack(config: StackConfig) -> Stack:
                 HOST,
                 "--port",
                 str(connect_port),
+                "--control-port",
+                str(control_port),
                 "--db",
                 str(db),
                 *config.connect_args,

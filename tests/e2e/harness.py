@@ -162,20 +162,20 @@ class Harness:
     def cms_user(self, user: int) -> dict[str, Any]:
         return dict(self.client.get(f"{self.stack.cms_url}/_sandbox/users/BBUser{user:05d}").json())
 
-    # -- the emulated connect -----------------------------------------------------------------------
+    # -- the emulated connect: its controls on the control port, which stays open while it is down --
 
     def connect_faults(self, **faults: Any) -> dict[str, Any]:
         """Replace connect's fault switches (`{}` restores the start-up values)."""
-        response = self.client.put(f"{self.stack.connect_url}/_sandbox/faults", json=faults)
+        response = self.client.put(f"{self.stack.connect_control_url}/_sandbox/faults", json=faults)
         assert response.status_code == 200, response.text
         return dict(response.json())
 
     def connect_faults_now(self) -> dict[str, Any]:
-        return dict(self.client.get(f"{self.stack.connect_url}/_sandbox/faults").json())
+        return dict(self.client.get(f"{self.stack.connect_control_url}/_sandbox/faults").json())
 
     def records(self) -> list[dict[str, Any]]:
         """Everything connect has stored: `{"offset", "uuid", "bytes"}` each, in offset order."""
-        response = self.client.get(f"{self.stack.connect_url}/_sandbox/records")
+        response = self.client.get(f"{self.stack.connect_control_url}/_sandbox/records")
         assert response.status_code == 200, response.text
         return list(response.json()["records"])
 

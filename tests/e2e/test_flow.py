@@ -432,6 +432,7 @@ def test_connect_failing_midway_reports_exactly_what_it_stored(e2e: Harness) -> 
     kept = int(stored[1][4]) + 1
     assert lost[0].groups() == (str(kept), str(len(served) - 1), "3", str(pieces), str(pieces))
     assert "Object of type Bundle is not JSON serializable" in issues[-1]["diagnostics"]
+    assert "could not connect" not in diagnostics(response)  # an answer of connect's, not "down"
     added = new_records(e2e, before)
     assert [(location_of(r), r["uuid"]) for r in added] == list(zip(locations, uuids, strict=True))
     entries = [entry for location in locations for entry in e2e.read_back(location).bundle["entry"]]
@@ -442,15 +443,21 @@ def test_connect_failing_midway_reports_exactly_what_it_stored(e2e: Harness) -> 
     assert_transfer(e2e, e2e.fhir(token, EOB), token, EOB, before)  # re-running completes it
 
 
-def test_connect_down_is_502_naming_connect_and_nothing_stored(e2e: Harness) -> None:
+def test_connect_down_is_502_could_not_connect_and_nothing_stored(e2e: Harness) -> None:
+    """connect down refuses connections (its port is closed), which the connector reports as such,
+    not as an HTTP error of connect's."""
     token = e2e.tokens(SEVEN_CLAIMS)["access_token"]
     before = e2e.records()
     e2e.connect_faults(down=True)
+    with pytest.raises(httpx.ConnectError):  # refused, not an HTTP answer
+        e2e.client.get(f"{e2e.stack.connect_url}/status")
 
     response = e2e.fhir(token, EOB)
 
     assert response.status_code == 502
-    assert "LinuxForHealth connect" in diagnostics(response)
+    text = diagnostics(response)
+    assert "could not connect to LinuxForHealth connect" in text
+    assert "HTTP 500" not in text and "JSON serializable" not in text
     assert_nothing_stored(e2e, before, response)
 
     e2e.connect_faults()

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 
 from bluebutton.sandbox.connect.app import ConnectSandboxApp, ConnectSandboxConfig, create_connect_app
 from bluebutton.sandbox.connect.config import CERT_DIR, parse_args
+from bluebutton.sandbox.connect.listener import bind_server
 
 ENVELOPE_FIELDS = [
     "uuid",
@@ -572,41 +572,73 @@ async def test_down_in_process_raises_but_admin_still_answers(client: httpx.Asyn
     assert (await client.post("/fhir/Bundle", json=a_bundle())).status_code == 200
 
 
-async def test_down_drops_real_tls_connections_without_a_response(
-    make_app: Callable[..., ConnectSandboxApp],
-) -> None:
-    app = make_app()
-    config = uvicorn.Config(
+@asynccontextmanager
+async def on_sockets(
+    app: ConnectSandboxApp, *, control: bool = True
+) -> AsyncIterator[tuple[str, str | None]]:
+    """The emulator served by uvicorn over TLS on loopback, as `python -m ...connect` serves it;
+    yields the service and control base URLs."""
+    server, sockets, port = bind_server(
         app,
-        host="127.0.0.1",
-        port=0,
+        "127.0.0.1",
+        0,
+        0 if control else None,
         ssl_certfile=CERT_DIR / "server.pem",
         ssl_keyfile=CERT_DIR / "server.key",
         access_log=False,
         log_level="warning",
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    app.sandbox.port = port
+    task = asyncio.create_task(server.serve(sockets=sockets))
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn.Server only exposes a flag
             await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        trust = ssl.create_default_context(cafile=str(CERT_DIR / "ca.pem"))
-        async with httpx.AsyncClient(base_url=f"https://localhost:{port}", verify=trust) as client:
-            assert (await client.get("/status")).status_code == 200
-            await client.put("/_sandbox/faults", json={"down": True})
-
-            with pytest.raises(httpx.TransportError):
-                await client.post("/fhir/Bundle", json=a_bundle())
-            with pytest.raises(httpx.TransportError):
-                await client.get("/status")
-
-            await client.put("/_sandbox/faults", json={"down": False})
-            assert (await client.post("/fhir/Bundle", json=a_bundle())).status_code == 200
-            assert (await client.get("/_sandbox/records")).json()["count"] == 1
+        control_url = f"https://localhost:{port.control_port}" if port.control_port is not None else None
+        yield f"https://localhost:{port.port}", control_url
     finally:
         server.should_exit = True
         await task
+
+
+TRUST = ssl.create_default_context(cafile=str(CERT_DIR / "ca.pem"))
+
+
+async def test_down_refuses_connections_until_the_control_port_brings_it_back(
+    make_app: Callable[..., ConnectSandboxApp],
+) -> None:
+    async with (
+        on_sockets(make_app()) as (service_url, control_url),
+        httpx.AsyncClient(base_url=service_url, verify=TRUST) as client,
+        httpx.AsyncClient(base_url=str(control_url), verify=TRUST) as control,
+    ):
+        assert (await client.get("/status")).status_code == 200  # leaves a keep-alive connection
+        assert (await control.get("/status")).json() == {"detail": "Not Found"}  # controls only
+        assert (await control.put("/_sandbox/faults", json={"down": True})).json()["down"] is True
+
+        # the pooled connection was closed and a new one is refused: no HTTP answer at all
+        with pytest.raises(httpx.ConnectError):
+            await client.post("/fhir/Bundle", json=a_bundle())
+        async with httpx.AsyncClient(base_url=service_url, verify=TRUST) as fresh:
+            with pytest.raises(httpx.ConnectError):
+                await fresh.get("/status")
+        assert (await control.get("/_sandbox/records")).json()["count"] == 0
+
+        assert (await control.put("/_sandbox/faults", json={})).json()["down"] is False
+        assert (await client.post("/fhir/Bundle", json=a_bundle())).status_code == 200
+        assert (await control.get("/_sandbox/records")).json()["count"] == 1
+
+
+async def test_down_asked_on_the_service_port_is_answered_then_the_port_closes(
+    make_app: Callable[..., ConnectSandboxApp],
+) -> None:
+    async with (
+        on_sockets(make_app(), control=False) as (service_url, _),
+        httpx.AsyncClient(base_url=service_url, verify=TRUST) as client,
+    ):
+        answer = await client.put("/_sandbox/faults", json={"down": True})
+        assert (answer.status_code, answer.json()["down"]) == (200, True)
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/_sandbox/faults")  # without a control port, only a restart helps
 
 
 async def test_records_list_and_clear_keep_offsets_growing(client: httpx.AsyncClient) -> None:

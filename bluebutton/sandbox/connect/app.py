@@ -31,7 +31,9 @@ the posted key order and values where connect re-serialises the validated model;
 (no IPFS); `/data` takes 5 s and a Kafka error on nothing, here it is an immediate 404; `--no-tls`
 serves plain HTTP (connect itself is HTTPS only), for the benchmark.
 
-Test controls, on the same port with no auth (the emulator is meant for loopback only):
+Test controls, with no auth (the emulator is meant for loopback only), on the service port and on
+the control port (`--control-port`), which answers only `/_sandbox/...` and stays open while the
+service port is down:
 
 - `GET /_sandbox/faults`, `PUT /_sandbox/faults` with a JSON object; a PUT replaces every switch and
   omitted ones take their start-up value, so `PUT {}` resets:
@@ -39,8 +41,10 @@ Test controls, on the same port with no auth (the emulator is meant for loopback
   `fail_next` (the next N Kafka writes fail: 500 `Object of type Bundle is not JSON serializable`,
   nothing stored; requests refused before the write do not use one up), `fail_after` (N more
   writes succeed, then all fail until reset; null = off),
-  `down` (every non-`/_sandbox` connection is dropped without an HTTP response: over a socket the
-  client sees a transport error; in-process, with no socket, the app raises ConnectionResetError),
+  `down` (connect is not there: served on sockets the service port stops listening, so new
+  connections are refused, and its open connections are closed (listener.py); a request already
+  on its way is dropped without an HTTP response; in-process, with no socket, the app raises
+  ConnectionResetError. `PUT {"down": false}` on the control port listens again),
   `validate` (FHIR validation on/off), `rate_limit` (per second, 0 = off) and `throttle_next` (the
   next N `POST /fhir` answers are the limiter's 429, nothing stored, whatever the clock: how tests
   meet a 429 without racing the one-second window).
@@ -86,6 +90,7 @@ from bluebutton.sandbox.connect.contract import (
     transmission_attributes,
 )
 from bluebutton.sandbox.connect.controls import KAFKA_FAILURE_DETAIL, Faults, FixedWindowLimiter
+from bluebutton.sandbox.connect.listener import ServicePort
 from bluebutton.sandbox.connect.store import PARTITION, TOPIC, RecordStore
 
 __all__ = ["ConnectSandboxApp", "ConnectSandboxConfig", "create_connect_app"]
@@ -104,6 +109,7 @@ class _Sandbox:
         self.store = RecordStore(config.db)
         self.faults = self._startup_faults()
         self.limiter = FixedWindowLimiter(config.rate_limit, clock)
+        self.port: ServicePort | None = None  # set when served on real sockets (listener.py)
 
     def _startup_faults(self, **changes: Any) -> Faults:
         start = {"validate": self.config.validate, "rate_limit": self.config.rate_limit}
@@ -220,13 +226,28 @@ class _Sandbox:
                 raise detail(400, "the body must be a JSON object") from e
             if not isinstance(changes, dict):
                 raise detail(400, "the body must be a JSON object")
+            was_down = self.faults.down
             try:
                 self.faults = self._startup_faults(**changes)
             except ValidationError as e:
                 errors = e.errors(include_url=False, include_input=False, include_context=False)
                 raise ConnectError(422, {"detail": errors}) from e
             self.limiter.per_second = self.faults.rate_limit
+            if self.port is not None and self.faults.down != was_down:
+                await self._switch_port(down=self.faults.down)
         return JSONResponse(self.faults.model_dump(by_alias=True))
+
+    async def _switch_port(self, *, down: bool) -> None:
+        # Before answering: once the PUT is answered, new connections are refused (or accepted).
+        assert self.port is not None
+        if down:
+            await self.port.close()
+            return
+        try:
+            await self.port.open()
+        except OSError as e:
+            self.faults.down = True
+            raise detail(500, f"cannot listen on port {self.port.port} again: {e}") from e
 
     async def records_endpoint(self, request: Request) -> Response:
         if request.method == "DELETE":
@@ -237,7 +258,8 @@ class _Sandbox:
 
 
 class ConnectSandboxApp(Starlette):
-    """Starlette plus the `down` switch, checked before any middleware could send a 500."""
+    """Starlette plus the control port's scope and the `down` switch, both checked before any
+    middleware could answer."""
 
     def __init__(self, sandbox: _Sandbox, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -245,20 +267,28 @@ class ConnectSandboxApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] == "http" and self.sandbox.faults.down and not path.startswith(ADMIN_PREFIX):
-            await _drop_connection(send)
-            return
+        if scope["type"] == "http" and not path.startswith(ADMIN_PREFIX):
+            port = self.sandbox.port
+            if port is not None and port.is_control(scope):
+                await JSONResponse({"detail": "Not Found"}, 404)(scope, receive, send)
+                return
+            if self.sandbox.faults.down:
+                # Served on real sockets the port is closed; this is a request that was already
+                # on its way, or the in-process app (no socket).
+                await _drop_connection(send)
+                return
         await super().__call__(scope, receive, send)
 
 
 async def _drop_connection(send: Send) -> None:
     # ASGI cannot close a socket, but uvicorn's `send` is a method of its per-request cycle, which
     # holds the transport: aborting it drops the connection before a byte of HTTP is written.
+    # (uvloop's transports are not asyncio.WriteTransport subclasses, hence the duck typing.)
     cycle = getattr(send, "__self__", None)
     transport = getattr(cycle, "transport", None)
-    if not isinstance(transport, asyncio.WriteTransport):
+    if not callable(getattr(transport, "abort", None)):
         raise ConnectionResetError("connect sandbox is down")
-    transport.abort()
+    transport.abort()  # type: ignore[union-attr]
     for _ in range(20):  # let connection_lost run, so uvicorn does not try to answer 500
         if getattr(cycle, "disconnected", True):
             break

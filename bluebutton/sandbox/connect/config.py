@@ -29,6 +29,7 @@ class ConnectSandboxConfig:
 
     host: str = "127.0.0.1"
     port: int = 5000
+    control_port: int | None = None  # `/_sandbox/...` only; stays open while `down`
     tls: bool = True
     tls_cert: Path = CERT_DIR / "server.pem"
     tls_key: Path = CERT_DIR / "server.key"
@@ -41,6 +42,11 @@ class ConnectSandboxConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0-65535, got {self.port}")
+        if self.control_port is not None:
+            if not 0 <= self.control_port <= 65535:
+                raise ValueError(f"control_port must be 0-65535, got {self.control_port}")
+            if self.control_port == self.port != 0:
+                raise ValueError("control_port must differ from port")
         if self.rate_limit < 0:
             raise ValueError(f"rate_limit must be >= 0, got {self.rate_limit}")
         if self.max_record_bytes <= KAFKA_RECORD_OVERHEAD:
@@ -70,6 +76,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ConnectSandboxConfig:
     )
     parser.add_argument("--host", default=env("HOST", defaults.host))
     parser.add_argument("--port", type=int, default=env("PORT", defaults.port))
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        default=env("CONTROL_PORT", None),
+        help="a second port serving only /_sandbox/... (it stays open while the `down` fault is on)",
+    )
     parser.add_argument("--tls-cert", type=Path, default=env("TLS_CERT", defaults.tls_cert))
     parser.add_argument("--tls-key", type=Path, default=env("TLS_KEY", defaults.tls_key))
     parser.add_argument("--no-tls", action="store_true", default=_env_flag("NO_TLS"))
@@ -90,6 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ConnectSandboxConfig:
         return ConnectSandboxConfig(
             host=args.host,
             port=args.port,
+            control_port=args.control_port,
             tls=not args.no_tls,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
