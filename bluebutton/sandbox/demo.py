@@ -1,6 +1,8 @@
-"""`pipenv run demo`: the whole product offline — emulated CMS, emulated connect and the connector.
+"""`./scripts/run [flags]` (or `pipenv run demo`): the whole product offline — emulated CMS,
+emulated connect and the connector.
 
-Everything listens on localhost over HTTPS with the `local-certs` CA; Ctrl-C stops all three.
+Everything listens on localhost over HTTPS with the `local-certs` CA; Ctrl-C stops all three. The
+ports are checked before anything starts: a busy one is named and the demo exits 1.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bluebutton.sandbox.stack import CA_FILE, ROOT, StackConfig, start_stack
+from bluebutton.sandbox.stack import CA_FILE, ROOT, PortBusy, StackConfig, start_stack
 
 BANNER = """
 bluebutton offline demo is running (Ctrl-C stops it)
@@ -37,7 +39,7 @@ Or with curl only:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bluebutton.sandbox.demo", description=__doc__)
     parser.add_argument("--port", type=int, default=5200, help="connector port (default 5200)")
     parser.add_argument("--cms-port", type=int, default=5300, help="emulated CMS port (default 5300)")
     parser.add_argument("--connect-port", type=int, default=5000, help="emulated connect port (default 5000)")
@@ -47,14 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = start_stack(
-        StackConfig(
-            cms_port=args.cms_port,
-            connect_port=args.connect_port,
-            connector_port=args.port,
-            connect_db=args.db,
+    try:
+        stack = start_stack(
+            StackConfig(
+                cms_port=args.cms_port,
+                connect_port=args.connect_port,
+                connector_port=args.port,
+                connect_db=args.db,
+            )
         )
-    )
+    except PortBusy as e:
+        print(
+            f"demo: {e}. Is the demo already running? Stop it, or pick other ports "
+            "(--port, --cms-port, --connect-port; --help lists them).",
+            file=sys.stderr,
+        )
+        return 1
+    except RuntimeError as e:  # a child exited or never answered; its output is above
+        print(f"demo: could not start: {e}", file=sys.stderr)
+        return 1
     try:
         print(
             BANNER.format(

@@ -34,6 +34,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortBusy(RuntimeError):
+    """A port the stack was told to use is taken: a child would fail to listen, while whatever
+    holds the port answered our readiness check in its place."""
+
+
+def check_ports_free(ports: Mapping[str, int]) -> None:
+    """Raise `PortBusy` naming the first of `ports` ({what: port}, 0 = any) that cannot be bound."""
+    for what, port in ports.items():
+        if not port:
+            continue
+        with socket.socket() as sock:
+            # The servers set SO_REUSEADDR too: a port left in TIME_WAIT is free, a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError as e:
+                raise PortBusy(f"port {port} ({what}) is already in use on {HOST}: {e.strerror}") from e
+
+
 def ca_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(CA_FILE))
 
@@ -146,6 +165,16 @@ def _spawn(
 
 
 def start_stack(config: StackConfig) -> Stack:
+    """Start the three processes and wait until each answers; `PortBusy` before starting any
+    when a configured port is taken."""
+    check_ports_free(
+        {
+            "the connector": config.connector_port,
+            "the emulated CMS": config.cms_port,
+            "the emulated connect": config.connect_port,
+            "the emulated connect's controls": config.connect_control_port,
+        }
+    )
     cms_port = config.cms_port or free_port()
     connect_port = config.connect_port or free_port()
     control_port = config.connect_control_port or free_port()

@@ -1,0 +1,47 @@
+"""The demo's command line: it refuses busy ports up front, naming the port, before starting anything."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bluebutton.sandbox.stack import HOST, PortBusy, check_ports_free, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port something else is listening on."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_check_ports_free_names_the_busy_port(taken_port: int) -> None:
+    check_ports_free({"free": free_port(), "any": 0})
+    with pytest.raises(PortBusy, match=rf"^port {taken_port} \(the emulated CMS\) is already in use"):
+        check_ports_free({"free": free_port(), "the emulated CMS": taken_port})
+
+
+def test_demo_exits_1_naming_the_busy_port_and_starts_nothing(taken_port: int, tmp_path: Path) -> None:
+    args = ["--port", str(free_port()), "--cms-port", str(taken_port)]
+    args += ["--connect-port", str(free_port()), "--db", str(tmp_path / "connect.sqlite3")]
+    done = subprocess.run(
+        [sys.executable, "-m", "bluebutton.sandbox.demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"demo: port {taken_port} (the emulated CMS) is already in use" in done.stderr
+    assert "is running" not in done.stdout
+    assert not (tmp_path / "connect.sqlite3").exists()  # connect was never started
