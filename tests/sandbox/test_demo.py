@@ -1,4 +1,5 @@
-"""The demo's command line: it refuses busy ports up front, naming the port, before starting anything."""
+"""The demo's command line, directly and through `./scripts/run`: flags reach it, `--help` helps, and
+a busy port is named before anything starts."""
 
 from __future__ import annotations
 
@@ -45,3 +46,30 @@ def test_demo_exits_1_naming_the_busy_port_and_starts_nothing(taken_port: int, t
     assert f"demo: port {taken_port} (the emulated CMS) is already in use" in done.stderr
     assert "is running" not in done.stdout
     assert not (tmp_path / "connect.sqlite3").exists()  # connect was never started
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(ROOT / "scripts" / "run"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,  # the first run may install the locked dependencies
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"]], ids=["flags-only", "named"])
+def test_run_script_help_is_the_demos(args: list[str]) -> None:
+    done = run_script(*args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m bluebutton.sandbox.demo")
+    assert "--cms-port" in done.stdout
+
+
+def test_run_script_passes_flags_to_the_demo(taken_port: int) -> None:
+    # The demo refusing the busy port it was given proves the flag arrived, without starting it.
+    done = run_script("--port", str(taken_port), "--cms-port", str(free_port()))
+    assert done.returncode == 1, done.stderr
+    assert f"demo: port {taken_port} (the connector) is already in use" in done.stderr
+    assert "not found" not in done.stderr
