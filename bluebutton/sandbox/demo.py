@@ -33,8 +33,8 @@ Next steps
   5. Read a stored record back:
      curl --cacert {ca} "{connect}/data?dataformat=FHIR-R4&partition=0&offset=0"
 
-Or with curl only:
-  curl --cacert {ca} -H 'Accept: application/json' {connector}/bluebutton/authorize
+Or without a browser (prints the token JSON; README "With curl" goes on from there):
+  ./scripts/run login BBUser00042 --connector {connector}
 """
 
 

@@ -1,18 +1,31 @@
 """Drive the whole authorization flow against a running stack with plain HTTP, as a browser would.
 
 connector `/bluebutton/authorize` → emulated CMS login form → consent form → redirect to the
-connector's callback → token set. Used by the end-to-end tests and the benchmark.
+connector's callback → token set. Used by the end-to-end tests and the benchmark, and as the
+non-browser login of the demo:
+
+    python -m bluebutton.sandbox.login BBUser00042 [--connector https://localhost:5200]
+
+prints the connector's token JSON (`access_token`, `refresh_token`, `patient`, ...). It fills in
+the emulated CMS's forms, so it only works against the emulator, never the real CMS.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
+from collections.abc import Sequence
 from html import unescape
 from typing import Any
 
 import httpx
 
+from bluebutton.sandbox.cms.data import USER_COUNT, parse_username
 from bluebutton.sandbox.stack import ca_context
+
+DEFAULT_CONNECTOR = "https://localhost:5200"
 
 _ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
@@ -63,3 +76,41 @@ def token_set(connector_url: str, user_number: int, **choices: Any) -> dict[str,
     response.raise_for_status()
     tokens: dict[str, Any] = response.json()
     return tokens
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bluebutton.sandbox.login",
+        description="Log a synthetic beneficiary in on the emulated Blue Button and consent, through "
+        "the running connector, without a browser; prints the connector's token JSON.",
+    )
+    parser.add_argument("user", help="BBUser00000 .. BBUser29999 (the password is derived from it)")
+    parser.add_argument("--connector", default=DEFAULT_CONNECTOR, help=f"default {DEFAULT_CONNECTOR}")
+    parser.add_argument(
+        "--withhold-demographics", action="store_true", help="share claims but not the Patient resource"
+    )
+    args = parser.parse_args(argv)
+    user = parse_username(args.user)
+    if user is None or user >= USER_COUNT:
+        parser.error(f"{args.user!r} is not a sandbox user: BBUser00000 .. BBUser{USER_COUNT - 1:05d}")
+    connector = args.connector.rstrip("/")
+    try:
+        response = authorize(connector, user, share_demographics=not args.withhold_demographics)
+    except httpx.TransportError as e:
+        print(f"login: cannot reach {connector} ({e}); is the demo running (./scripts/run)?", file=sys.stderr)
+        return 1
+    except (httpx.HTTPStatusError, AssertionError) as e:
+        print(f"login: the authorization did not complete: {e}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(
+            f"login: the connector's callback answered HTTP {response.status_code}: {response.text}",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,11 @@ a request added are exactly the ones its `X-LFH-*` headers (or its OperationOutc
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import subprocess
+import sys
 from html.parser import HTMLParser
 from typing import Any
 
@@ -501,3 +505,51 @@ def test_connect_rate_limit_is_absorbed_and_each_piece_stored_once(e2e: Harness)
     assert e2e.connect_faults_now()["throttle_next"] == 0, "connect did not answer 429 three times"
     locations = assert_transfer(e2e, response, token, EOB, before)
     assert len(locations) >= 18
+
+
+# ------------------------------------------------------------------------ the non-browser login
+
+
+def run_login(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bluebutton.sandbox.login", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_login_command_prints_a_token_set_that_pulls(e2e: Harness) -> None:
+    user = 42  # the README's user
+    done = run_login(f"BBUser{user:05d}", "--connector", e2e.stack.connector_url)
+
+    assert done.returncode == 0, done.stderr
+    tokens = json.loads(done.stdout)
+    assert {"access_token", "refresh_token", "patient", "scope"} <= set(tokens)
+    assert tokens["patient"] == e2e.cms_user(user)["patient"] == "-19990000000043"
+    before = e2e.records()
+    response = e2e.fhir(tokens["access_token"], EOB, patient=tokens["patient"])
+    assert_transfer(e2e, response, tokens["access_token"], EOB, before)
+
+
+def test_login_command_withholding_demographics_gets_403_for_patient(e2e: Harness) -> None:
+    done = run_login("BBUser00043", "--connector", e2e.stack.connector_url, "--withhold-demographics")
+
+    assert done.returncode == 0, done.stderr
+    token = json.loads(done.stdout)["access_token"]
+    assert e2e.fhir(token, "Patient").status_code == 403
+
+
+def test_login_command_names_what_went_wrong(e2e: Harness) -> None:
+    bad_user = run_login("BBUser30000", "--connector", e2e.stack.connector_url)
+    assert bad_user.returncode == 2
+    assert "is not a sandbox user" in bad_user.stderr
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"https://localhost:{sock.getsockname()[1]}"
+    unreachable = run_login("BBUser00042", "--connector", nobody)
+    assert unreachable.returncode == 1
+    assert f"login: cannot reach {nobody}" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr

@@ -3,6 +3,7 @@ a busy port is named before anything starts."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bluebutton.sandbox.cms.data import user_for_patient_id
 from bluebutton.sandbox.stack import HOST, PortBusy, check_ports_free, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,12 +61,19 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"]], ids=["flags-only", "named"])
-def test_run_script_help_is_the_demos(args: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "module", "option"),
+    [
+        pytest.param(["--help"], "demo", "--cms-port", id="flags-only"),
+        pytest.param(["demo", "--help"], "demo", "--cms-port", id="demo"),
+        pytest.param(["login", "--help"], "login", "--withhold-demographics", id="login"),
+    ],
+)
+def test_run_script_help_is_the_commands(args: list[str], module: str, option: str) -> None:
     done = run_script(*args)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: python -m bluebutton.sandbox.demo")
-    assert "--cms-port" in done.stdout
+    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.{module}")
+    assert option in done.stdout
 
 
 def test_run_script_passes_flags_to_the_demo(taken_port: int) -> None:
@@ -73,3 +82,11 @@ def test_run_script_passes_flags_to_the_demo(taken_port: int) -> None:
     assert done.returncode == 1, done.stderr
     assert f"demo: port {taken_port} (the connector) is already in use" in done.stderr
     assert "not found" not in done.stderr
+
+
+def test_readme_examples_use_patient_ids_of_the_demo() -> None:
+    # An id of the real sandbox (e.g. -20140000008325) gets 403 from the demo's tokens.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ids = re.findall(r"(?<![\w-])-\d{14}\b", readme)
+    assert ids, "the README's curl flow shows a patient id"
+    assert [i for i in ids if user_for_patient_id(i) is None] == []
