@@ -69,6 +69,7 @@ class Upstreams:
         self.posts: list[dict[str, Any]] = []
         self.cms_requests: list[httpx.Request] = []
         self._offsets = itertools.count()
+        self.code_answer: TokenSet | None = None  # what a code exchange returns (no login form here)
 
     def router(self) -> respx.MockRouter:
         router = respx.mock(assert_all_mocked=True, assert_all_called=False)
@@ -78,6 +79,9 @@ class Upstreams:
 
     async def _cms(self, request: httpx.Request) -> httpx.Response:
         self.cms_requests.append(request)
+        if self.code_answer is not None and b"grant_type=authorization_code" in request.content:
+            body = {**self.code_answer.as_dict(), "scope": " ".join(self.code_answer.scope)}
+            return httpx.Response(200, json=body)
         transport = httpx.ASGITransport(app=self.cms_app)
         async with httpx.AsyncClient(transport=transport, base_url=CMS) as client:
             answer = await client.request(
