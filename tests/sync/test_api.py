@@ -70,7 +70,7 @@ async def test_enrol_with_sync_then_operate_the_grant(
             grant_id = body["grant_id"]
             run = await _finished(client, body["run_id"])
             assert run["status"] == "succeeded"
-            assert run["resources"]["ExplanationOfBenefit"]["new"] == 7
+            assert run["resources"]["ExplanationOfBenefit"]["new"] == 7, run
 
             listed = (await client.get("/bluebutton/grants", headers=KEY)).json()["grants"]
             assert [g["id"] for g in listed] == [grant_id]
