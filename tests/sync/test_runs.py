@@ -3,8 +3,10 @@ the first run stores everything once, later runs only what is new or changed."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import psycopg
 import psycopg.sql
 import pytest
@@ -250,3 +252,47 @@ async def test_no_plaintext_token_anywhere_in_the_database(
     for secret in secrets:
         assert secret and secret not in dump
         assert secret.encode().hex() not in dump
+
+
+async def test_a_withheld_scope_is_recorded_and_the_rest_pulled(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    with upstreams.router():
+        async with open_service(sync_settings(database_url, token_keys)) as service:
+            tokens = upstreams.authorize(
+                USER, scopes=("openid", "patient/Coverage.read", "patient/ExplanationOfBenefit.read")
+            )
+            tokens = dataclasses.replace(
+                tokens, scope=[*tokens.scope, "patient/Patient.read"]
+            )  # CMS said more
+            grant_id, _ = await service.enrol(tokens)
+            run = await run_once(service, grant_id)
+            assert run["status"] == "succeeded"
+            assert "Patient" not in run["resources"]
+            assert any("403" in i["diagnostics"] and i["severity"] == "warning" for i in run["issues"])
+            assert len(upstreams.stored_ids()) == 11
+
+
+async def test_an_entry_too_large_for_connect_is_quarantined(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    settings = sync_settings(database_url, token_keys, lfh_max_bundle_bytes=20_000)
+    with upstreams.router():
+        async with open_service(settings) as service:
+            grant_id, _ = await service.enrol(upstreams.authorize(USER))
+            run = await run_once(service, grant_id)
+            held = await ledger.quarantined(service.pool, grant_id)
+            assert held and all(h["issues"][0]["code"] == "too-costly" for h in held)
+            assert run["status"] == "partial"
+            assert len(upstreams.stored_ids()) == 12 - len(held)
+            assert all(len(orjson.dumps(p["bundle"])) <= 20_000 for p in upstreams.posts)
+
+
+async def test_without_migrations_start_up_names_the_command(database_url: str, token_keys: str) -> None:
+    with pytest.raises(RuntimeError, match="python -m bluebutton migrate"):
+        async with open_service(sync_settings(database_url, token_keys, database_migrate=False)):
+            pass
+    async with open_service(sync_settings(database_url, token_keys)):
+        pass
+    async with open_service(sync_settings(database_url, token_keys, database_migrate=False)) as service:
+        assert await grants.due(service.pool, 10) == []
