@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from psycopg_pool import AsyncConnectionPool
 
 from bluebutton.cms import CmsClient
+from bluebutton.connect import ConnectClient
 from bluebutton.fhir import Validator
-from bluebutton.lfh import LfhClient
 from bluebutton.oauth import OAuthClient
 from bluebutton.settings import Settings
 from bluebutton.sync.crypto import TokenCipher
@@ -21,5 +21,5 @@ class SyncContext:
     cipher: TokenCipher
     cms: CmsClient
     oauth: OAuthClient
-    lfh: LfhClient
+    connect: ConnectClient
     validator: Validator

@@ -36,7 +36,7 @@ from bluebutton.errors import (
     CmsRefreshRejectedError,
     CmsUnauthorizedError,
     Issue,
-    UpstreamError,
+    TransientUpstreamError,
     ValidationUnavailableError,
 )
 from bluebutton.query import PAGE_SIZE
@@ -204,7 +204,7 @@ async def run_grant(ctx: SyncContext, grant_id: uuid.UUID, job_id: int) -> str:
 def _transient(e: BaseException) -> bool:
     if isinstance(e, TransientRunError | ValidationUnavailableError | BrokenProcessPool):
         return True
-    return isinstance(e, UpstreamError) and e.transient
+    return isinstance(e, TransientUpstreamError)
 
 
 def _safe_text(e: BaseException) -> str:
@@ -348,7 +348,7 @@ async def _forward(ctx: SyncContext, grant_id: uuid.UUID, kind: str, valid: list
     header = BundleHeader.fresh(total=len(valid))
     pieces = split_entries([e.raw for e in valid], ctx.settings.lfh_max_bundle_bytes, header)
     for piece in pieces:
-        record = await ctx.lfh.post_bundle(piece.body)
+        record = await ctx.connect.post_bundle(piece.body)
         stored = valid[piece.start : piece.stop]
         async with ctx.pool.connection() as connection, connection.transaction():
             await ledger.record_stored(

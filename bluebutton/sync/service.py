@@ -20,11 +20,11 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from bluebutton.cms import CmsClient
+from bluebutton.connect import ConnectClient
 from bluebutton.errors import NotConfiguredError
 from bluebutton.fhir import Validator
-from bluebutton.lfh import LfhClient
 from bluebutton.oauth import OAuthClient, TokenSet
-from bluebutton.outbound import build_client, build_ssl_context, redact_http_logs
+from bluebutton.outbound import build_ssl_context, redact_http_logs
 from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, runs
 from bluebutton.sync.context import SyncContext
@@ -151,7 +151,7 @@ async def open_sync(
     settings: Settings,
     cms: CmsClient,
     oauth: OAuthClient,
-    lfh: LfhClient,
+    connect: ConnectClient,
     validator: Validator,
     *,
     worker: bool,
@@ -168,7 +168,7 @@ async def open_sync(
             await migrate(pool, jobs.app)
         else:
             await _check_schema(pool)
-        jobs.context = SyncContext(settings, pool, cipher, cms, oauth, lfh, validator)
+        jobs.context = SyncContext(settings, pool, cipher, cms, oauth, connect, validator)
         if worker:
             task = asyncio.create_task(jobs.run_worker(install_signal_handlers=False), name="sync-worker")
         yield SyncService(jobs.context, jobs)
@@ -188,25 +188,14 @@ async def open_standalone(settings: Settings, *, worker: bool) -> AsyncIterator[
         raise sync_off()
     redact_http_logs()
     context = build_ssl_context(settings)
-    cms_http = build_client(
-        base_url=settings.cms_origin,
-        context=context,
-        timeout=settings.cms_timeout_seconds,
-        max_connections=max(8, settings.cms_fetch_concurrency * settings.sync_concurrency),
-    )
-    lfh = LfhClient.create(settings, context)
-    validator = Validator(settings.validation_workers, fast=settings.fast_validation)
-    try:
-        async with open_sync(
-            settings,
-            CmsClient(settings, cms_http),
-            OAuthClient(settings, cms_http),
-            lfh,
-            validator,
-            worker=worker,
-        ) as service:
-            yield service
-    finally:
-        await cms_http.aclose()
-        await lfh.aclose()
-        validator.close()
+    async with contextlib.AsyncExitStack() as stack:
+        cms = await stack.enter_async_context(CmsClient.create(settings, context))
+        connect = await stack.enter_async_context(ConnectClient.create(settings, context))
+        validator = await stack.enter_async_context(
+            Validator(settings.validation_workers, fast=settings.fast_validation)
+        )
+        oauth = OAuthClient(settings, cms.http)
+        service = await stack.enter_async_context(
+            open_sync(settings, cms, oauth, connect, validator, worker=worker)
+        )
+        yield service

@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import make_settings, open_client
+from tests.factories import make_settings
+from tests.running import open_client
 from tests.sync.conftest import ADMIN_KEY
 from tests.sync.emulated import Upstreams, sync_settings
 

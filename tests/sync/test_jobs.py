@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bluebutton.sandbox.cms_faults import Faults
+from bluebutton.sandbox.cms.faults import Faults
 from bluebutton.sync import grants, runs
 from bluebutton.sync.jobs import TASK
 from tests.sync.emulated import Upstreams, drain, open_service, run_once, sync_settings

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from bluebutton.__main__ import main
 from bluebutton.settings import describe_error
 from bluebutton.sync.crypto import TokenCipher, new_key
-from tests.conftest import ROOT, make_settings
+from tests.factories import ROOT, make_settings
 from tests.test_main import service_env
 
 
