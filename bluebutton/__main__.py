@@ -1,4 +1,5 @@
-"""`python -m bluebutton`: serve the app with uvicorn, over HTTPS unless BLUEBUTTON_TLS=false."""
+"""`python -m bluebutton`: serve the app with uvicorn (HTTPS unless BLUEBUTTON_TLS=false), or run a
+grant-keeping command (`migrate`, `worker`, `keygen`, `rotate-keys`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from bluebutton.app import create_app
 from bluebutton.outbound import redact_http_logs
 from bluebutton.settings import Settings, describe_error
+from bluebutton.sync import cli as sync_cli
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -21,13 +23,22 @@ def configure_logging() -> None:
     redact_http_logs()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     configure_logging()
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "serve"
+    if command not in ("serve", *sync_cli.COMMANDS) or len(args) > 1:
+        print(sync_cli.USAGE, file=sys.stderr)
+        return 2
+    if command == "keygen":
+        return sync_cli.run(command, None)
     try:
         settings = Settings()
     except ValidationError as e:
         print(f"bluebutton: bad setting: {describe_error(e)}", file=sys.stderr)
         return 2
+    if command != "serve":
+        return sync_cli.run(command, settings)
     tls = {}
     if settings.tls:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}

@@ -34,6 +34,8 @@ from bluebutton.routes import router
 from bluebutton.schemas import ForwardedBundles, OperationOutcome
 from bluebutton.settings import Settings
 from bluebutton.state import State
+from bluebutton.sync import routes as sync_routes
+from bluebutton.sync.service import open_sync
 
 logger = logging.getLogger("bluebutton.access")
 
@@ -152,14 +154,22 @@ def create_app(
             if validation is None:
                 validation = Validator(settings.validation_workers, fast=settings.fast_validation)
                 await stack.enter_async_context(validation)
+            oauth = OAuthClient(settings, cms_client.http)
+            sync = None
+            if settings.sync_enabled:
+                worker = settings.sync_worker == "embedded"
+                sync = await stack.enter_async_context(
+                    open_sync(settings, cms_client, oauth, connect_client, validation, worker=worker)
+                )
             yield State(
                 settings=settings,
                 cms=cms_client,
                 connect=connect_client,
                 validator=validation,
-                oauth=OAuthClient(settings, cms_client.http),
+                oauth=oauth,
                 pending=pending_store,
                 transfer=Transfer(cms_client, validation, connect_client, settings.lfh_max_bundle_bytes),
+                sync=sync,
             )
 
     app = FastAPI(
@@ -179,6 +189,7 @@ def create_app(
         app.add_exception_handler(exc_class, handler)
     app.add_middleware(RequestLog)
     app.include_router(router)
+    app.include_router(sync_routes.router)
     _serve_swagger_ui(app)
     _document_models(app, [LfhEnvelope, ForwardedBundles, OperationOutcome])
     return app

@@ -45,12 +45,13 @@ def s256_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def new_pending_authorization() -> PendingAuthorization:
+def new_pending_authorization(sync: bool = False) -> PendingAuthorization:
     # 32 random bytes → 43 URL-safe characters for the state; 64 → 86 for the verifier (43-128).
     return PendingAuthorization(
         state=secrets.token_urlsafe(32),
         verifier=secrets.token_urlsafe(64),
         created_at=time.time(),
+        sync=sync,
     )
 
 

@@ -23,6 +23,7 @@ class PendingAuthorization:
     state: str
     verifier: str
     created_at: float
+    sync: bool = False  # authorize?sync=true: the callback stores the grant instead of handing it out
 
 
 class PendingStore(Protocol):
@@ -74,7 +75,9 @@ class RedisPendingStore:
         return self.PREFIX + hashlib.sha256(state.encode()).hexdigest()
 
     async def put(self, pending: PendingAuthorization, ttl_seconds: int) -> None:
-        value = orjson.dumps({"verifier": pending.verifier, "created_at": pending.created_at})
+        value = orjson.dumps(
+            {"verifier": pending.verifier, "created_at": pending.created_at, "sync": pending.sync}
+        )
         await self._client.set(self._key(pending.state), value, ex=ttl_seconds, nx=True)
 
     async def take(self, state: str) -> PendingAuthorization | None:
@@ -82,7 +85,7 @@ class RedisPendingStore:
         if raw is None:
             return None
         value = orjson.loads(raw)
-        return PendingAuthorization(state, value["verifier"], value["created_at"])
+        return PendingAuthorization(state, value["verifier"], value["created_at"], bool(value.get("sync")))
 
     async def aclose(self) -> None:
         await self._client.aclose()

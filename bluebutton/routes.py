@@ -28,6 +28,7 @@ from bluebutton.schemas import (
     RevokeRequest,
     TokenResponse,
 )
+from bluebutton.sync import routes as sync_routes
 
 router = APIRouter()
 
@@ -112,10 +113,18 @@ def _wants_html(request: Request) -> bool:
     responses={307: {"description": "Browsers are redirected to CMS"}, **_errors(503)},
 )
 async def authorize(
-    request: Request, settings: SettingsDep, oauth: OAuthDep, pending: PendingDep
+    request: Request,
+    settings: SettingsDep,
+    oauth: OAuthDep,
+    pending: PendingDep,
+    sync: Annotated[
+        bool, Query(description="true: the service keeps the grant and keeps the data current in connect")
+    ] = False,
 ) -> Response | AuthorizeLink:
     """Browsers go straight to CMS; API clients (Swagger) get the URL to open."""
-    authorization = new_pending_authorization()
+    if sync:
+        sync_routes.require_sync(request)
+    authorization = new_pending_authorization(sync)
     url = oauth.authorization_url(authorization)
     await pending.put(authorization, settings.state_ttl_seconds)
     if _wants_html(request):
@@ -150,7 +159,11 @@ async def authorize_callback(
         )
     if not code:
         raise OAuthError("The callback has no code. Start again at GET /bluebutton/authorize.")
+    if authorization.sync:
+        sync_routes.require_sync(request)  # before the single-use code is spent
     tokens = await oauth.exchange_code(code, authorization.verifier)
+    if authorization.sync:
+        return await sync_routes.enrolled(request, tokens, html=_wants_html(request))
     if _wants_html(request):
         html, headers = callback_page(tokens)
         return HTMLResponse(html, headers=headers)

@@ -21,6 +21,7 @@ class Page:
     entries: list[bytes]
     total: int | None
     next_url: str | None
+    last_updated: str | None = None  # the Bundle's meta.lastUpdated: CMS's clock, for watermarks
 
 
 class _PageShape(msgspec.Struct):
@@ -30,6 +31,7 @@ class _PageShape(msgspec.Struct):
     resourceType: object = None
     total: object = None
     link: object = None
+    meta: object = None
     entry: list[msgspec.Raw] = []
 
 
@@ -58,7 +60,17 @@ def parse_page(content: bytes) -> Page:
         whole = False
     if not whole:
         return _parse_strictly(content)
-    return Page(entries=entries, total=_count(page.total), next_url=next_link(page.link))
+    return Page(
+        entries=entries,
+        total=_count(page.total),
+        next_url=next_link(page.link),
+        last_updated=_last_updated(page.meta),
+    )
+
+
+def _last_updated(meta: object) -> str | None:
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _count(total: object) -> int | None:
@@ -90,4 +102,5 @@ def _parse_strictly(content: bytes) -> Page:
         entries=[orjson.dumps(entry) for entry in entries],
         total=_count(body.get("total")),
         next_url=next_link(body.get("link")),
+        last_updated=_last_updated(body.get("meta")),
     )

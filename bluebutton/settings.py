@@ -6,6 +6,7 @@ the variable, instead of failing on the first request.
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Literal, Self
@@ -15,6 +16,7 @@ from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CERT_DIR = Path(__file__).resolve().parent.parent / "local-certs"
+EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "postgres"
 
 DEFAULT_SCOPES = "openid profile patient/Patient.read patient/Coverage.read patient/ExplanationOfBenefit.read"
 
@@ -55,6 +57,23 @@ class Settings(BaseSettings):
     state_store: str = "memory"
     state_ttl_seconds: int = Field(default=600, ge=30)
 
+    # Grant keeping (bluebutton/sync): off unless a database is set.
+    database_url: SecretStr | None = None
+    database_migrate: bool = True
+    database_pool_size: int = Field(default=10, ge=2, le=100)
+    embedded_database_dir: Path = EMBEDDED_DATA_DIR
+    token_keys: SecretStr | None = None
+    admin_api_key: SecretStr | None = None
+    sync_worker: Literal["embedded", "off"] = "embedded"
+    sync_interval_seconds: int = Field(default=86_400, ge=60)
+    sync_concurrency: int = Field(default=8, ge=1, le=64)
+    sync_refresh_margin_seconds: int = Field(default=300, ge=0)
+    sync_retry_attempts: int = Field(default=3, ge=0, le=20)
+    sync_retry_wait_seconds: int = Field(default=10, ge=0)
+    sync_sweep_cron: str = "* * * * *"
+    sync_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    sync_stalled_seconds: float = Field(default=60.0, gt=0)
+
     @field_validator("cms_base_url", "lfh_url")
     @classmethod
     def _no_query(cls, url: HttpUrl) -> HttpUrl:
@@ -81,6 +100,53 @@ class Settings(BaseSettings):
         if value != "memory" and urlsplit(value).scheme not in ("redis", "rediss"):
             raise ValueError("use 'memory' or a redis://host:port/db URL")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        text = value.get_secret_value()
+        if text != "embedded" and urlsplit(text).scheme not in ("postgresql", "postgres"):
+            raise ValueError("use 'embedded' or a postgresql://user@host:port/database URL")
+        return value
+
+    @field_validator("token_keys")
+    @classmethod
+    def _keys_decode(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        for number, key in enumerate(value.get_secret_value().split(","), start=1):
+            try:
+                raw = base64.b64decode(key.strip(), validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    f"key {number} is not base64 of 32 bytes (make one with: python -m bluebutton keygen)"
+                )
+        return value
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _long_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "use at least 32 characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _database_needs_keys(self) -> Self:
+        if self.database_url is not None and self.token_keys is None:
+            raise ValueError(
+                "BLUEBUTTON_TOKEN_KEYS: required when BLUEBUTTON_DATABASE_URL is set (stored tokens "
+                "are encrypted with it); make one with: python -m bluebutton keygen"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_files_exist(self) -> Self:
@@ -110,6 +176,10 @@ class Settings(BaseSettings):
     @property
     def lfh_origin(self) -> str:
         return str(self.lfh_url).rstrip("/")
+
+    @property
+    def sync_enabled(self) -> bool:
+        return self.database_url is not None
 
 
 def describe_error(error: Exception) -> str:

@@ -11,6 +11,7 @@ from bluebutton.oauth import OAuthClient
 from bluebutton.pending import PendingStore
 from bluebutton.pipeline import Transfer
 from bluebutton.settings import Settings
+from bluebutton.sync.service import SyncService
 
 
 class State(TypedDict):
@@ -21,3 +22,4 @@ class State(TypedDict):
     oauth: OAuthClient
     pending: PendingStore
     transfer: Transfer
+    sync: SyncService | None  # None: no BLUEBUTTON_DATABASE_URL, grant keeping off

@@ -44,10 +44,15 @@ def authorize(
     share_demographics: bool = True,
     allow: bool = True,
     accept: str = "application/json",
+    sync: bool = False,
 ) -> httpx.Response:
     """Run the flow for `BBUser<user_number>`; the answer is the connector's callback response."""
     with httpx.Client(verify=ca_context(), timeout=30.0) as client:
-        start = client.get(f"{connector_url}/bluebutton/authorize", headers={"Accept": "application/json"})
+        start = client.get(
+            f"{connector_url}/bluebutton/authorize",
+            params={"sync": "true"} if sync else None,
+            headers={"Accept": "application/json"},
+        )
         start.raise_for_status()
         login = client.get(start.json()["authorize_url"], follow_redirects=True)
         login.raise_for_status()

@@ -185,7 +185,8 @@ def _authorize_swagger(tab: Tab, token: str) -> None:
     """Paste the token into Swagger UI's Authorize dialog."""
     page = tab.page
     page.locator(".auth-wrapper button.authorize").click()
-    dialog = page.locator(".modal-ux")
+    # the bearer scheme's block (the operator's X-API-Key scheme sits beside it)
+    dialog = page.locator(".modal-ux .auth-container", has_text="BlueButtonToken")
     dialog.locator("input[type=text]").fill(token)
     tab.shoot("authorize-dialog")
     dialog.locator("button.authorize").click()
@@ -193,6 +194,19 @@ def _authorize_swagger(tab: Tab, token: str) -> None:
     tab.shoot("authorized")
     dialog.locator("button.btn-done").click()
     assert dialog.count() == 0
+
+
+def _fetch_in_swagger(fhir: Any, choices: dict[str, str], timeout_ms: int) -> tuple[Any, Any]:
+    """Run `GET /bluebutton/fhir` with these select-box choices; its status cell and body once
+    the body has rendered."""
+    _try_it_out(fhir)
+    for name, value in choices.items():
+        fhir.locator(f'tr[data-param-name="{name}"] select').select_option(value)
+    fhir.locator("button.execute").click()
+    status = fhir.locator(".live-responses-table .response .response-col_status").first
+    body = fhir.locator(".live-responses-table .response-col_description pre.microlight").first
+    body.wait_for(timeout=timeout_ms)
+    return status, body
 
 
 def test_authorize_and_fetch_through_swagger_ui(tab: Tab, stack: Stack, e2e: Harness) -> None:
@@ -218,13 +232,7 @@ def test_authorize_and_fetch_through_swagger_ui(tab: Tab, stack: Stack, e2e: Har
     _authorize_swagger(tab, token)
 
     fhir = page.locator(FHIR_OPERATION)
-    _try_it_out(fhir)
-    fhir.locator('tr[data-param-name="resource_type"] select').select_option("ExplanationOfBenefit")
-    fhir.locator("button.execute").click()
-    status = fhir.locator(".live-responses-table .response .response-col_status").first
-    status.wait_for()
-    body = fhir.locator(".live-responses-table .response-col_description pre.microlight").first
-    body.wait_for()
+    status, body = _fetch_in_swagger(fhir, {"resource_type": "ExplanationOfBenefit"}, TIMEOUT_MS)
     tab.shoot("fhir-executed")
 
     assert status.inner_text().strip() == "200"
@@ -259,15 +267,9 @@ def test_swagger_ui_renders_a_200_claim_return_cms_answer(tab: Tab, stack: Stack
     _swagger_ready(tab)
     _authorize_swagger(tab, token)
     fhir = page.locator(FHIR_OPERATION)
-    _try_it_out(fhir)
-    fhir.locator('tr[data-param-name="resource_type"] select').select_option("ExplanationOfBenefit")
-    fhir.locator('tr[data-param-name="return_cms"] select').select_option("true")
-
     started = time.perf_counter()
-    fhir.locator("button.execute").click()
-    status = fhir.locator(".live-responses-table .response .response-col_status").first
-    body = fhir.locator(".live-responses-table .response-col_description pre.microlight").first
-    body.wait_for(timeout=BIG_ANSWER_TIMEOUT_MS)
+    query = {"resource_type": "ExplanationOfBenefit", "return_cms": "true"}
+    status, body = _fetch_in_swagger(fhir, query, BIG_ANSWER_TIMEOUT_MS)
     rendered = time.perf_counter() - started
     tab.shoot("big-answer")
 

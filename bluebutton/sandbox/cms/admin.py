@@ -5,6 +5,9 @@
     PATCH /_sandbox/faults          change only the given fields
     POST  /_sandbox/expire_token    {"user": "BBUser00042"} -> the user's access tokens expire now
     POST  /_sandbox/expire_grant    {"user": ...} -> the 13-month grant ends now (refresh -> 401)
+    POST  /_sandbox/add_claims      {"user": ..., "count": 3} -> 3 new claims, lastUpdated now
+    POST  /_sandbox/change_claim    {"user": ..., "id": optional} -> one claim gets new content
+    POST  /_sandbox/revoke          {"user": ...} -> the beneficiary disconnects the app (tokens die)
     POST  /_sandbox/reset           forget all tokens and pending logins, faults back to the config
     GET   /_sandbox/users/<name>    login, password, patient id, claim count, invalid claim ids
 
@@ -14,6 +17,7 @@ authentication: the emulator only ever listens on loopback or a private compose 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -59,6 +63,9 @@ class AdminApi:
             Route("/_sandbox/faults", self.faults_endpoint, methods=["GET", "PUT", "PATCH"]),
             Route("/_sandbox/expire_token", self.expire_token, methods=["POST"]),
             Route("/_sandbox/expire_grant", self.expire_grant, methods=["POST"]),
+            Route("/_sandbox/add_claims", self.add_claims, methods=["POST"]),
+            Route("/_sandbox/change_claim", self.change_claim, methods=["POST"]),
+            Route("/_sandbox/revoke", self.revoke, methods=["POST"]),
             Route("/_sandbox/reset", self.reset, methods=["POST"]),
             Route("/_sandbox/users/{name}", self.user, methods=["GET"]),
         ]
@@ -77,6 +84,41 @@ class AdminApi:
             except ValidationError as exc:
                 return JSONResponse({"detail": orjson.loads(exc.json(include_url=False))}, status_code=400)
         return JSONResponse(self.faults.faults.model_dump())
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            body = None
+        return body if isinstance(body, dict) else {}
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.tokens.clock(), UTC)
+
+    async def add_claims(self, request: Request) -> Response:
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        count = (await self._body(request)).get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1000:
+            return JSONResponse({"detail": "count must be an integer 1..1000"}, status_code=400)
+        return JSONResponse({"added": self.dataset.add_claims(user, count, self._now())})
+
+    async def change_claim(self, request: Request) -> Response:
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        eob_id = (await self._body(request)).get("id")
+        changed = self.dataset.change_claim(user, eob_id if isinstance(eob_id, str) else None, self._now())
+        if changed is None:
+            return JSONResponse({"detail": "no such claim"}, status_code=404)
+        return JSONResponse({"changed": changed})
+
+    async def revoke(self, request: Request) -> Response:
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        return JSONResponse({"revoked": self.tokens.revoke_user(user)})
 
     async def _user(self, request: Request) -> int | Response:
         try:

@@ -56,6 +56,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "--claims", type=int, default=env("CLAIMS"), help="every user gets this many EOBs (benchmark)"
     )
     parser.add_argument(
+        "--access-token-seconds",
+        type=int,
+        default=env("ACCESS_TOKEN_SECONDS", "3600"),
+        help="access-token lifetime (CMS: 3600); short ones exercise refresh",
+    )
+    parser.add_argument(
         "--faults", default=env("FAULTS"), help="initial faults as JSON, e.g. '{\"rate_limit\": 2}'"
     )
     return parser
@@ -75,6 +81,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         latency_ms=args.latency_ms,
         claims_override=args.claims,
         faults=faults,
+        access_token_seconds=args.access_token_seconds,
     )
 
 

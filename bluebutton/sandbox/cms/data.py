@@ -173,6 +173,20 @@ class Claim:
         return parsed
 
 
+def _changed_claim(claim: Claim, seed: int, updated: datetime) -> Claim:
+    return Claim(
+        claim.id,
+        claim.kind,
+        claim.claim_id,
+        claim.patient,
+        claim.start,
+        claim.end,
+        updated,
+        seed,
+        claim.defect,
+    )
+
+
 def _natural_count(user: int, rng: random.Random) -> int:
     draw = rng.random()  # always drawn, so the claim stream does not depend on the special cases
     if user in DOCUMENTED_COUNTS:
@@ -227,18 +241,49 @@ def invalid_claim_ids(user: int, claims_override: int | None = None) -> dict[str
     return {c.id: DEFECTS[c.defect] for c in generate_claims(user, claims_override) if c.defect}
 
 
+def new_claim(user: int, serial: int, now: datetime, taken: set[str]) -> Claim:
+    """A claim CMS processed just now (admin `add_claims`): the same shapes, `meta.lastUpdated` = now."""
+    rng = seeded(user * 1_000_003 + 7919 * serial + 1)
+    kind = rng.choices(list(_KIND_WEIGHTS), list(_KIND_WEIGHTS.values()))[0]
+    while True:
+        claim_id = f"-1{user:05d}{rng.randint(10_000_000, 99_999_999):08d}"
+        if f"{kind}-{claim_id}" not in taken:
+            break
+    end = now.date() - timedelta(days=rng.randint(7, 60))
+    low, high = _STAY_DAYS.get(kind, (0, 0))
+    start = end - timedelta(days=rng.randint(low, high))
+    return Claim(
+        f"{kind}-{claim_id}", kind, claim_id, patient_id(user), start, end, now, rng.getrandbits(64), None
+    )
+
+
 class CmsDataset:
-    """Per-user claim lists for one emulator, the most recently used `cached_users` kept."""
+    """Per-user claim lists for one emulator, the most recently used `cached_users` kept.
+
+    Claims added or changed through the admin API (CMS processing claims over time) are kept
+    apart from the cache, so they survive its evictions for the emulator's lifetime.
+    """
 
     def __init__(self, claims_override: int | None = None, cached_users: int = 16) -> None:
         self.claims_override = claims_override
         self._cached_users = cached_users
         self._claims: OrderedDict[int, list[Claim]] = OrderedDict()
+        self._added: dict[int, list[Claim]] = {}
+        self._changed: dict[int, dict[str, tuple[int, datetime]]] = {}
 
     def claims(self, user: int) -> list[Claim]:
         found = self._claims.get(user)
         if found is None:
             found = generate_claims(user, self.claims_override)
+            changed = self._changed.get(user, {})
+            for index, claim in enumerate(found):
+                if claim.id in changed:
+                    seed, updated = changed[claim.id]
+                    found[index] = _changed_claim(claim, seed, updated)
+            if user in self._added:
+                found = sorted(
+                    found + self._added[user], key=lambda c: (CLAIM_TYPES.index(c.kind), c.claim_id)
+                )
             self._claims[user] = found
             while len(self._claims) > self._cached_users:
                 self._claims.popitem(last=False)
@@ -246,11 +291,41 @@ class CmsDataset:
             self._claims.move_to_end(user)
         return found
 
+    def add_claims(self, user: int, count: int, now: datetime) -> list[str]:
+        """`count` new claims for the user, last updated `now`; returns their ids."""
+        added = self._added.setdefault(user, [])
+        taken = {c.id for c in self.claims(user)}
+        fresh = []
+        for _ in range(count):
+            claim = new_claim(user, len(added), now, taken)
+            taken.add(claim.id)
+            added.append(claim)
+            fresh.append(claim)
+        self._claims.pop(user, None)
+        return [c.id for c in fresh]
+
+    def change_claim(self, user: int, eob_id: str | None, now: datetime) -> str | None:
+        """Give one claim (the first, unless named) new content and `meta.lastUpdated` = now."""
+        claims = self.claims(user)
+        target = next((c for c in claims if eob_id in (None, c.id)), None)
+        if target is None:
+            return None
+        seed = target.seed + 1
+        added = self._added.get(user, [])
+        for index, claim in enumerate(added):
+            if claim.id == target.id:
+                added[index] = _changed_claim(claim, seed, now)
+                break
+        else:
+            self._changed.setdefault(user, {})[target.id] = (seed, now)
+        self._claims.pop(user, None)
+        return target.id
+
     def claim(self, user: int, eob_id: str) -> Claim | None:
         return next((c for c in self.claims(user) if c.id == eob_id), None)
 
     def claim_count(self, user: int) -> int:
-        return claim_count(user, self.claims_override)
+        return claim_count(user, self.claims_override) + len(self._added.get(user, []))
 
     def invalid_claim_ids(self, user: int) -> dict[str, str]:
         return invalid_claim_ids(user, self.claims_override)

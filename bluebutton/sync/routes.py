@@ -1,0 +1,148 @@
+"""The operator API under /bluebutton/grants and /bluebutton/runs, and the sync=true callback answer.
+
+Every operator route needs `X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>` (compared in constant time).
+Without a database the routes answer 503 naming the settings to add; without a key, 503 too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+
+from bluebutton.bundles import FHIR_JSON
+from bluebutton.errors import NotConfiguredError
+from bluebutton.oauth import TokenSet
+from bluebutton.settings import Settings
+from bluebutton.sync import ledger, runs
+from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
+from bluebutton.sync.grants import STATES, GrantState
+from bluebutton.sync.page import enrolled_page
+from bluebutton.sync.service import SyncService, sync_off
+
+router = APIRouter(tags=["grants"])
+
+_api_key = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="AdminApiKey",
+    description="The operator key, BLUEBUTTON_ADMIN_API_KEY (for /bluebutton/grants and /bluebutton/runs).",
+)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    content = {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
+    return {code: {"description": "FHIR OperationOutcome", "content": content} for code in codes}
+
+
+def require_sync(request: Request) -> SyncService:
+    service = cast(SyncService | None, getattr(request.state, "sync", None))
+    if service is None:
+        raise sync_off()
+    return service
+
+
+def admin(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> SyncService:
+    service = require_sync(request)
+    expected = cast(Settings, request.state.settings).admin_api_key
+    if expected is None:
+        raise NotConfiguredError(
+            "The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters)."
+        )
+    if not key:
+        raise AdminKeyError("No X-API-Key header: send 'X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>'.")
+    if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
+    return service
+
+
+AdminDep = Annotated[SyncService, Depends(admin)]
+_COMMON = _errors(401, 404, 422, 503)
+
+
+@router.get("/bluebutton/grants", summary="List stored grants", responses=_COMMON)
+async def list_grants(
+    service: AdminDep,
+    state: Annotated[
+        GrantState | None, Query(description="Only grants in this state: " + ", ".join(STATES))
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    return {"grants": await service.grants_json(state, limit)}
+
+
+@router.get(
+    "/bluebutton/grants/{grant_id}", summary="One grant, its last run and quarantine", responses=_COMMON
+)
+async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> dict[str, Any]:
+    return await service.grant_json(grant_id)
+
+
+@router.post(
+    "/bluebutton/grants/{grant_id}/sync",
+    summary="Queue a run now (or get the one already waiting)",
+    status_code=202,
+    responses=_errors(401, 404, 409, 422, 503),
+)
+async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> JSONResponse:
+    return JSONResponse({"run_id": await service.sync_now(grant_id)}, status_code=202)
+
+
+@router.get("/bluebutton/grants/{grant_id}/runs", summary="The grant's runs, newest first", responses=_COMMON)
+async def grant_runs(
+    grant_id: uuid.UUID, service: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    await service.grant(grant_id)
+    return {"runs": [runs.as_json(r) for r in await runs.of_grant(service.pool, grant_id, limit)]}
+
+
+@router.get(
+    "/bluebutton/grants/{grant_id}/records",
+    summary="Where connect holds the latest version of each of the grant's resources",
+    responses=_COMMON,
+)
+async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> dict[str, Any]:
+    await service.grant(grant_id)
+    return {"records": await ledger.records(service.pool, grant_id)}
+
+
+@router.delete(
+    "/bluebutton/grants/{grant_id}",
+    summary="Disconnect: revoke at CMS, erase the tokens (runs and ledger stay)",
+    status_code=204,
+    response_class=Response,
+    responses=_errors(401, 404, 422, 502, 503),
+)
+async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
+    await service.disconnect(grant_id)
+    return Response(status_code=204)
+
+
+@router.get("/bluebutton/runs/{run_id}", summary="One run", responses=_COMMON)
+async def get_run(run_id: int, service: AdminDep) -> dict[str, Any]:
+    row = await runs.get(service.pool, run_id)
+    if row is None:
+        raise RunNotFoundError(f"No run {run_id}.")
+    return runs.as_json(row)
+
+
+async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Response:
+    """The callback's answer for sync=true: the grant is stored, the refresh token never leaves."""
+    grant_id, run_id = await require_sync(request).enrol(tokens)
+    if html:
+        page, headers = enrolled_page(tokens, grant_id)
+        return HTMLResponse(page, headers=headers)
+    body = {
+        "grant_id": str(grant_id),
+        "run_id": run_id,
+        "patient": tokens.patient,
+        "scope": tokens.scope,
+        "access_grant_expiration": tokens.access_grant_expiration,
+        "access_token": tokens.access_token,
+        "expires_in": tokens.expires_in,
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})

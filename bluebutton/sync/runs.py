@@ -1,0 +1,164 @@
+"""The runs table: one row per attempt of `sync_grant`, queued → running → succeeded|partial|failed.
+
+A deferred job waits under one `queued` run (found by its job id); the attempt that starts takes
+that row, and a retried attempt opens a new one, so each attempt's outcome stays in the audit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+RunStatus = Literal["queued", "running", "succeeded", "partial", "failed"]
+
+_SELECT = (
+    "SELECT id, grant_id, status, queued_at, started_at, finished_at, resources, bundles, issues "
+    "FROM bluebutton_runs "
+)
+_ONE = _SELECT + "WHERE id = %s"
+_OF_GRANT = _SELECT + "WHERE grant_id = %s ORDER BY id DESC LIMIT %s"
+_LATEST = (
+    "SELECT DISTINCT ON (grant_id) id, grant_id, status, queued_at, started_at, finished_at, "
+    "resources, bundles, issues FROM bluebutton_runs WHERE grant_id = ANY(%s) ORDER BY grant_id, id DESC"
+)
+
+
+async def queue(connection: AsyncConnection, grant_id: uuid.UUID, job_id: int) -> int | None:
+    """The queued run of a job still waiting (created now if needed); None once the job started.
+
+    The job row is locked while the run is written, so a worker cannot start it in between
+    (procrastinate fetches with SKIP LOCKED and simply takes it a moment later).
+    """
+    waiting = await (
+        await connection.execute(
+            "SELECT 1 FROM procrastinate_jobs WHERE id = %s AND status = 'todo' FOR UPDATE", (job_id,)
+        )
+    ).fetchone()
+    if waiting is None:
+        return None
+    await connection.execute(
+        "INSERT INTO bluebutton_runs (grant_id, job_id, status) VALUES (%s, %s, 'queued') "
+        "ON CONFLICT (job_id) WHERE status = 'queued' DO NOTHING",
+        (grant_id, job_id),
+    )
+    row = await (
+        await connection.execute(
+            "SELECT id FROM bluebutton_runs WHERE job_id = %s AND status = 'queued'", (job_id,)
+        )
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+async def latest_of_job(connection: AsyncConnection, job_id: int) -> int | None:
+    row = await (
+        await connection.execute("SELECT max(id) FROM bluebutton_runs WHERE job_id = %s", (job_id,))
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+async def start(pool: AsyncConnectionPool, grant_id: uuid.UUID, job_id: int) -> int:
+    """Mark the job's run running; close any earlier run of the grant a killed worker left open.
+
+    Only one run of a grant executes at a time (the job lock), so a `running` row seen here
+    belongs to a worker that died.
+    """
+    async with pool.connection() as connection, connection.transaction():
+        await connection.execute(
+            "UPDATE bluebutton_runs SET status = 'failed', finished_at = now(), issues = issues || %s "
+            "WHERE grant_id = %s AND status = 'running'",
+            (
+                Jsonb(
+                    [
+                        {
+                            "severity": "error",
+                            "code": "incomplete",
+                            "diagnostics": "the worker running this run stopped (killed or lost); "
+                            "the job was recovered and run again",
+                        }
+                    ]
+                ),
+                grant_id,
+            ),
+        )
+        row = await (
+            await connection.execute(
+                "UPDATE bluebutton_runs SET status = 'running', started_at = now() "
+                "WHERE job_id = %s AND status = 'queued' RETURNING id",
+                (job_id,),
+            )
+        ).fetchone()
+        if row is None:
+            row = await (
+                await connection.execute(
+                    "INSERT INTO bluebutton_runs (grant_id, job_id, status, started_at) "
+                    "VALUES (%s, %s, 'running', now()) RETURNING id",
+                    (grant_id, job_id),
+                )
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def add_bundle(connection: AsyncConnection, run_id: int, bundle: dict[str, Any]) -> None:
+    await connection.execute(
+        "UPDATE bluebutton_runs SET bundles = bundles || %s WHERE id = %s", (Jsonb([bundle]), run_id)
+    )
+
+
+async def finish(
+    pool: AsyncConnectionPool,
+    run_id: int,
+    status: RunStatus,
+    resources: dict[str, dict[str, int]],
+    issues: list[dict[str, Any]],
+) -> None:
+    async with pool.connection() as connection:
+        await connection.execute(
+            "UPDATE bluebutton_runs SET status = %s, finished_at = now(), resources = %s, "
+            "issues = issues || %s WHERE id = %s",
+            (status, Jsonb(resources), Jsonb(issues), run_id),
+        )
+
+
+async def get(pool: AsyncConnectionPool, run_id: int) -> dict[str, Any] | None:
+    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_ONE, (run_id,))
+        return await cursor.fetchone()
+
+
+async def of_grant(pool: AsyncConnectionPool, grant_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_OF_GRANT, (grant_id, limit))
+        return await cursor.fetchall()
+
+
+async def last_finished(
+    pool: AsyncConnectionPool, grant_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The newest run of each grant (any status), for the grant listing."""
+    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_LATEST, (grant_ids,))
+        return {row["grant_id"]: row for row in await cursor.fetchall()}
+
+
+def as_json(row: dict[str, Any]) -> dict[str, Any]:
+    def instant(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": row["id"],
+        "grant_id": str(row["grant_id"]),
+        "status": row["status"],
+        "queued_at": instant(row["queued_at"]),
+        "started_at": instant(row["started_at"]),
+        "finished_at": instant(row["finished_at"]),
+        "resources": row["resources"],
+        "bundles": row["bundles"],
+        "issues": row["issues"],
+    }
