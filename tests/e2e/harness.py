@@ -66,6 +66,10 @@ class Harness:
         self.client = httpx.Client(
             verify=ca_context(),
             timeout=httpx.Timeout(120.0, connect=10.0),
+            # A new connection per request: a pooled one idle for the servers' 5 s keep-alive may
+            # be closed by the server just as a request goes out on it (RemoteProtocolError), a
+            # race that a loaded machine makes likely.
+            limits=httpx.Limits(max_keepalive_connections=0),
             trust_env=False,  # no proxy: everything stays on loopback
             event_hooks={"request": [_loopback_only]},
         )
