@@ -208,7 +208,7 @@ def _serve_swagger_ui(app: FastAPI) -> None:
             swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger-ui/swagger-ui.css",
             swagger_favicon_url="/static/swagger-ui/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": True},
+            swagger_ui_parameters={"persistAuthorization": True, "syntaxHighlight": False},
         )
 
     app.add_api_route("/docs", docs, include_in_schema=False)
