@@ -9,9 +9,9 @@
     ├── ValidationUnavailableError       503  transient        a validation worker died mid-pull
     ├── OAuthError                       400  security         authorize/callback problems
     │   └── AccessDeniedError            403  forbidden        the beneficiary declined
-    └── UpstreamError                    502  transient        upstream, its status, its detail
+    └── UpstreamError                    502  exception        upstream, its status, its detail
         ├── TransientUpstreamError       502  transient     ↻  the same request may succeed later
-        ├── CmsError                     502  transient        Blue Button answered or failed
+        ├── CmsError                     502  exception        Blue Button answered or failed
         │   ├── CmsUnauthorizedError     401  login            token expired, revoked, grant ended
         │   ├── CmsForbiddenError        403  forbidden        scope missing or foreign patient
         │   ├── CmsNotFoundError         404  not-found
@@ -19,19 +19,20 @@
         │   ├── CmsRateLimitedError      429  throttled     ↻  after retries, with Retry-After
         │   ├── CmsTimeoutError          504  timeout       ↻
         │   ├── CmsUnavailableError      502  transient     ↻  500/502/503/504, connection failure
-        │   ├── CmsUnexpectedStatusError 502  transient        any other status
+        │   ├── CmsUnexpectedStatusError 502  exception        any other status
         │   ├── CmsProtocolError         502  exception        hostile or looping links, too many pages
-        │   │   └── CmsMalformedPageError 502 exception     ↻  a 200 whose body is not a search page
+        │   │   └── CmsMalformedPageError 502 transient     ↻  a 200 whose body is not a search page
         │   └── CmsTokenError            502  security         token endpoint refused (invalid_grant, ...)
-        │       ├── CmsTokenUnreachableError 502 security   ↻  token endpoint not reached
+        │       ├── CmsTokenUnreachableError 502 transient  ↻  token endpoint not reached
         │       └── CmsRefreshRejectedError 401 login          refresh token reused or grant expired
-        └── ConnectError                 502  transient        LinuxForHealth connect refused or failed
+        └── ConnectError                 502  exception        LinuxForHealth connect refused or failed
             ├── ConnectUnreachableError  502  transient     ↻  no connection could be opened
             ├── ConnectTimeoutError      504  timeout          no answer in time; the Bundle may be stored
             └── PartialForwardError      502  incomplete       some pieces stored, the rest not
 
 ↻ marks a subclass of `TransientUpstreamError` (a second base: the tree shows the first), which
-retry code tests with `isinstance`. `tests/test_errors.py` checks this drawing against the classes.
+retry code tests with `isinstance`; only those carry the issue code `transient`, so a caller reading
+the OperationOutcome alone knows whether resending can help. `tests/test_errors.py` checks this drawing against the classes.
 Messages are written for the caller and never contain a token, a code, a secret or FHIR payload.
 """
 
@@ -124,7 +125,7 @@ class UpstreamError(BlueButtonError):
     """An upstream failed: which one, the status it answered (if any) and what it said."""
 
     status_code = 502
-    code = "transient"
+    code = "exception"
     upstream = "upstream"
 
     def __init__(
@@ -149,6 +150,8 @@ class UpstreamError(BlueButtonError):
 
 class TransientUpstreamError(UpstreamError):
     """The same request may succeed later, unchanged: what retry loops retry."""
+
+    code = "transient"
 
 
 class CmsError(UpstreamError):
@@ -198,7 +201,7 @@ class CmsProtocolError(CmsError):
 
 
 class CmsMalformedPageError(CmsProtocolError, TransientUpstreamError):
-    pass
+    code = "transient"
 
 
 class CmsTokenError(CmsError):
@@ -206,7 +209,7 @@ class CmsTokenError(CmsError):
 
 
 class CmsTokenUnreachableError(CmsTokenError, TransientUpstreamError):
-    pass
+    code = "transient"
 
 
 class CmsRefreshRejectedError(CmsTokenError):

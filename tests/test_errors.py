@@ -63,3 +63,12 @@ def test_statuses_are_not_set_per_instance() -> None:
         parameters = inspect.signature(cls.__init__).parameters
         assert "status_code" not in parameters
         assert "code" not in parameters
+
+
+@pytest.mark.parametrize("cls", error_classes(), ids=lambda cls: cls.__name__)
+def test_only_retryable_upstream_errors_say_transient(cls: type[errors.BlueButtonError]) -> None:
+    """An OperationOutcome's `transient` promises that resending can help: a permanent refusal says otherwise."""
+    if issubclass(cls, errors.UpstreamError):
+        assert (cls.code == "transient") == (
+            issubclass(cls, errors.TransientUpstreamError) and cls.code not in {"throttled", "timeout"}
+        )
