@@ -29,7 +29,7 @@ import fhir_core.types as fhir_types
 from fhir_core.utils import is_list_type, is_primitive_type
 from pydantic_core import PydanticCustomError, ValidationError
 
-CHECKED_VERSIONS = {"fhir_core": "1.1.12", "fhir.resources": "8.3.0", "pydantic": "2.14.3"}
+CHECKED_VERSIONS = {"fhir_core": "1.1.12", "fhir.resources": "8.3.0", "pydantic": "2.14.4"}
 
 # (field name, alias) of the fields that are lists of a complex type, per class.
 _null_plans: dict[type[Any], tuple[tuple[str, str | None], ...]] = {}
