@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     lfh_timeout_seconds: float = Field(default=120.0, gt=0)
     lfh_rate_limit_retries: int = Field(default=20, ge=0)
     lfh_rate_limit_wait_seconds: float = Field(default=1.0, ge=0)
+    lfh_rate_limit_jitter_seconds: float = Field(default=0.5, ge=0)
 
     cms_timeout_seconds: float = Field(default=60.0, gt=0)
     cms_max_pages: int = Field(default=200, ge=1)

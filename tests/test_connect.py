@@ -17,7 +17,7 @@ from bluebutton.errors import ConnectError
 from bluebutton.settings import Settings
 from tests.factories import TOKEN, envelope_for, make_settings
 from tests.fakes import SleepRecorder
-from tests.running import new_connect_client
+from tests.running import CONTEXT, new_connect_client
 
 BODY = b'{"resourceType":"Bundle","type":"searchset","total":0,"entry":[]}'
 # connect answers with its own formatting; the client must hand these bytes on unchanged.
@@ -25,6 +25,7 @@ ENVELOPE = orjson.dumps(envelope_for(7, BODY)).replace(b'","', b'", "')
 
 # connect's rate-limit window is one second; the default wait matches it.
 RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
+RATE_LIMIT_JITTER_SECONDS = Settings.model_fields["lfh_rate_limit_jitter_seconds"].default
 
 
 @asynccontextmanager
@@ -74,8 +75,25 @@ async def test_rate_limited_then_stored(
     assert record.location == "FHIR-R4:0:7"
     assert route.call_count == 3
     assert [c.request.content for c in route.calls] == [BODY] * 3
-    assert connect_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS] * 2
+    assert len(connect_sleeps.delays) == 2
+    for delay in connect_sleeps.delays:
+        assert RATE_LIMIT_WAIT_SECONDS <= delay < RATE_LIMIT_WAIT_SECONDS + RATE_LIMIT_JITTER_SECONDS
     assert RATE_LIMIT_WAIT_SECONDS >= 1.0  # connect's window is one second
+
+
+async def test_rate_limit_wait_is_the_window_plus_jitter(
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder
+) -> None:
+    """Replicas throttled in the same second must not all resend at the same instant."""
+    connect_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited()] * 3 + [stored()])
+    draws = iter([0.0, 0.5, 0.999])
+    settings = make_settings(lfh_rate_limit_wait_seconds=1.0, lfh_rate_limit_jitter_seconds=0.5)
+    async with ConnectClient.create(
+        settings, CONTEXT, sleep=connect_sleeps.sleep, jitter=lambda: next(draws)
+    ) as client:
+        await client.post_bundle(BODY)
+    assert connect_sleeps.delays == pytest.approx([1.0, 1.25, 1.4995])
+    assert RATE_LIMIT_JITTER_SECONDS > 0  # on by default
 
 
 async def test_every_response_is_released(

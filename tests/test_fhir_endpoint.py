@@ -49,6 +49,7 @@ pytestmark = pytest.mark.usefixtures("cms_sleeps", "connect_sleeps")
 
 # connect's rate-limit window is one second; the default wait matches it.
 RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
+RATE_LIMIT_JITTER_SECONDS = Settings.model_fields["lfh_rate_limit_jitter_seconds"].default
 
 
 async def get_fhir(
@@ -545,7 +546,8 @@ async def test_connect_429_is_waited_out_and_resent(
     calls = connect.route.calls
     assert len(calls) == 2
     assert calls[0].request.content == calls[1].request.content
-    assert connect_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS]
+    [delay] = connect_sleeps.delays
+    assert RATE_LIMIT_WAIT_SECONDS <= delay < RATE_LIMIT_WAIT_SECONDS + RATE_LIMIT_JITTER_SECONDS
     assert response.content == connect.envelopes[0]
 
 
