@@ -112,7 +112,8 @@ class ConnectClient(UpstreamClient):
                     content=body,
                     headers={"Content-Type": "application/fhir+json"},
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+                # None of these sent a byte: no connection, or none free in the pool.
                 connect_failures += 1
                 if connect_failures >= CONNECT_ATTEMPTS:
                     raise ConnectUnreachableError(
@@ -124,8 +125,8 @@ class ConnectClient(UpstreamClient):
             except httpx.TimeoutException as e:
                 raise ConnectTimeoutError(
                     f"LinuxForHealth connect did not answer within "
-                    f"{self._settings.lfh_timeout_seconds:g} s; the Bundle may or may not have "
-                    "been stored"
+                    f"{self._settings.lfh_timeout_seconds:g} s: the Bundle may have been stored; "
+                    "retry with the same Idempotency-Key"
                 ) from e
             except httpx.TransportError as e:
                 raise ConnectError(
