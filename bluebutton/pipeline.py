@@ -28,6 +28,9 @@ from bluebutton.query import FhirQuery
 
 logger = logging.getLogger(__name__)
 
+SKIPPED_HEADER = "X-LFH-Skipped"
+EMPTY_SEARCH = "empty search result; nothing was sent to connect"
+
 
 @dataclass
 class Pulled:
@@ -172,7 +175,7 @@ class Transfer:
     async def __call__(self, query: FhirQuery, token: str) -> Answer:
         pulled = await pull(query, token, self.cms, self.validator)
         started = time.perf_counter()
-        stored = await forward(pulled, self.connect, self.max_bundle_bytes)
+        stored = await forward(pulled, self.connect, self.max_bundle_bytes) if pulled.entries else []
         pulled.timings["forward"] = time.perf_counter() - started
         logger.info(
             "transferred %s: %d entries in %d page(s) as %d Bundle(s); fetch %.3fs validate %.3fs "
@@ -187,6 +190,9 @@ class Transfer:
             self.validator.mode,
         )
         headers = _record_headers([record for _, record in stored])
+        if not pulled.entries:
+            # An empty Bundle in connect is a record of nothing; say why there is none.
+            headers[SKIPPED_HEADER] = EMPTY_SEARCH
         headers["Server-Timing"] = ", ".join(
             f"{name};dur={seconds * 1000:.1f}" for name, seconds in pulled.timings.items()
         )

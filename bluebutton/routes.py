@@ -55,7 +55,10 @@ LinuxForHealth connect as one or more `searchset` Bundles (each under
 
 Either way the headers `X-LFH-Bundle-Count`, `X-LFH-Record-UUIDs` and
 `X-LFH-Data-Record-Locations` name what connect stored. It is a success only if every Bundle was
-stored; an invalid Bundle (422) is never forwarded."""
+stored; an invalid Bundle (422) is never forwarded.
+
+An empty search result is not forwarded: the answer is `ForwardedBundles` with `bundle_count` 0
+(or the empty CMS Bundle), with `X-LFH-Bundle-Count: 0` and `X-LFH-Skipped` saying why."""
 
 
 @router.get(

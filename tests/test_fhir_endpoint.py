@@ -275,7 +275,7 @@ async def test_each_pull_gets_a_fresh_bundle_id(
     assert [b["id"] for b in connect.stored_bundles] == [first["id"], second["id"]]
 
 
-async def test_empty_search_is_an_empty_bundle(
+async def test_empty_search_is_an_empty_bundle_and_not_forwarded(
     client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
     one_page(cms_mock, [])
@@ -283,6 +283,33 @@ async def test_empty_search_is_an_empty_bundle(
     assert response.status_code == 200, response.text
     assert response.json()["total"] == 0
     assert response.json().get("entry", []) == []
+    assert response.headers["X-LFH-Bundle-Count"] == "0"
+    assert "empty search result" in response.headers["X-LFH-Skipped"]
+    assert_nothing_forwarded(connect)
+
+
+async def test_empty_search_answers_bundle_count_0(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    one_page(cms_mock, [])
+    response = await get_fhir(client)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"bundle_count": 0, "entry_count": 0, "bundles": []}
+    assert response.headers["X-LFH-Bundle-Count"] == "0"
+    assert response.headers["X-LFH-Record-UUIDs"] == ""
+    assert response.headers["X-LFH-Data-Record-Locations"] == ""
+    assert response.headers["X-LFH-Skipped"] == "empty search result; nothing was sent to connect"
+    assert_nothing_forwarded(connect)
+
+
+async def test_a_non_empty_search_says_nothing_was_skipped(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    one_page(cms_mock, [make_eob(1)])
+    response = await get_fhir(client)
+    assert response.status_code == 200, response.text
+    assert "X-LFH-Skipped" not in response.headers
+    assert len(connect.stored) == 1
 
 
 @pytest.mark.parametrize(
