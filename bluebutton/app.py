@@ -168,7 +168,13 @@ def create_app(
                 validator=validation,
                 oauth=oauth,
                 pending=pending_store,
-                transfer=Transfer(cms_client, validation, connect_client, settings.lfh_max_bundle_bytes),
+                transfer=Transfer(
+                    cms_client,
+                    validation,
+                    connect_client,
+                    settings.lfh_max_bundle_bytes,
+                    settings.pull_timeout_seconds,
+                ),
                 sync=sync,
             )
 
