@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from bluebutton.bundles import FHIR_JSON, BundleHeader, split_entries
@@ -287,8 +287,38 @@ class Transfer:
         self.max_bundle_bytes = max_bundle_bytes
         self.pull_timeout = pull_timeout
 
-    async def __call__(self, query: FhirQuery, token: str, progress: Progress | None = None) -> Answer:
+    async def __call__(
+        self,
+        query: FhirQuery,
+        token: str,
+        progress: Progress | None = None,
+        caller_gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> Answer:
+        """`caller_gone` returns when the caller disconnects: before forwarding, the pull is
+        cancelled and nothing is sent; while forwarding, the POST in flight is waited for and no
+        further one starts (a cancelled POST may still be stored, and then nobody knows)."""
         progress = Progress() if progress is None else progress
+        work = asyncio.ensure_future(self._within_deadline(query, token, progress))
+        if caller_gone is None:
+            return await work
+        gone = asyncio.ensure_future(caller_gone())
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                progress.caller_gone = True
+                if progress.forwarding:
+                    logger.warning("caller left while forwarding; stopping after the Bundle in flight")
+                else:
+                    work.cancel()
+                await asyncio.wait({work})
+                if work.cancelled():
+                    raise _caller_gone(progress)
+            return work.result()
+        finally:
+            gone.cancel()
+            work.cancel()
+
+    async def _within_deadline(self, query: FhirQuery, token: str, progress: Progress) -> Answer:
         timeout = deadline(self.pull_timeout)
         try:
             async with timeout:

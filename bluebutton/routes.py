@@ -86,16 +86,23 @@ An empty search result is not forwarded: the answer is `ForwardedBundles` with `
     },
 )
 async def fetch_fhir(
+    request: Request,
     query: Annotated[FhirQuery, Query()],
     token: BearerTokenDep,
     transfer: TransferDep,
 ) -> Response:
-    answer = await transfer(query, token)
+    answer = await transfer(query, token, caller_gone=lambda: _disconnected(request))
     return StreamingResponse(
         _send(answer.parts),
         media_type=answer.media_type,
         headers={**answer.headers, "Content-Length": str(answer.length)},
     )
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (ASGI `http.disconnect`); a GET has no body to lose."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
