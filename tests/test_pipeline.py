@@ -4,6 +4,7 @@ that disconnects (what is stored is reported, nothing is forwarded after it left
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -150,7 +151,7 @@ class Caller:
         }
         self.gone = asyncio.Event()
         self.requested = False
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[MutableMapping[str, Any]] = []
 
     async def receive(self) -> dict[str, Any]:
         if not self.requested:
@@ -159,7 +160,7 @@ class Caller:
         await self.gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         self.sent.append(message)
 
     def status(self) -> int:
