@@ -12,6 +12,7 @@
     ├── IdempotencyKeyError              400  invalid          a malformed Idempotency-Key header
     ├── IdempotencyConflictError         409  conflict         the same key's first request still runs
     ├── IdempotencyKeyReusedError        422  business-rule    the same key with another query or token
+    ├── IdempotencyStoreError            503  transient        the key's store (Redis) failed
     ├── OAuthError                       400  security         authorize/callback problems
     │   └── AccessDeniedError            403  forbidden        the beneficiary declined
     └── UpstreamError                    502  transient        upstream, its status, its detail
@@ -143,6 +144,11 @@ class IdempotencyConflictError(BlueButtonError):
 class IdempotencyKeyReusedError(BlueButtonError):
     status_code = 422
     code = "business-rule"
+
+
+class IdempotencyStoreError(BlueButtonError):
+    status_code = 503
+    code = "transient"
 
 
 class OAuthError(BlueButtonError):

@@ -160,6 +160,9 @@ async def forward(pulled: Pulled, connect: ConnectClient, limit: int, progress: 
     is waited for (its Bundle may be stored either way), none is started after."""
     digests = [entry_digest(entry) for entry in pulled.entries]
     todo = [index for index, digest in enumerate(digests) if digest not in progress.digests]
+    if not todo:  # an earlier attempt under the same Idempotency-Key stored all of them
+        progress.forwarding = True
+        return
     pieces = split_entries([pulled.entries[index] for index in todo], limit, pulled.header)
     progress.planned = [(todo[piece.start], piece.stop - piece.start) for piece in pieces]
     progress.forwarding = True

@@ -150,3 +150,21 @@ class HeldConnect(Connect):
             self.holding.set()
             await self.released.wait()
         return self._answer(request)
+
+
+class Deadlines:
+    """Replaces the pipeline's deadline with the same `asyncio.Timeout`, kept so a test can make
+    it pass at the moment it chooses instead of waiting for it."""
+
+    def __init__(self) -> None:
+        self.started: list[asyncio.Timeout] = []
+        self.seconds: list[float] = []
+
+    def __call__(self, seconds: float) -> asyncio.Timeout:
+        self.seconds.append(seconds)
+        self.started.append(asyncio.timeout(seconds))
+        return self.started[-1]
+
+    def pass_now(self) -> None:
+        [timeout] = self.started
+        timeout.reschedule(asyncio.get_running_loop().time())

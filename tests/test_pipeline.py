@@ -11,7 +11,6 @@ import httpx
 import pytest
 import respx
 
-import bluebutton.pipeline
 from tests.factories import (
     AUTH,
     SMALL_LIMIT,
@@ -23,7 +22,7 @@ from tests.factories import (
     record_location,
     record_uuid,
 )
-from tests.fakes import Connect, HeldCms, HeldConnect, until
+from tests.fakes import Connect, Deadlines, HeldCms, HeldConnect, until
 from tests.running import open_client, running_asgi
 from tests.wire import diagnostics, outcome_issues
 
@@ -39,31 +38,6 @@ async def get_fhir(client: httpx.AsyncClient, **params: Any) -> httpx.Response:
 
 def sized_claims(count: int, size: int) -> list[dict[str, Any]]:
     return [eob_with_entry_size(n, size) for n in range(count)]
-
-
-class Deadlines:
-    """Replaces the pipeline's deadline with the same `asyncio.Timeout`, kept so a test can make
-    it pass at the moment it chooses instead of waiting for it."""
-
-    def __init__(self) -> None:
-        self.started: list[asyncio.Timeout] = []
-        self.seconds: list[float] = []
-
-    def __call__(self, seconds: float) -> asyncio.Timeout:
-        self.seconds.append(seconds)
-        self.started.append(asyncio.timeout(seconds))
-        return self.started[-1]
-
-    def pass_now(self) -> None:
-        [timeout] = self.started
-        timeout.reschedule(asyncio.get_running_loop().time())
-
-
-@pytest.fixture
-def deadlines(monkeypatch: pytest.MonkeyPatch) -> Deadlines:
-    recorder = Deadlines()
-    monkeypatch.setattr(bluebutton.pipeline, "deadline", recorder)
-    return recorder
 
 
 # ----------------------------------------------------------------------------------------- deadline
