@@ -26,6 +26,8 @@ from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
+from bluebutton.idempotency import IdempotentTransfer
+from bluebutton.idempotency_store import IdempotencyStore, open_idempotency_store
 from bluebutton.oauth import OAuthClient
 from bluebutton.outbound import build_ssl_context
 from bluebutton.pending import PendingStore, open_pending_store
@@ -130,6 +132,7 @@ def create_app(
     connect: ConnectClient | None = None,
     pending: PendingStore | None = None,
     validator: Validator | None = None,
+    idempotency: IdempotencyStore | None = None,
 ) -> FastAPI:
     """The app. The lifespan opens every resource not given here, and closes what it opened;
     a resource passed in (tests pass clients on a virtual clock, or a store to inspect) stays its
@@ -150,6 +153,10 @@ def create_app(
             if pending_store is None:
                 pending_store = open_pending_store(settings.state_store)
                 stack.push_async_callback(pending_store.aclose)
+            idempotency_store = idempotency
+            if idempotency_store is None:
+                idempotency_store = open_idempotency_store(settings.state_store)
+                stack.push_async_callback(idempotency_store.aclose)
             validation = validator
             if validation is None:
                 validation = Validator(settings.validation_workers, fast=settings.fast_validation)
@@ -161,6 +168,13 @@ def create_app(
                 sync = await stack.enter_async_context(
                     open_sync(settings, cms_client, oauth, connect_client, validation, worker=worker)
                 )
+            transfer = Transfer(
+                cms_client,
+                validation,
+                connect_client,
+                settings.lfh_max_bundle_bytes,
+                settings.pull_timeout_seconds,
+            )
             yield State(
                 settings=settings,
                 cms=cms_client,
@@ -168,7 +182,8 @@ def create_app(
                 validator=validation,
                 oauth=oauth,
                 pending=pending_store,
-                transfer=Transfer(cms_client, validation, connect_client, settings.lfh_max_bundle_bytes),
+                transfer=transfer,
+                idempotent=IdempotentTransfer(transfer, idempotency_store, settings.idempotency_ttl_seconds),
                 sync=sync,
             )
 

@@ -4,13 +4,17 @@ The envelope model keeps connect's own name, `LfhEnvelope`: it is the schema's n
 
 Each POST becomes a new Kafka record, so a POST is only resent when it certainly never arrived:
 the connection could not be opened, or connect's rate limiter answered 429 before storing
-anything (lfh-connect.md §6). connect sends no `Retry-After`; its window is one second.
+anything (lfh-connect.md §6). connect sends no `Retry-After`; its window is one second, so the
+wait before a resend is that second plus a random part: replicas throttled in the same window would
+otherwise all resend at the same instant and be throttled together again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,18 +61,36 @@ class StoredRecord:
     envelope: bytes
 
 
+Jitter = Callable[[], float]
+"""A random source in [0, 1), scaled to `BLUEBUTTON_LFH_RATE_LIMIT_JITTER_SECONDS`."""
+
+
 class ConnectClient(UpstreamClient):
     """One shared client for connect; it owns (and closes) its HTTP client. `sleep` is what the
-    waits between resends use (tests pass a recorder)."""
+    waits between resends use and `jitter` their random part (tests pass a recorder and a fixed
+    sequence)."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient, *, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        jitter: Jitter = random.random,
+    ) -> None:
         self._settings = settings
         super().__init__(http)
         self._sleep = sleep
+        self._jitter = jitter
 
     @classmethod
     def create(
-        cls, settings: Settings, context: ssl.SSLContext, *, sleep: Sleep = asyncio.sleep
+        cls,
+        settings: Settings,
+        context: ssl.SSLContext,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        jitter: Jitter = random.random,
     ) -> ConnectClient:
         http = build_client(
             base_url=settings.lfh_origin,
@@ -76,7 +98,7 @@ class ConnectClient(UpstreamClient):
             timeout=settings.lfh_timeout_seconds,
             max_connections=4,
         )
-        return cls(settings, http, sleep=sleep)
+        return cls(settings, http, sleep=sleep, jitter=jitter)
 
     async def post_bundle(self, body: bytes) -> StoredRecord:
         """POST one Bundle; the answer is connect's envelope or a `ConnectError` saying why not."""
@@ -90,7 +112,8 @@ class ConnectClient(UpstreamClient):
                     content=body,
                     headers={"Content-Type": "application/fhir+json"},
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+                # None of these sent a byte: no connection, or none free in the pool.
                 connect_failures += 1
                 if connect_failures >= CONNECT_ATTEMPTS:
                     raise ConnectUnreachableError(
@@ -102,8 +125,8 @@ class ConnectClient(UpstreamClient):
             except httpx.TimeoutException as e:
                 raise ConnectTimeoutError(
                     f"LinuxForHealth connect did not answer within "
-                    f"{self._settings.lfh_timeout_seconds:g} s; the Bundle may or may not have "
-                    "been stored"
+                    f"{self._settings.lfh_timeout_seconds:g} s: the Bundle may have been stored; "
+                    "retry with the same Idempotency-Key"
                 ) from e
             except httpx.TransportError as e:
                 raise ConnectError(
@@ -116,7 +139,12 @@ class ConnectClient(UpstreamClient):
             finally:
                 release(response)
             throttled += 1
-            await self._sleep(self._settings.lfh_rate_limit_wait_seconds)
+            await self._sleep(self.rate_limit_wait())
+
+    def rate_limit_wait(self) -> float:
+        """connect's window, then a random part, so throttled replicas spread their resends."""
+        settings = self._settings
+        return settings.lfh_rate_limit_wait_seconds + settings.lfh_rate_limit_jitter_seconds * self._jitter()
 
 
 def _stored_record(response: httpx.Response) -> StoredRecord:

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bluebutton.errors import MissingTokenError
 from bluebutton.fhir import Validator
+from bluebutton.idempotency import IdempotentTransfer
 from bluebutton.oauth import OAuthClient
 from bluebutton.pending import PendingStore
 from bluebutton.pipeline import Transfer
@@ -52,6 +53,10 @@ def get_transfer(request: Request) -> Transfer:
     return app_state(request)["transfer"]
 
 
+def get_idempotent(request: Request) -> IdempotentTransfer:
+    return app_state(request)["idempotent"]
+
+
 def bearer_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -82,3 +87,4 @@ BearerTokenDep = Annotated[str, Depends(bearer_token)]
 OAuthDep = Annotated[OAuthClient, Depends(get_oauth)]
 PendingDep = Annotated[PendingStore, Depends(get_pending)]
 TransferDep = Annotated[Transfer, Depends(get_transfer)]
+IdempotentDep = Annotated[IdempotentTransfer, Depends(get_idempotent)]

@@ -7,6 +7,12 @@
     ├── EntryTooLargeError               422  too-costly       one entry alone exceeds connect's record size
     ├── NotConfiguredError               503  not-supported    a feature needs settings that are missing
     ├── ValidationUnavailableError       503  transient        a validation worker died mid-pull
+    ├── PullTimeoutError                 504  timeout          BLUEBUTTON_PULL_TIMEOUT_SECONDS passed
+    ├── CallerGoneError                  499  incomplete       the caller disconnected; the pull stopped
+    ├── IdempotencyKeyError              400  invalid          a malformed Idempotency-Key header
+    ├── IdempotencyConflictError         409  conflict         the same key's first request still runs
+    ├── IdempotencyKeyReusedError        422  business-rule    the same key with another query or token
+    ├── IdempotencyStoreError            503  transient        the key's store (Redis) failed
     ├── OAuthError                       400  security         authorize/callback problems
     │   └── AccessDeniedError            403  forbidden        the beneficiary declined
     └── UpstreamError                    502  exception        upstream, its status, its detail
@@ -107,6 +113,41 @@ class NotConfiguredError(BlueButtonError):
 
 
 class ValidationUnavailableError(BlueButtonError):
+    status_code = 503
+    code = "transient"
+
+
+class PullTimeoutError(BlueButtonError):
+    """`extra_issues` list what connect stored before the deadline, if anything."""
+
+    status_code = 504
+    code = "timeout"
+
+
+class CallerGoneError(BlueButtonError):
+    """Nobody reads this answer (nginx's 499): it is for the access log and the idempotency
+    record, which keep what was stored before the pull stopped."""
+
+    status_code = 499
+    code = "incomplete"
+
+
+class IdempotencyKeyError(BlueButtonError):
+    status_code = 400
+    code = "invalid"
+
+
+class IdempotencyConflictError(BlueButtonError):
+    status_code = 409
+    code = "conflict"
+
+
+class IdempotencyKeyReusedError(BlueButtonError):
+    status_code = 422
+    code = "business-rule"
+
+
+class IdempotencyStoreError(BlueButtonError):
     status_code = 503
     code = "transient"
 

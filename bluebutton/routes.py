@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.callback_page import callback_page
 from bluebutton.deps import (
     BearerTokenDep,
+    IdempotentDep,
     OAuthDep,
     PendingDep,
     SettingsDep,
-    TransferDep,
     ValidatorDep,
 )
 from bluebutton.errors import OAuthError
+from bluebutton.idempotency import HEADER_DOC
 from bluebutton.oauth import callback_error, new_pending_authorization
 from bluebutton.query import FhirQuery
 from bluebutton.schemas import (
@@ -55,7 +56,13 @@ LinuxForHealth connect as one or more `searchset` Bundles (each under
 
 Either way the headers `X-LFH-Bundle-Count`, `X-LFH-Record-UUIDs` and
 `X-LFH-Data-Record-Locations` name what connect stored. It is a success only if every Bundle was
-stored; an invalid Bundle (422) is never forwarded."""
+stored; an invalid Bundle (422) is never forwarded.
+
+An empty search result is not forwarded: the answer is `ForwardedBundles` with `bundle_count` 0
+(or the empty CMS Bundle), with `X-LFH-Bundle-Count: 0` and `X-LFH-Skipped` saying why.
+
+Retry with the same `Idempotency-Key`: a finished pull is replayed, a partial one completed, and
+nothing is stored twice. The whole pull has one deadline, `BLUEBUTTON_PULL_TIMEOUT_SECONDS` (504)."""
 
 
 @router.get(
@@ -79,20 +86,28 @@ stored; an invalid Bundle (422) is never forwarded."""
                 "application/fhir+json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}},
             },
         },
-        **_errors(400, 401, 403, 404, 422, 429, 500, 502, 504),
+        **_errors(400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 504),
     },
 )
 async def fetch_fhir(
+    request: Request,
     query: Annotated[FhirQuery, Query()],
     token: BearerTokenDep,
-    transfer: TransferDep,
+    transfer: IdempotentDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=HEADER_DOC)] = None,
 ) -> Response:
-    answer = await transfer(query, token)
+    answer = await transfer(idempotency_key, query, token, caller_gone=lambda: _disconnected(request))
     return StreamingResponse(
         _send(answer.parts),
         media_type=answer.media_type,
         headers={**answer.headers, "Content-Length": str(answer.length)},
     )
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (ASGI `http.disconnect`); a GET has no body to lose."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     lfh_timeout_seconds: float = Field(default=120.0, gt=0)
     lfh_rate_limit_retries: int = Field(default=20, ge=0)
     lfh_rate_limit_wait_seconds: float = Field(default=1.0, ge=0)
+    lfh_rate_limit_jitter_seconds: float = Field(default=0.5, ge=0)
+    pull_timeout_seconds: float = Field(default=300.0, gt=0)  # fetch + validate + forward, in all
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)  # how long an Idempotency-Key is kept
 
     cms_timeout_seconds: float = Field(default=60.0, gt=0)
     cms_max_pages: int = Field(default=200, ge=1)

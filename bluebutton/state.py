@@ -7,6 +7,7 @@ from typing import TypedDict
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient
 from bluebutton.fhir import Validator
+from bluebutton.idempotency import IdempotentTransfer
 from bluebutton.oauth import OAuthClient
 from bluebutton.pending import PendingStore
 from bluebutton.pipeline import Transfer
@@ -22,4 +23,5 @@ class State(TypedDict):
     oauth: OAuthClient
     pending: PendingStore
     transfer: Transfer
+    idempotent: IdempotentTransfer  # the transfer behind an Idempotency-Key
     sync: SyncService | None  # None: no BLUEBUTTON_DATABASE_URL, grant keeping off

@@ -21,9 +21,10 @@ import pytest
 import pytest_asyncio
 import respx
 
+import bluebutton.pipeline
 from bluebutton.settings import Settings
 from tests.factories import CONNECT_ORIGIN, FHIR_BASE, SAMPLES_DIR, SMALL_LIMIT, cms_page, make_settings
-from tests.fakes import Connect, SleepRecorder
+from tests.fakes import Connect, Deadlines, SleepRecorder
 from tests.running import CMS_TIME, CONNECT_TIME, open_client
 
 
@@ -121,3 +122,11 @@ def load_sample(samples_dir: Path) -> Callable[[str], dict[str, Any]]:
         return copy.deepcopy(orjson.loads(cache[name]))
 
     return load
+
+
+@pytest.fixture
+def deadlines(monkeypatch: pytest.MonkeyPatch) -> Deadlines:
+    """The pull's deadline, made to pass when the test says (`pass_now`)."""
+    recorder = Deadlines()
+    monkeypatch.setattr(bluebutton.pipeline, "deadline", recorder)
+    return recorder

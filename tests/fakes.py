@@ -130,3 +130,41 @@ def inside(task: asyncio.Task[Any], function: str, module_file: str) -> bool:
             return True
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     return False
+
+
+class HeldConnect(Connect):
+    """A connect that holds the POSTs numbered (from 1) in `held` until `released` is set, which
+    may be never: a connect that stops answering at a chosen Bundle."""
+
+    def __init__(self, router: respx.MockRouter, held: set[int]) -> None:
+        super().__init__(router)
+        self.held = held
+        self.posts = 0
+        self.holding = asyncio.Event()
+        self.released = asyncio.Event()
+        self.route.mock(side_effect=self._held_answer)
+
+    async def _held_answer(self, request: httpx.Request) -> httpx.Response:
+        self.posts += 1
+        if self.posts in self.held:
+            self.holding.set()
+            await self.released.wait()
+        return self._answer(request)
+
+
+class Deadlines:
+    """Replaces the pipeline's deadline with the same `asyncio.Timeout`, kept so a test can make
+    it pass at the moment it chooses instead of waiting for it."""
+
+    def __init__(self) -> None:
+        self.started: list[asyncio.Timeout] = []
+        self.seconds: list[float] = []
+
+    def __call__(self, seconds: float) -> asyncio.Timeout:
+        self.seconds.append(seconds)
+        self.started.append(asyncio.timeout(seconds))
+        return self.started[-1]
+
+    def pass_now(self) -> None:
+        [timeout] = self.started
+        timeout.reschedule(asyncio.get_running_loop().time())

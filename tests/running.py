@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from bluebutton.app import create_app
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient
+from bluebutton.idempotency_store import IdempotencyStore
 from bluebutton.outbound import build_ssl_context
 from bluebutton.pending import PendingStore
 from bluebutton.search_page import Page
@@ -39,12 +40,14 @@ def new_connect_client(settings: Settings, context: ssl.SSLContext = CONTEXT) ->
 
 
 @asynccontextmanager
-async def running_asgi(settings: Settings, *, pending: PendingStore | None = None) -> AsyncIterator[ASGIApp]:
+async def running_asgi(
+    settings: Settings, *, pending: PendingStore | None = None, idempotency: IdempotencyStore | None = None
+) -> AsyncIterator[ASGIApp]:
     """`create_app(settings)` started through its lifespan, with clients on the virtual clocks;
-    `pending` replaces the pending-authorization store it would open."""
+    `pending` and `idempotency` replace the stores it would open."""
     context = build_ssl_context(settings)
     async with new_cms_client(settings, context) as cms, new_connect_client(settings, context) as connect:
-        app = create_app(settings, cms=cms, connect=connect, pending=pending)
+        app = create_app(settings, cms=cms, connect=connect, pending=pending, idempotency=idempotency)
         async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
             yield manager.app
 
@@ -61,12 +64,13 @@ async def open_client(
     settings: Settings,
     *,
     pending: PendingStore | None = None,
+    idempotency: IdempotencyStore | None = None,
     base_url: str = "http://test",
     raise_app_exceptions: bool = True,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the real app (create_app → LifespanManager → ASGITransport)."""
     async with (
-        running_asgi(settings, pending=pending) as app,
+        running_asgi(settings, pending=pending, idempotency=idempotency) as app,
         client_for(app, base_url, raise_app_exceptions=raise_app_exceptions) as client,
     ):
         yield client

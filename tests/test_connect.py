@@ -17,7 +17,7 @@ from bluebutton.errors import ConnectError
 from bluebutton.settings import Settings
 from tests.factories import TOKEN, envelope_for, make_settings
 from tests.fakes import SleepRecorder
-from tests.running import new_connect_client
+from tests.running import CONTEXT, new_connect_client
 
 BODY = b'{"resourceType":"Bundle","type":"searchset","total":0,"entry":[]}'
 # connect answers with its own formatting; the client must hand these bytes on unchanged.
@@ -25,6 +25,7 @@ ENVELOPE = orjson.dumps(envelope_for(7, BODY)).replace(b'","', b'", "')
 
 # connect's rate-limit window is one second; the default wait matches it.
 RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
+RATE_LIMIT_JITTER_SECONDS = Settings.model_fields["lfh_rate_limit_jitter_seconds"].default
 
 
 @asynccontextmanager
@@ -74,8 +75,25 @@ async def test_rate_limited_then_stored(
     assert record.location == "FHIR-R4:0:7"
     assert route.call_count == 3
     assert [c.request.content for c in route.calls] == [BODY] * 3
-    assert connect_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS] * 2
+    assert len(connect_sleeps.delays) == 2
+    for delay in connect_sleeps.delays:
+        assert RATE_LIMIT_WAIT_SECONDS <= delay < RATE_LIMIT_WAIT_SECONDS + RATE_LIMIT_JITTER_SECONDS
     assert RATE_LIMIT_WAIT_SECONDS >= 1.0  # connect's window is one second
+
+
+async def test_rate_limit_wait_is_the_window_plus_jitter(
+    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder
+) -> None:
+    """Replicas throttled in the same second must not all resend at the same instant."""
+    connect_mock.post("/fhir/Bundle").mock(side_effect=[rate_limited()] * 3 + [stored()])
+    draws = iter([0.0, 0.5, 0.999])
+    settings = make_settings(lfh_rate_limit_wait_seconds=1.0, lfh_rate_limit_jitter_seconds=0.5)
+    async with ConnectClient.create(
+        settings, CONTEXT, sleep=connect_sleeps.sleep, jitter=lambda: next(draws)
+    ) as client:
+        await client.post_bundle(BODY)
+    assert connect_sleeps.delays == pytest.approx([1.0, 1.25, 1.4995])
+    assert RATE_LIMIT_JITTER_SECONDS > 0  # on by default
 
 
 async def test_every_response_is_released(
@@ -105,7 +123,7 @@ async def test_rate_limited_for_too_long(
     assert info.value.upstream_status == 429
 
 
-@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
+@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout])
 async def test_connection_not_opened_is_retried(
     connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: type[Exception]
 ) -> None:
@@ -132,17 +150,25 @@ async def test_connect_unreachable(
     assert "https://lfh.test" in info.value.message
 
 
+MAY_BE_STORED = "may have been stored; retry with the same Idempotency-Key"
+
+
 @pytest.mark.parametrize(
-    ("failure", "status"),
+    ("failure", "status", "says"),
     [
-        pytest.param(httpx.ReadTimeout("slow"), 504, id="ReadTimeout"),
-        pytest.param(httpx.ReadError("reset"), 502, id="ReadError"),
-        pytest.param(httpx.RemoteProtocolError("eof"), 502, id="RemoteProtocolError"),
-        pytest.param(httpx.WriteError("broken pipe"), 502, id="WriteError"),
+        pytest.param(httpx.ReadTimeout("slow"), 504, MAY_BE_STORED, id="ReadTimeout"),
+        pytest.param(httpx.WriteTimeout("slow"), 504, MAY_BE_STORED, id="WriteTimeout"),
+        pytest.param(httpx.ReadError("reset"), 502, "may or may not", id="ReadError"),
+        pytest.param(httpx.RemoteProtocolError("eof"), 502, "may or may not", id="RemoteProtocolError"),
+        pytest.param(httpx.WriteError("broken pipe"), 502, "may or may not", id="WriteError"),
     ],
 )
 async def test_a_post_that_may_have_arrived_is_not_resent(
-    connect_mock: respx.MockRouter, connect_sleeps: SleepRecorder, failure: Exception, status: int
+    connect_mock: respx.MockRouter,
+    connect_sleeps: SleepRecorder,
+    failure: Exception,
+    status: int,
+    says: str,
 ) -> None:
     route = connect_mock.post("/fhir/Bundle").mock(side_effect=failure)
     async with connect_client() as client:
@@ -150,7 +176,7 @@ async def test_a_post_that_may_have_arrived_is_not_resent(
             await client.post_bundle(BODY)
     assert route.call_count == 1
     assert info.value.status_code == status
-    assert "may or may not" in info.value.message
+    assert says in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ pytestmark = pytest.mark.usefixtures("cms_sleeps", "connect_sleeps")
 
 # connect's rate-limit window is one second; the default wait matches it.
 RATE_LIMIT_WAIT_SECONDS = Settings.model_fields["lfh_rate_limit_wait_seconds"].default
+RATE_LIMIT_JITTER_SECONDS = Settings.model_fields["lfh_rate_limit_jitter_seconds"].default
 
 
 async def get_fhir(
@@ -274,7 +275,7 @@ async def test_each_pull_gets_a_fresh_bundle_id(
     assert [b["id"] for b in connect.stored_bundles] == [first["id"], second["id"]]
 
 
-async def test_empty_search_is_an_empty_bundle(
+async def test_empty_search_is_an_empty_bundle_and_not_forwarded(
     client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
     one_page(cms_mock, [])
@@ -282,6 +283,33 @@ async def test_empty_search_is_an_empty_bundle(
     assert response.status_code == 200, response.text
     assert response.json()["total"] == 0
     assert response.json().get("entry", []) == []
+    assert response.headers["X-LFH-Bundle-Count"] == "0"
+    assert "empty search result" in response.headers["X-LFH-Skipped"]
+    assert_nothing_forwarded(connect)
+
+
+async def test_empty_search_answers_bundle_count_0(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    one_page(cms_mock, [])
+    response = await get_fhir(client)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"bundle_count": 0, "entry_count": 0, "bundles": []}
+    assert response.headers["X-LFH-Bundle-Count"] == "0"
+    assert response.headers["X-LFH-Record-UUIDs"] == ""
+    assert response.headers["X-LFH-Data-Record-Locations"] == ""
+    assert response.headers["X-LFH-Skipped"] == "empty search result; nothing was sent to connect"
+    assert_nothing_forwarded(connect)
+
+
+async def test_a_non_empty_search_says_nothing_was_skipped(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    one_page(cms_mock, [make_eob(1)])
+    response = await get_fhir(client)
+    assert response.status_code == 200, response.text
+    assert "X-LFH-Skipped" not in response.headers
+    assert len(connect.stored) == 1
 
 
 @pytest.mark.parametrize(
@@ -545,7 +573,8 @@ async def test_connect_429_is_waited_out_and_resent(
     calls = connect.route.calls
     assert len(calls) == 2
     assert calls[0].request.content == calls[1].request.content
-    assert connect_sleeps.delays == [RATE_LIMIT_WAIT_SECONDS]
+    [delay] = connect_sleeps.delays
+    assert RATE_LIMIT_WAIT_SECONDS <= delay < RATE_LIMIT_WAIT_SECONDS + RATE_LIMIT_JITTER_SECONDS
     assert response.content == connect.envelopes[0]
 
 
