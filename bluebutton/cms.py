@@ -28,6 +28,7 @@ from bluebutton.errors import (
     CmsUnauthorizedError,
     CmsUnavailableError,
     CmsUnexpectedStatusError,
+    InvalidQueryError,
     TransientUpstreamError,
 )
 from bluebutton.outbound import (
@@ -254,6 +255,8 @@ class CmsClient(UpstreamClient):
                     params=httpx.QueryParams(tuple(params)) if params else None,
                     headers={"Authorization": f"Bearer {token}", "Accept": FHIR_JSON},
                 )
+            except httpx.InvalidURL as e:
+                raise _unsendable(e, from_caller=params is not None) from e
             except httpx.TimeoutException as e:
                 failure: CmsError = CmsTimeoutError(
                     f"Blue Button did not answer within {settings.cms_timeout_seconds:g} s "
@@ -290,6 +293,16 @@ class CmsClient(UpstreamClient):
                 pacer.pause(delay)  # a 429 slows the whole pull, not just this page
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _unsendable(error: httpx.InvalidURL, *, from_caller: bool) -> InvalidQueryError | CmsProtocolError:
+    """httpx refuses to build the request (e.g. a query past its 64 KB limit): the caller's query
+    is a 4xx to narrow it; a paging link is Blue Button's fault. httpx names the part, not the value."""
+    if from_caller:
+        return InvalidQueryError(
+            f"the Blue Button search cannot be sent: {error}; narrow the query (fewer or shorter parameters)"
+        )
+    return CmsProtocolError(f"Blue Button returned a paging link that cannot be requested: {error}")
 
 
 def _status_error(response: httpx.Response, attempt: int) -> CmsError:

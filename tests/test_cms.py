@@ -22,6 +22,7 @@ from bluebutton.errors import (
     CmsTimeoutError,
     CmsUnauthorizedError,
     CmsUnavailableError,
+    InvalidQueryError,
 )
 from bluebutton.outbound import backoff_delay, build_client
 from tests.factories import (
@@ -216,6 +217,38 @@ async def test_exactly_max_pages_is_fine(cms_mock: respx.MockRouter, with_total:
         got = await pull_pages(cms)
     assert ids(got) == [c["id"] for c in claims]
     assert route.call_count == 3
+
+
+# ----------------------------------------------------------------------------- URLs httpx refuses
+
+
+async def test_a_query_httpx_cannot_send_is_the_callers_4xx(
+    cms_mock: respx.MockRouter, elsewhere: respx.Route
+) -> None:
+    """httpx refuses a query past 64 KB (`InvalidURL`): the caller's 422, not a bare 500."""
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(cms_page([make_eob(1)])))
+    async with cms_client() as cms:
+        with pytest.raises(InvalidQueryError) as info:
+            await pull_pages(cms, [("_count", "50"), ("type", "carrier," * 9000)])
+    assert 400 <= info.value.status_code < 500
+    assert "too long" in info.value.message
+    assert "narrow" in info.value.message
+    assert isinstance(info.value.__cause__, httpx.InvalidURL)
+    assert not route.called
+    assert not elsewhere.called
+
+
+async def test_a_link_httpx_cannot_send_is_blue_buttons_fault(
+    cms_mock: respx.MockRouter, elsewhere: respx.Route
+) -> None:
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(cms_page([make_eob(1)])))
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError) as info:
+            await cms.get_page(f"{EOB}?cursor={'a' * 70_000}", None, TOKEN)
+    assert info.value.status_code == 502
+    assert "paging link" in info.value.message
+    assert not route.called
+    assert not elsewhere.called
 
 
 # ------------------------------------------------------------------------------------------ retries
