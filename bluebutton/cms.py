@@ -1,18 +1,16 @@
 """Blue Button 2.0 FHIR client: search with paging, retries, and translation of CMS's errors.
 
 The caller's access token travels per request, never as a client default, and only ever to the
-configured CMS origin under its FHIR base: a `next` link anywhere else stops the pull (bb2-api.md
-§3.2 says links point at the BB2 host; anything else is a bug or an attack).
+configured CMS origin under its FHIR base: which links may be followed, and which would fetch a
+page twice, is `paging.py`'s to say.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import unquote
 
 import httpx
 
@@ -40,16 +38,14 @@ from bluebutton.outbound import (
     read_error_body,
     release,
 )
+from bluebutton.paging import PageLog, check_link, plan_pages
 from bluebutton.search_page import Page, parse_page
 from bluebutton.settings import Settings
 
 # GETs are idempotent: these answers (and transport failures) are worth another try; they become
 # the `TransientUpstreamError`s below, which is what the retry loop tests.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_RETRY_AFTER = 60.0
-# How a v2 (`startIndex`) or v3 (`_offset`) paging link says where its page starts.
-INDEX_PARAMS = ("startIndex", "_offset")
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -77,23 +73,6 @@ class Pacer:
         delay = self._resume_at - self._clock()
         if delay > 0:
             await self._sleep(delay)
-
-
-def _path_within(url: httpx.URL, base_path: str) -> bool:
-    """Whether the path the server will see stays under `base_path`.
-
-    Checked on the raw path too: an encoded `%2e%2e` or `%2f` segment would pass a check of the
-    decoded path and still be resolved by the server to somewhere else (e.g. `/v2/o/token/`).
-    """
-    raw = url.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
-    if re.search(r"%2[fF]|%5[cC]|\\", raw):
-        return False
-    segments = unquote(raw).split("/")
-    return ".." not in segments and "." not in segments and unquote(raw).startswith(base_path)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
 
 
 class CmsClient(UpstreamClient):
@@ -141,19 +120,6 @@ class CmsClient(UpstreamClient):
     def pacer(self) -> Pacer:
         return Pacer(self._sleep, self._clock)
 
-    def check_link(self, url: str) -> httpx.URL:
-        """Refuse a paging link that leaves the CMS origin or its FHIR base path."""
-        try:
-            link = self._base.join(url)
-        except httpx.InvalidURL as e:
-            raise CmsProtocolError("Blue Button returned a malformed paging link") from e
-        if _origin(link) != _origin(self._base) or not _path_within(link, self._base.path):
-            raise CmsProtocolError(
-                f"Blue Button returned a paging link to {link.scheme}://{link.host}{link.path}, "
-                f"outside {self._settings.cms_fhir_base}; stopped without sending the token there"
-            )
-        return link
-
     async def iter_pages(
         self, resource_type: str, params: list[tuple[str, str]], token: str
     ) -> AsyncIterator[Page]:
@@ -161,63 +127,39 @@ class CmsClient(UpstreamClient):
 
         After the first page has told the `total`, the remaining pages are asked for at once by
         index (`startIndex` in v2, `_offset` in v3), a few at a time; without a usable total or
-        index the pull follows `link[relation=next]` page by page.
+        index the pull follows `link[relation=next]` page by page. `paging.PageLog` refuses any
+        link back to a page already fetched.
         """
         pacer = self.pacer()
+        log = PageLog(self._settings.cms_max_pages)
         url: httpx.URL = self._base.join(resource_type)
         first = await self.get_page(url, params, token, pacer)
+        first_link = url.copy_merge_params(tuple(params))  # sendable: it was just sent
+        log.claim(first_link, default_index=0)
+        log.fetched(first_link, first)
         yield first
-        seen = {str(url.copy_merge_params(tuple(params)))}
-        planned = self._plan_pages(first)
+        planned = []
+        if first.next_url is not None:
+            planned = plan_pages(first, check_link(self._base, first.next_url))
+        for link in planned:
+            log.claim(link)
         last = first
-        if planned:
-            for link in planned:
-                seen.add(str(link))
-            async for page in self._fetch_concurrently(planned, token, pacer):
-                last = page
-                yield page
-        pages = 1 + len(planned)
+        async for link, page in self._fetch_concurrently(planned, token, pacer):
+            log.fetched(link, page)
+            last = page
+            yield page
         # Follow `next` from the last page we have (all of them, when there was no plan; any
         # left over, when the search grew while we were pulling).
         while (next_url := last.next_url) is not None:
-            link = self.check_link(next_url)
-            if str(link) in seen:
-                raise CmsProtocolError("Blue Button's paging links repeat; stopped to avoid an endless pull")
-            seen.add(str(link))
-            pages += 1
-            self._check_page_count(pages)
+            link = check_link(self._base, next_url)
+            log.claim(link)
             last = await self.get_page(link, None, token, pacer)
+            log.fetched(link, last)
             yield last
-
-    def _check_page_count(self, pages: int) -> None:
-        if pages > self._settings.cms_max_pages:
-            raise CmsProtocolError(
-                f"the search has more than {self._settings.cms_max_pages} pages "
-                "(BLUEBUTTON_CMS_MAX_PAGES); narrow it with type, service_date or last_updated"
-            )
-
-    def _plan_pages(self, first: Page) -> list[httpx.URL]:
-        """The URLs of pages 2..n by index, or [] when the first page does not allow it."""
-        if first.next_url is None or first.total is None:
-            return []
-        link = self.check_link(first.next_url)
-        names = [n for n in INDEX_PARAMS if n in link.params]
-        if len(names) != 1:
-            return []
-        try:
-            start = int(link.params[names[0]])
-            size = int(link.params.get("_count", len(first.entries)))
-        except ValueError:
-            return []
-        if size <= 0 or start <= 0 or start != len(first.entries):
-            return []
-        indices = range(start, first.total, size)
-        self._check_page_count(1 + len(indices))
-        return [link.copy_set_param(names[0], str(index)) for index in indices]
 
     async def _fetch_concurrently(
         self, links: list[httpx.URL], token: str, pacer: Pacer
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncIterator[tuple[httpx.URL, Page]]:
         """Fetch pages with bounded concurrency and yield them in order; any failure ends it."""
         limit = asyncio.Semaphore(self._settings.cms_fetch_concurrency)
 
@@ -227,8 +169,8 @@ class CmsClient(UpstreamClient):
 
         tasks = [asyncio.ensure_future(fetch(link)) for link in links]
         try:
-            for task in tasks:
-                yield await task
+            for link, task in zip(links, tasks, strict=True):
+                yield link, await task
         finally:
             for task in tasks:
                 task.cancel()

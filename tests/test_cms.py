@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import orjson
@@ -27,6 +28,7 @@ from bluebutton.errors import (
 from bluebutton.outbound import backoff_delay, build_client
 from tests.factories import (
     FHIR_BASE,
+    PATIENT_ID,
     TOKEN,
     cms_page,
     cms_pages,
@@ -37,6 +39,7 @@ from tests.factories import (
 )
 from tests.fakes import SleepRecorder, serve_pages
 from tests.running import CONTEXT, EOB, cms_client, ids, pull_pages
+from tests.test_paging import LINKS_REFUSED
 
 # ------------------------------------------------------------------------------------------- paging
 
@@ -110,43 +113,6 @@ async def test_v3_pages_by_offset(cms_mock: respx.MockRouter) -> None:
     assert [c.request.url.path for c in route.calls] == ["/v3/fhir/ExplanationOfBenefit"] * 2
 
 
-LINKS_ACCEPTED = [
-    pytest.param("ExplanationOfBenefit?startIndex=50", id="relative"),
-    pytest.param("https://cms.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="absolute"),
-    pytest.param("https://cms.test:443/v2/fhir/ExplanationOfBenefit", id="explicit-default-port"),
-    pytest.param("HTTPS://CMS.TEST/v2/fhir/ExplanationOfBenefit", id="upper-case-origin"),
-]
-
-LINKS_REFUSED = [
-    pytest.param("https://evil.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="other-host"),
-    pytest.param("https://cms.test.evil.test/v2/fhir/ExplanationOfBenefit", id="suffix-host"),
-    pytest.param("https://cms.test@evil.test/v2/fhir/ExplanationOfBenefit", id="userinfo-host"),
-    pytest.param("//evil.test/v2/fhir/ExplanationOfBenefit", id="scheme-relative"),
-    pytest.param("http://cms.test/v2/fhir/ExplanationOfBenefit", id="http-downgrade"),
-    pytest.param("https://cms.test:8443/v2/fhir/ExplanationOfBenefit", id="other-port"),
-    pytest.param("https://cms.test/v2/o/token/", id="oauth-path"),
-    pytest.param("https://cms.test/v2/fhirx/ExplanationOfBenefit", id="prefix-path"),
-    pytest.param("https://cms.test/v3/fhir/ExplanationOfBenefit", id="other-version"),
-    pytest.param("https://cms.test/v2/fhir/../o/token/", id="dot-segments"),
-    pytest.param("https://cms.test/v2/fhir/%2e%2e/o/token/", id="encoded-dot-segments"),
-]
-
-
-@pytest.mark.parametrize("link", LINKS_ACCEPTED)
-async def test_check_link_accepts(link: str) -> None:
-    async with cms_client() as cms:
-        url = cms.check_link(link)
-    assert url.host == "cms.test"
-    assert url.path.startswith("/v2/fhir/")
-
-
-@pytest.mark.parametrize("link", LINKS_REFUSED)
-async def test_check_link_refuses(link: str) -> None:
-    async with cms_client() as cms:
-        with pytest.raises(CmsProtocolError):
-            cms.check_link(link)
-
-
 @pytest.mark.parametrize(
     "with_total", [pytest.param(True, id="first-page"), pytest.param(False, id="by-next")]
 )
@@ -197,6 +163,70 @@ async def test_link_back_to_the_first_page_is_detected(cms_mock: respx.MockRoute
         with pytest.raises(CmsProtocolError, match="repeat"):
             await pull_pages(cms)
     assert route.call_count <= 4
+
+
+def _with_next(page: dict[str, Any], url: str) -> dict[str, Any]:
+    links = [link for link in page["link"] if link["relation"] != "next"]
+    return {**page, "link": [*links, {"relation": "next", "url": url}]}
+
+
+async def _pull_until_refused(cms: CmsClient, params: list[tuple[str, str]]) -> tuple[list[str], str]:
+    """The ids of the entries yielded before the pull stopped, and why it stopped."""
+    got: list[str] = []
+    with pytest.raises(CmsProtocolError) as info:
+        async for page in cms.iter_pages(EOB, params, TOKEN):
+            got += [orjson.loads(entry)["resource"]["id"] for entry in page.entries]
+    assert info.value.status_code == 502
+    return got, info.value.message
+
+
+BACK_TO_THE_FIRST_PAGE = [
+    pytest.param(
+        f"{FHIR_BASE}{EOB}?patient={PATIENT_ID}&_count=50&startIndex=0&_format=application%2Fjson%2Bfhir",
+        id="reordered",
+    ),
+    pytest.param(f"{FHIR_BASE}{EOB}/?_count=50&startIndex=0&patient={PATIENT_ID}", id="trailing-slash"),
+    pytest.param(f"{EOB}?patient={PATIENT_ID}&_count=50", id="first-request-reordered-no-index"),
+    pytest.param(page_url(EOB, 25), id="inside-the-first-page"),
+    pytest.param(page_url(EOB, 110), id="inside-a-later-page"),
+]
+
+
+@pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
+@pytest.mark.parametrize("back", BACK_TO_THE_FIRST_PAGE)
+async def test_next_back_to_a_fetched_page_is_refused_before_fetching_it(
+    cms_mock: respx.MockRouter, with_total: bool, back: str
+) -> None:
+    """155 claims in 4 pages, the last one's `next` leading back: 155 entries, not 205."""
+    claims = [make_eob(n) for n in range(155)]
+    pages = cms_pages(EOB, claims, with_total=with_total)
+    pages[-1] = _with_next(pages[-1], back)
+    route = serve_pages(cms_mock, EOB, pages)
+    async with cms_client() as cms:
+        got, message = await _pull_until_refused(cms, [("_count", "50"), ("patient", PATIENT_ID)])
+    assert got == [c["id"] for c in claims]
+    assert route.call_count == 4
+    assert "repeat" in message
+    assert "already fetched" in message
+
+
+async def test_every_next_link_reordered_is_still_one_pass(cms_mock: respx.MockRouter) -> None:
+    """CMS may order a link's parameters as it likes: only a page already fetched stops the pull."""
+    claims = [make_eob(n) for n in range(155)]
+    pages = cms_pages(EOB, claims, with_total=False)
+
+    def reordered(start: int) -> str:
+        return f"{FHIR_BASE}{EOB}?patient={PATIENT_ID}&startIndex={start}&_count=50"
+
+    pages = [_with_next(page, reordered(50 * (n + 1))) for n, page in enumerate(pages[:-1])] + [
+        _with_next(pages[-1], reordered(0))
+    ]
+    route = serve_pages(cms_mock, EOB, pages)
+    async with cms_client() as cms:
+        got, message = await _pull_until_refused(cms, [("_count", "50"), ("patient", PATIENT_ID)])
+    assert got == [c["id"] for c in claims]
+    assert route.call_count == 4
+    assert "index 0" in message
 
 
 @pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
