@@ -57,6 +57,11 @@ def check_link(base: httpx.URL, url: str) -> httpx.URL:
             f"Blue Button returned a paging link to {link.scheme}://{link.host}{link.path}, "
             f"outside {base}; stopped without sending the token there"
         )
+    if link.userinfo:
+        raise CmsProtocolError(
+            "Blue Button returned a paging link with credentials in it (user:password@); stopped "
+            "without following it (they would be sent instead of the token)"
+        )
     return link
 
 

@@ -129,6 +129,7 @@ async def test_hostile_next_stops_the_pull_without_sending_the_token(
     assert route.call_count == 1
     assert not elsewhere.called
     assert TOKEN not in str(info.value)
+    assert all(not c.request.headers["Authorization"].startswith("Basic") for c in route.calls)
 
 
 async def test_hostile_next_on_a_later_page(cms_mock: respx.MockRouter, elsewhere: respx.Route) -> None:

@@ -32,6 +32,10 @@ LINKS_REFUSED = [
     pytest.param("https://cms.test/v3/fhir/ExplanationOfBenefit", id="other-version"),
     pytest.param("https://cms.test/v2/fhir/../o/token/", id="dot-segments"),
     pytest.param("https://cms.test/v2/fhir/%2e%2e/o/token/", id="encoded-dot-segments"),
+    pytest.param("https://user:password@cms.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="userinfo"),
+    pytest.param("https://user@cms.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="user-only"),
+    pytest.param("https://:password@cms.test/v2/fhir/ExplanationOfBenefit", id="password-only"),
+    pytest.param("https://%75ser:pw@cms.test:443/v2/fhir/ExplanationOfBenefit", id="userinfo-encoded"),
 ]
 
 
@@ -47,6 +51,13 @@ def test_check_link_refuses(link: str) -> None:
     with pytest.raises(CmsProtocolError) as info:
         check_link(BASE, link)
     assert info.value.status_code == 502
+
+
+def test_userinfo_is_refused_without_repeating_it() -> None:
+    with pytest.raises(CmsProtocolError, match="credentials") as info:
+        check_link(BASE, "https://alice:s3cret@cms.test/v2/fhir/ExplanationOfBenefit?startIndex=50")
+    assert "alice" not in info.value.message
+    assert "s3cret" not in info.value.message
 
 
 # ------------------------------------------------------------------------------- one page, one key
