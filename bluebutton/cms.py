@@ -37,6 +37,7 @@ from bluebutton.outbound import (
     build_client,
     read_error_body,
     release,
+    retry_after_seconds,
 )
 from bluebutton.paging import PageLog, check_link, plan_pages
 from bluebutton.search_page import Page, parse_page
@@ -46,16 +47,6 @@ from bluebutton.settings import Settings
 # the `TransientUpstreamError`s below, which is what the retry loop tests.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0
-
-
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class Pacer:
@@ -79,8 +70,8 @@ class CmsClient(UpstreamClient):
     """One shared client for the Blue Button FHIR API; it owns (and closes) its HTTP client, which
     the OAuth client borrows for CMS's token endpoints.
 
-    `sleep` and `clock` are what retries and pacing wait with and measure by (tests pass a virtual
-    clock)."""
+    `sleep` and `clock` are what retries and pacing wait with and measure by, `wall_clock` what a
+    `Retry-After` date is read against (tests pass virtual clocks)."""
 
     def __init__(
         self,
@@ -89,11 +80,13 @@ class CmsClient(UpstreamClient):
         *,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> None:
         self._settings = settings
         super().__init__(http)
         self._sleep = sleep
         self._clock = clock
+        self._wall_clock = wall_clock
         self._base = httpx.URL(settings.cms_fhir_base)
 
     @classmethod
@@ -104,6 +97,7 @@ class CmsClient(UpstreamClient):
         *,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> CmsClient:
         http = build_client(
             base_url=settings.cms_origin,
@@ -111,7 +105,7 @@ class CmsClient(UpstreamClient):
             timeout=settings.cms_timeout_seconds,
             max_connections=max(8, settings.cms_fetch_concurrency * 2),
         )
-        return cls(settings, http, sleep=sleep, clock=clock)
+        return cls(settings, http, sleep=sleep, clock=clock, wall_clock=wall_clock)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -219,9 +213,9 @@ class CmsClient(UpstreamClient):
                         except CmsError as e:
                             failure, cause = e, e
                     else:
-                        failure = _status_error(response, attempt)
+                        retry_after = retry_after_seconds(response, self._wall_clock())
+                        failure = _status_error(response, attempt, retry_after)
                         cause = failure
-                        retry_after = retry_after_seconds(response)
                 finally:
                     release(response)
             if not isinstance(failure, TransientUpstreamError):
@@ -247,7 +241,7 @@ def _unsendable(error: httpx.InvalidURL, *, from_caller: bool) -> InvalidQueryEr
     return CmsProtocolError(f"Blue Button returned a paging link that cannot be requested: {error}")
 
 
-def _status_error(response: httpx.Response, attempt: int) -> CmsError:
+def _status_error(response: httpx.Response, attempt: int, retry_after: float | None) -> CmsError:
     status = response.status_code
     detail = read_error_body(response).detail
     if status == 401:
@@ -275,7 +269,6 @@ def _status_error(response: httpx.Response, attempt: int) -> CmsError:
             detail=detail,
         )
     if status == 429:
-        retry_after = retry_after_seconds(response)
         return CmsRateLimitedError(
             f"Blue Button is rate-limiting this token ({attempt} attempt(s)); retry later",
             upstream_status=429,

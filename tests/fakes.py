@@ -38,6 +38,10 @@ class SleepRecorder:
     def monotonic(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        """The wall clock (Unix time) that goes with it, for HTTP dates: 2026-05-28T20:10 UTC on."""
+        return 1_780_000_000.0 + self.now
+
 
 def _start_index(page: dict[str, Any]) -> int:
     for link in page.get("link", []):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -38,7 +40,7 @@ from tests.factories import (
     page_url,
 )
 from tests.fakes import SleepRecorder, serve_pages
-from tests.running import CONTEXT, EOB, cms_client, ids, pull_pages
+from tests.running import CMS_TIME, CONTEXT, EOB, cms_client, ids, pull_pages
 from tests.test_paging import LINKS_REFUSED
 
 # ------------------------------------------------------------------------------------------- paging
@@ -403,6 +405,73 @@ async def test_retry_after_is_honoured(cms_mock: respx.MockRouter, cms_sleeps: S
         await pull_pages(cms)
     assert route.call_count == 3
     assert cms_sleeps.delays == [7.0, 7.0]
+
+
+def _http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(CMS_TIME.time() + seconds_from_now, usegmt=True)
+
+
+async def test_retry_after_as_an_http_date_is_honoured(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder
+) -> None:
+    """The date is read against the client's wall clock (virtual here), which the sleep moves on."""
+
+    def throttled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={}, headers={"Retry-After": _http_date(12)})
+
+    answers = iter([throttled, throttled, lambda r: fhir_response(cms_page([make_eob(1)]))])
+    route = cms_mock.get(EOB).mock(side_effect=lambda r: next(answers)(r))
+    async with cms_client(cms_retry_backoff_seconds=0.5) as cms:
+        await pull_pages(cms)
+    assert route.call_count == 3
+    assert cms_sleeps.delays == [12.0, 12.0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [pytest.param("100", id="delay-seconds"), pytest.param(lambda: _http_date(100), id="http-date")],
+)
+async def test_retry_after_is_capped(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, value: str | Callable[[], str]
+) -> None:
+    def throttled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, json={}, headers={"Retry-After": value if isinstance(value, str) else value()}
+        )
+
+    route = cms_mock.get(EOB).mock(
+        side_effect=[throttled(httpx.Request("GET", "/")), fhir_response(cms_page([make_eob(1)]))]
+    )
+    async with cms_client(cms_retry_budget_seconds=300) as cms:
+        await pull_pages(cms)
+    assert route.call_count == 2
+    assert cms_sleeps.delays == [bluebutton.cms.MAX_RETRY_AFTER]
+
+
+async def test_retry_after_http_date_is_passed_on_in_seconds(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder
+) -> None:
+    throttled = httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": _http_date(3600)})
+    cms_mock.get(EOB).mock(return_value=throttled)
+    async with cms_client(cms_retry_budget_seconds=30) as cms:
+        with pytest.raises(CmsRateLimitedError) as info:
+            await pull_pages(cms)
+    assert cms_sleeps.delays == []
+    assert info.value.headers["Retry-After"] == "3600"
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "9" * 400, "nan", "-1"])
+async def test_unusable_retry_after_is_backoff_only(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, value: str
+) -> None:
+    throttled = httpx.Response(429, json={}, headers={"Retry-After": value})
+    cms_mock.get(EOB).mock(return_value=throttled)
+    async with cms_client(cms_retry_attempts=2, cms_retry_backoff_seconds=0.5) as cms:
+        with pytest.raises(CmsRateLimitedError) as info:
+            await pull_pages(cms)
+    assert len(cms_sleeps.delays) == 1
+    assert cms_sleeps.delays[0] <= 0.5
+    assert "Retry-After" not in info.value.headers
 
 
 async def test_retry_after_is_capped_by_the_budget(
