@@ -39,7 +39,7 @@ from bluebutton.outbound import (
     release,
     retry_after_seconds,
 )
-from bluebutton.paging import PageLog, check_link, plan_pages
+from bluebutton.paging import PageLog, check_link
 from bluebutton.search_page import Page, parse_page
 from bluebutton.settings import Settings
 
@@ -132,11 +132,9 @@ class CmsClient(UpstreamClient):
         log.claim(first_link, default_index=0)
         log.fetched(first_link, first)
         yield first
-        planned = []
+        planned: list[httpx.URL] = []
         if first.next_url is not None:
-            planned = plan_pages(first, check_link(self._base, first.next_url))
-        for link in planned:
-            log.claim(link)
+            planned = log.plan(first, check_link(self._base, first.next_url))
         last = first
         async for link, page in self._fetch_concurrently(planned, token, pacer):
             log.fetched(link, page)

@@ -82,20 +82,17 @@ def page_key(link: httpx.URL) -> PageKey:
     return (*_origin(link), link.path.rstrip("/"), tuple(params))
 
 
-def plan_pages(first: Page, link: httpx.URL) -> list[httpx.URL]:
-    """The links of pages 2..n by index, from the first page's `next` and `total`, or [] when they
-    do not allow it (no usable index, or one that does not follow the first page)."""
-    if first.total is None:
-        return []
+def _planned_indices(first: Page, link: httpx.URL) -> range:
+    """Where pages 2..n start, from the first page's `next` and `total`; empty when they do not
+    allow it (no usable index or count, or an index that does not follow the first page)."""
     start = page_index(link)
     try:
         size = int(link.params.get("_count", len(first.entries)))
     except ValueError:
-        return []
-    if start is None or size <= 0 or start <= 0 or start != len(first.entries):
-        return []
-    name = next(n for n in INDEX_PARAMS if n in link.params)
-    return [link.copy_set_param(name, str(index)) for index in range(start, first.total, size)]
+        return range(0)
+    if first.total is None or start is None or size <= 0 or start <= 0 or start != len(first.entries):
+        return range(0)
+    return range(start, first.total, size)
 
 
 class PageLog:
@@ -125,12 +122,29 @@ class PageLog:
                 f"Blue Button's paging links repeat: a link asks for the entries from index {index}, "
                 "which this pull already fetched; stopped so that no entry is stored twice"
             )
-        if len(self._indices) >= self._max_pages:
+        self._check_room(1)
+        self._indices[key] = index
+
+    def plan(self, first: Page, link: httpx.URL) -> list[httpx.URL]:
+        """Claim pages 2..n by index, from the first page's `next` and `total`, and return their
+        links; [] when the first page does not allow it. The page limit is checked before any link
+        is built (a hostile `total` could ask for billions)."""
+        indices = _planned_indices(first, link)
+        if not indices:
+            return []
+        self._check_room(len(indices))
+        name = next(n for n in INDEX_PARAMS if n in link.params)
+        links = [link.copy_set_param(name, str(index)) for index in indices]
+        for planned in links:
+            self.claim(planned)
+        return links
+
+    def _check_room(self, pages: int) -> None:
+        if len(self._indices) + pages > self._max_pages:
             raise CmsProtocolError(
                 f"the search has more than {self._max_pages} pages "
                 "(BLUEBUTTON_CMS_MAX_PAGES); narrow it with type, service_date or last_updated"
             )
-        self._indices[key] = index
 
     def fetched(self, link: httpx.URL, page: Page) -> None:
         """Record which entries a claimed page brought, so a link into its middle is refused too."""

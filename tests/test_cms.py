@@ -242,6 +242,15 @@ async def test_page_bound(cms_mock: respx.MockRouter, with_total: bool) -> None:
     assert route.call_count <= 3
 
 
+async def test_a_hostile_total_is_refused_by_the_page_bound(cms_mock: respx.MockRouter) -> None:
+    page1 = cms_page([make_eob(n) for n in range(50)], total=10**15, next_url=page_url(EOB, 50))
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(page1))
+    async with cms_client(cms_max_pages=3) as cms:
+        with pytest.raises(CmsProtocolError, match="BLUEBUTTON_CMS_MAX_PAGES"):
+            await pull_pages(cms)
+    assert route.call_count == 1
+
+
 @pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
 async def test_exactly_max_pages_is_fine(cms_mock: respx.MockRouter, with_total: bool) -> None:
     claims = [make_eob(n) for n in range(6)]

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from bluebutton.errors import CmsProtocolError
-from bluebutton.paging import PageLog, check_link, page_index, page_key, plan_pages
+from bluebutton.paging import PageLog, check_link, page_index, page_key
 from bluebutton.search_page import Page
 from tests.factories import FHIR_BASE, PATIENT_ID, page_url
 
@@ -155,11 +155,29 @@ def test_log_counts_pages_against_the_limit() -> None:
 # ------------------------------------------------------------------------------ pages 2..n by index
 
 
-def test_plan_pages_by_index() -> None:
-    first = Page(entries=[b"{}"] * 50, total=155, next_url=page_url(EOB, 50))
-    planned = plan_pages(first, _link(page_url(EOB, 50)))
+def _first_page(total: int | None, link: str) -> tuple[PageLog, Page]:
+    log = PageLog(10)
+    first_link = _link(f"{EOB}?_count=50&patient={PATIENT_ID}")
+    log.claim(first_link, default_index=0)
+    first = Page(entries=[b"{}"] * 50, total=total, next_url=link)
+    log.fetched(first_link, first)
+    return log, first
+
+
+def test_plan_by_index_claims_pages_2_to_n() -> None:
+    log, first = _first_page(155, page_url(EOB, 50))
+    planned = log.plan(first, _link(page_url(EOB, 50)))
     assert [page_index(link) for link in planned] == [50, 100, 150]
     assert all(link.params["patient"] == PATIENT_ID for link in planned)
+    with pytest.raises(CmsProtocolError, match="index 100"):
+        log.claim(_link(f"{EOB}?startIndex=100"))
+
+
+def test_plan_checks_the_page_limit_before_building_links() -> None:
+    """A hostile `total` must not make the service build billions of links."""
+    log, first = _first_page(10**15, page_url(EOB, 50))
+    with pytest.raises(CmsProtocolError, match="BLUEBUTTON_CMS_MAX_PAGES"):
+        log.plan(first, _link(page_url(EOB, 50)))
 
 
 @pytest.mark.parametrize(
@@ -170,8 +188,9 @@ def test_plan_pages_by_index() -> None:
         pytest.param(155, page_url(EOB, 40), id="index-not-after-the-first-page"),
         pytest.param(155, page_url(EOB, 50, 0), id="count-0"),
         pytest.param(155, page_url(EOB, 50).replace("_count=50", "_count=x"), id="count-not-a-number"),
+        pytest.param(50, page_url(EOB, 50), id="one-page"),
     ],
 )
 def test_no_plan(total: int | None, link: str) -> None:
-    first = Page(entries=[b"{}"] * 50, total=total, next_url=link)
-    assert plan_pages(first, _link(link)) == []
+    log, first = _first_page(total, link)
+    assert log.plan(first, _link(link)) == []
