@@ -39,7 +39,7 @@ class SleepRecorder:
         return self.now
 
     def time(self) -> float:
-        """The wall clock (Unix time) that goes with it, for HTTP dates: 2026-05-28T20:10 UTC on."""
+        """The wall clock (Unix time, May 2026) that goes with it, for HTTP dates; sleeps move it too."""
         return 1_780_000_000.0 + self.now
 
 
