@@ -1,18 +1,16 @@
 """Blue Button 2.0 FHIR client: search with paging, retries, and translation of CMS's errors.
 
 The caller's access token travels per request, never as a client default, and only ever to the
-configured CMS origin under its FHIR base: a `next` link anywhere else stops the pull (bb2-api.md
-§3.2 says links point at the BB2 host; anything else is a bug or an attack).
+configured CMS origin under its FHIR base: which links may be followed, and which would fetch a
+page twice, is `paging.py`'s to say.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import unquote
 
 import httpx
 
@@ -28,6 +26,7 @@ from bluebutton.errors import (
     CmsUnauthorizedError,
     CmsUnavailableError,
     CmsUnexpectedStatusError,
+    InvalidQueryError,
     TransientUpstreamError,
 )
 from bluebutton.outbound import (
@@ -38,27 +37,16 @@ from bluebutton.outbound import (
     build_client,
     read_error_body,
     release,
+    retry_after_seconds,
 )
+from bluebutton.paging import PageLog, check_link
 from bluebutton.search_page import Page, parse_page
 from bluebutton.settings import Settings
 
 # GETs are idempotent: these answers (and transport failures) are worth another try; they become
 # the `TransientUpstreamError`s below, which is what the retry loop tests.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_RETRY_AFTER = 60.0
-# How a v2 (`startIndex`) or v3 (`_offset`) paging link says where its page starts.
-INDEX_PARAMS = ("startIndex", "_offset")
-
-
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class Pacer:
@@ -78,29 +66,12 @@ class Pacer:
             await self._sleep(delay)
 
 
-def _path_within(url: httpx.URL, base_path: str) -> bool:
-    """Whether the path the server will see stays under `base_path`.
-
-    Checked on the raw path too: an encoded `%2e%2e` or `%2f` segment would pass a check of the
-    decoded path and still be resolved by the server to somewhere else (e.g. `/v2/o/token/`).
-    """
-    raw = url.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
-    if re.search(r"%2[fF]|%5[cC]|\\", raw):
-        return False
-    segments = unquote(raw).split("/")
-    return ".." not in segments and "." not in segments and unquote(raw).startswith(base_path)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
-
-
 class CmsClient(UpstreamClient):
     """One shared client for the Blue Button FHIR API; it owns (and closes) its HTTP client, which
     the OAuth client borrows for CMS's token endpoints.
 
-    `sleep` and `clock` are what retries and pacing wait with and measure by (tests pass a virtual
-    clock)."""
+    `sleep` and `clock` are what retries and pacing wait with and measure by, `wall_clock` what a
+    `Retry-After` date is read against (tests pass virtual clocks)."""
 
     def __init__(
         self,
@@ -109,11 +80,13 @@ class CmsClient(UpstreamClient):
         *,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> None:
         self._settings = settings
         super().__init__(http)
         self._sleep = sleep
         self._clock = clock
+        self._wall_clock = wall_clock
         self._base = httpx.URL(settings.cms_fhir_base)
 
     @classmethod
@@ -124,6 +97,7 @@ class CmsClient(UpstreamClient):
         *,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
     ) -> CmsClient:
         http = build_client(
             base_url=settings.cms_origin,
@@ -131,7 +105,7 @@ class CmsClient(UpstreamClient):
             timeout=settings.cms_timeout_seconds,
             max_connections=max(8, settings.cms_fetch_concurrency * 2),
         )
-        return cls(settings, http, sleep=sleep, clock=clock)
+        return cls(settings, http, sleep=sleep, clock=clock, wall_clock=wall_clock)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -140,19 +114,6 @@ class CmsClient(UpstreamClient):
     def pacer(self) -> Pacer:
         return Pacer(self._sleep, self._clock)
 
-    def check_link(self, url: str) -> httpx.URL:
-        """Refuse a paging link that leaves the CMS origin or its FHIR base path."""
-        try:
-            link = self._base.join(url)
-        except httpx.InvalidURL as e:
-            raise CmsProtocolError("Blue Button returned a malformed paging link") from e
-        if _origin(link) != _origin(self._base) or not _path_within(link, self._base.path):
-            raise CmsProtocolError(
-                f"Blue Button returned a paging link to {link.scheme}://{link.host}{link.path}, "
-                f"outside {self._settings.cms_fhir_base}; stopped without sending the token there"
-            )
-        return link
-
     async def iter_pages(
         self, resource_type: str, params: list[tuple[str, str]], token: str
     ) -> AsyncIterator[Page]:
@@ -160,63 +121,37 @@ class CmsClient(UpstreamClient):
 
         After the first page has told the `total`, the remaining pages are asked for at once by
         index (`startIndex` in v2, `_offset` in v3), a few at a time; without a usable total or
-        index the pull follows `link[relation=next]` page by page.
+        index the pull follows `link[relation=next]` page by page. `paging.PageLog` refuses any
+        link back to a page already fetched.
         """
         pacer = self.pacer()
+        log = PageLog(self._settings.cms_max_pages)
         url: httpx.URL = self._base.join(resource_type)
         first = await self.get_page(url, params, token, pacer)
+        first_link = url.copy_merge_params(tuple(params))  # sendable: it was just sent
+        log.claim(first_link, default_index=0)
+        log.fetched(first_link, first)
         yield first
-        seen = {str(url.copy_merge_params(tuple(params)))}
-        planned = self._plan_pages(first)
+        planned: list[httpx.URL] = []
+        if first.next_url is not None:
+            planned = log.plan(first, check_link(self._base, first.next_url))
         last = first
-        if planned:
-            for link in planned:
-                seen.add(str(link))
-            async for page in self._fetch_concurrently(planned, token, pacer):
-                last = page
-                yield page
-        pages = 1 + len(planned)
+        async for link, page in self._fetch_concurrently(planned, token, pacer):
+            log.fetched(link, page)
+            last = page
+            yield page
         # Follow `next` from the last page we have (all of them, when there was no plan; any
         # left over, when the search grew while we were pulling).
         while (next_url := last.next_url) is not None:
-            link = self.check_link(next_url)
-            if str(link) in seen:
-                raise CmsProtocolError("Blue Button's paging links repeat; stopped to avoid an endless pull")
-            seen.add(str(link))
-            pages += 1
-            self._check_page_count(pages)
+            link = check_link(self._base, next_url)
+            log.claim(link)
             last = await self.get_page(link, None, token, pacer)
+            log.fetched(link, last)
             yield last
-
-    def _check_page_count(self, pages: int) -> None:
-        if pages > self._settings.cms_max_pages:
-            raise CmsProtocolError(
-                f"the search has more than {self._settings.cms_max_pages} pages "
-                "(BLUEBUTTON_CMS_MAX_PAGES); narrow it with type, service_date or last_updated"
-            )
-
-    def _plan_pages(self, first: Page) -> list[httpx.URL]:
-        """The URLs of pages 2..n by index, or [] when the first page does not allow it."""
-        if first.next_url is None or first.total is None:
-            return []
-        link = self.check_link(first.next_url)
-        names = [n for n in INDEX_PARAMS if n in link.params]
-        if len(names) != 1:
-            return []
-        try:
-            start = int(link.params[names[0]])
-            size = int(link.params.get("_count", len(first.entries)))
-        except ValueError:
-            return []
-        if size <= 0 or start <= 0 or start != len(first.entries):
-            return []
-        indices = range(start, first.total, size)
-        self._check_page_count(1 + len(indices))
-        return [link.copy_set_param(names[0], str(index)) for index in indices]
 
     async def _fetch_concurrently(
         self, links: list[httpx.URL], token: str, pacer: Pacer
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncIterator[tuple[httpx.URL, Page]]:
         """Fetch pages with bounded concurrency and yield them in order; any failure ends it."""
         limit = asyncio.Semaphore(self._settings.cms_fetch_concurrency)
 
@@ -226,8 +161,8 @@ class CmsClient(UpstreamClient):
 
         tasks = [asyncio.ensure_future(fetch(link)) for link in links]
         try:
-            for task in tasks:
-                yield await task
+            for link, task in zip(links, tasks, strict=True):
+                yield link, await task
         finally:
             for task in tasks:
                 task.cancel()
@@ -254,6 +189,8 @@ class CmsClient(UpstreamClient):
                     params=httpx.QueryParams(tuple(params)) if params else None,
                     headers={"Authorization": f"Bearer {token}", "Accept": FHIR_JSON},
                 )
+            except httpx.InvalidURL as e:
+                raise _unsendable(e, from_caller=params is not None) from e
             except httpx.TimeoutException as e:
                 failure: CmsError = CmsTimeoutError(
                     f"Blue Button did not answer within {settings.cms_timeout_seconds:g} s "
@@ -274,9 +211,9 @@ class CmsClient(UpstreamClient):
                         except CmsError as e:
                             failure, cause = e, e
                     else:
-                        failure = _status_error(response, attempt)
+                        retry_after = retry_after_seconds(response, self._wall_clock())
+                        failure = _status_error(response, attempt, retry_after)
                         cause = failure
-                        retry_after = retry_after_seconds(response)
                 finally:
                     release(response)
             if not isinstance(failure, TransientUpstreamError):
@@ -292,7 +229,17 @@ class CmsClient(UpstreamClient):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _status_error(response: httpx.Response, attempt: int) -> CmsError:
+def _unsendable(error: httpx.InvalidURL, *, from_caller: bool) -> InvalidQueryError | CmsProtocolError:
+    """httpx refuses to build the request (e.g. a query past its 64 KB limit): the caller's query
+    is a 4xx to narrow it; a paging link is Blue Button's fault. httpx names the part, not the value."""
+    if from_caller:
+        return InvalidQueryError(
+            f"the Blue Button search cannot be sent: {error}; narrow the query (fewer or shorter parameters)"
+        )
+    return CmsProtocolError(f"Blue Button returned a paging link that cannot be requested: {error}")
+
+
+def _status_error(response: httpx.Response, attempt: int, retry_after: float | None) -> CmsError:
     status = response.status_code
     detail = read_error_body(response).detail
     if status == 401:
@@ -320,7 +267,6 @@ def _status_error(response: httpx.Response, attempt: int) -> CmsError:
             detail=detail,
         )
     if status == 429:
-        retry_after = retry_after_seconds(response)
         return CmsRateLimitedError(
             f"Blue Button is rate-limiting this token ({attempt} attempt(s)); retry later",
             upstream_status=429,

@@ -3,6 +3,7 @@
     class                                status  code       ↻  meaning
     BlueButtonError                      500  exception        message, extra issues, headers
     ├── MissingTokenError                401  login            no usable `Authorization: Bearer` header
+    ├── InvalidQueryError                422  invalid          the query cannot be sent to CMS (too long)
     ├── BundleInvalidError               422  invalid          CMS data is not valid R4
     ├── EntryTooLargeError               422  too-costly       one entry alone exceeds connect's record size
     ├── NotConfiguredError               503  not-supported    a feature needs settings that are missing
@@ -90,6 +91,13 @@ class MissingTokenError(BlueButtonError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidQueryError(BlueButtonError):
+    """The caller's query passed validation but cannot become a CMS request (httpx's `InvalidURL`)."""
+
+    status_code = 422
+    code = "invalid"
 
 
 class BundleInvalidError(BlueButtonError):

@@ -6,11 +6,15 @@ the sandbox CA), never remove it.
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import math
 import random
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from types import TracebackType
 from typing import Self
 
@@ -23,9 +27,13 @@ from bluebutton.settings import Settings
 
 USER_AGENT = f"bluebutton/{__version__} (+https://github.com/bluebutton-connector)"
 
-# What an upstream client waits with and measures time by (tests pass a virtual clock).
+# What an upstream client waits with and measures time by (tests pass a virtual clock); the wall
+# clock (Unix time) is what an HTTP date is read against.
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+
+# RFC 9110 §10.2.3: `delay-seconds = 1*DIGIT` (a fraction is tolerated; a sign, `inf`, `nan` are not).
+_DELAY_SECONDS = re.compile(r"\d+(\.\d+)?")
 
 
 class _WithoutQuery(logging.Filter):
@@ -94,6 +102,22 @@ def release(response: httpx.Response) -> None:
     later: megabytes of pages and Bundles held for nothing, and a higher peak for the next pull.
     """
     response.stream = httpx.ByteStream(b"")
+
+
+def retry_after_seconds(response: httpx.Response, now: float) -> float | None:
+    """`Retry-After` as seconds from `now` (Unix time), in either form of RFC 9110 §10.2.3:
+    delay-seconds, or an HTTP-date (a date already past is 0). Anything else is no advice."""
+    value = response.headers.get("Retry-After", "").strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None  # 400 digits are `inf`
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 5322's "-0000": UTC, origin unknown
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 def backoff_delay(attempt: int, base: float, cap: float = 10.0) -> float:

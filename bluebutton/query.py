@@ -27,13 +27,31 @@ _DATE_PARAM = re.compile(
 # CMS paging maximum (bb2-api.md §3.1: `_count` above 50 is a 400).
 PAGE_SIZE = 50
 
+# A date range is one lower and one upper bound (`ge` + `le`, bb2-api.md §3.1): a third bound can
+# only repeat or contradict one of them. With these bounds the CMS URL stays a few hundred bytes.
+MAX_DATE_BOUNDS = 2
+
+
+def _short(text: str, limit: int = 24) -> str:
+    """A caller's value, quoted and cut, for an error message (it may be kilobytes long)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _bounded(name: str, values: list[str]) -> list[str]:
+    if len(values) > MAX_DATE_BOUNDS:
+        raise ValueError(
+            f"{name} given {len(values)} times; at most {MAX_DATE_BOUNDS}, a lower and an upper "
+            f"bound, e.g. {name}=ge2023-01-01&{name}=lt2024-01-01"
+        )
+    return values
+
 
 def _check_date_param(name: str, value: str) -> str:
     match = _DATE_PARAM.match(value)
     if match is None:
         raise ValueError(
-            f"{name} must be a FHIR date with an lt/le/gt/ge prefix, e.g. ge2023-01-01 "
-            "or lt2024-06-30T00:00:00Z"
+            f"{name} {_short(value)} must be a FHIR date with an lt/le/gt/ge prefix, e.g. "
+            "ge2023-01-01 or lt2024-06-30T00:00:00Z"
         )
     text = match["value"]
     try:
@@ -44,7 +62,7 @@ def _check_date_param(name: str, value: str) -> str:
         elif len(text) > 10:
             datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
-        raise ValueError(f"{name} {value!r} is not a real date or time") from e
+        raise ValueError(f"{name} {_short(value)} is not a real date or time") from e
     return value
 
 
@@ -69,16 +87,21 @@ class FhirQuery(BaseModel):
     )
     type: str | None = Field(
         default=None,
-        description="ExplanationOfBenefit only: comma list of " + ", ".join(EOB_TYPES) + ".",
+        description=(
+            "ExplanationOfBenefit only: comma list of " + ", ".join(EOB_TYPES) + ", each at most once."
+        ),
         examples=["carrier,pde"],
     )
     service_date: list[str] = Field(
         default_factory=list,
-        description="ExplanationOfBenefit only, repeatable: e.g. ge2023-01-01.",
+        description=f"ExplanationOfBenefit only, at most {MAX_DATE_BOUNDS} (a range): e.g. ge2023-01-01.",
     )
     last_updated: list[str] = Field(
         default_factory=list,
-        description="Repeatable `_lastUpdated` bound with an lt/le/gt/ge prefix, e.g. gt2024-01-01.",
+        description=(
+            f"`_lastUpdated` bound with an lt/le/gt/ge prefix, e.g. gt2024-01-01; at most "
+            f"{MAX_DATE_BOUNDS} (a range)."
+        ),
     )
 
     @field_validator("type")
@@ -87,23 +110,31 @@ class FhirQuery(BaseModel):
         if value is None:
             return None
         codes = [code.strip() for code in value.split(",")]
-        unknown = [code for code in codes if code not in EOB_TYPES]
-        if unknown or not codes:
+        if len(codes) > len(EOB_TYPES):
             raise ValueError(
-                f"unknown claim type(s) {', '.join(repr(c) for c in unknown)}; "
+                f"{len(codes)} claim types listed; at most {len(EOB_TYPES)}, each of "
+                f"{', '.join(EOB_TYPES)} once (omit type for all of them)"
+            )
+        unknown = [code for code in codes if code not in EOB_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown claim type(s) {', '.join(_short(c) for c in unknown)}; "
                 f"use a comma list of {', '.join(EOB_TYPES)}"
             )
+        repeated = sorted({code for code in codes if codes.count(code) > 1})
+        if repeated:
+            raise ValueError(f"claim type(s) {', '.join(repeated)} listed more than once; list each once")
         return ",".join(codes)
 
     @field_validator("service_date")
     @classmethod
     def _check_service_dates(cls, values: list[str]) -> list[str]:
-        return [_check_date_param("service_date", v) for v in values]
+        return [_check_date_param("service_date", v) for v in _bounded("service_date", values)]
 
     @field_validator("last_updated")
     @classmethod
     def _check_last_updated(cls, values: list[str]) -> list[str]:
-        return [_check_date_param("last_updated", v) for v in values]
+        return [_check_date_param("last_updated", v) for v in _bounded("last_updated", values)]
 
     @model_validator(mode="after")
     def _eob_only_filters(self) -> FhirQuery:

@@ -38,6 +38,10 @@ class SleepRecorder:
     def monotonic(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        """The wall clock (Unix time, May 2026) that goes with it, for HTTP dates; sleeps move it too."""
+        return 1_780_000_000.0 + self.now
+
 
 def _start_index(page: dict[str, Any]) -> int:
     for link in page.get("link", []):

@@ -32,7 +32,9 @@ EOB = "ExplanationOfBenefit"
 
 
 def new_cms_client(settings: Settings, context: ssl.SSLContext = CONTEXT) -> CmsClient:
-    return CmsClient.create(settings, context, sleep=CMS_TIME.sleep, clock=CMS_TIME.monotonic)
+    return CmsClient.create(
+        settings, context, sleep=CMS_TIME.sleep, clock=CMS_TIME.monotonic, wall_clock=CMS_TIME.time
+    )
 
 
 def new_connect_client(settings: Settings, context: ssl.SSLContext = CONTEXT) -> ConnectClient:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -22,10 +25,12 @@ from bluebutton.errors import (
     CmsTimeoutError,
     CmsUnauthorizedError,
     CmsUnavailableError,
+    InvalidQueryError,
 )
 from bluebutton.outbound import backoff_delay, build_client
 from tests.factories import (
     FHIR_BASE,
+    PATIENT_ID,
     TOKEN,
     cms_page,
     cms_pages,
@@ -35,7 +40,8 @@ from tests.factories import (
     page_url,
 )
 from tests.fakes import SleepRecorder, serve_pages
-from tests.running import CONTEXT, EOB, cms_client, ids, pull_pages
+from tests.running import CMS_TIME, CONTEXT, EOB, cms_client, ids, pull_pages
+from tests.test_paging import LINKS_REFUSED
 
 # ------------------------------------------------------------------------------------------- paging
 
@@ -109,43 +115,6 @@ async def test_v3_pages_by_offset(cms_mock: respx.MockRouter) -> None:
     assert [c.request.url.path for c in route.calls] == ["/v3/fhir/ExplanationOfBenefit"] * 2
 
 
-LINKS_ACCEPTED = [
-    pytest.param("ExplanationOfBenefit?startIndex=50", id="relative"),
-    pytest.param("https://cms.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="absolute"),
-    pytest.param("https://cms.test:443/v2/fhir/ExplanationOfBenefit", id="explicit-default-port"),
-    pytest.param("HTTPS://CMS.TEST/v2/fhir/ExplanationOfBenefit", id="upper-case-origin"),
-]
-
-LINKS_REFUSED = [
-    pytest.param("https://evil.test/v2/fhir/ExplanationOfBenefit?startIndex=50", id="other-host"),
-    pytest.param("https://cms.test.evil.test/v2/fhir/ExplanationOfBenefit", id="suffix-host"),
-    pytest.param("https://cms.test@evil.test/v2/fhir/ExplanationOfBenefit", id="userinfo-host"),
-    pytest.param("//evil.test/v2/fhir/ExplanationOfBenefit", id="scheme-relative"),
-    pytest.param("http://cms.test/v2/fhir/ExplanationOfBenefit", id="http-downgrade"),
-    pytest.param("https://cms.test:8443/v2/fhir/ExplanationOfBenefit", id="other-port"),
-    pytest.param("https://cms.test/v2/o/token/", id="oauth-path"),
-    pytest.param("https://cms.test/v2/fhirx/ExplanationOfBenefit", id="prefix-path"),
-    pytest.param("https://cms.test/v3/fhir/ExplanationOfBenefit", id="other-version"),
-    pytest.param("https://cms.test/v2/fhir/../o/token/", id="dot-segments"),
-    pytest.param("https://cms.test/v2/fhir/%2e%2e/o/token/", id="encoded-dot-segments"),
-]
-
-
-@pytest.mark.parametrize("link", LINKS_ACCEPTED)
-async def test_check_link_accepts(link: str) -> None:
-    async with cms_client() as cms:
-        url = cms.check_link(link)
-    assert url.host == "cms.test"
-    assert url.path.startswith("/v2/fhir/")
-
-
-@pytest.mark.parametrize("link", LINKS_REFUSED)
-async def test_check_link_refuses(link: str) -> None:
-    async with cms_client() as cms:
-        with pytest.raises(CmsProtocolError):
-            cms.check_link(link)
-
-
 @pytest.mark.parametrize(
     "with_total", [pytest.param(True, id="first-page"), pytest.param(False, id="by-next")]
 )
@@ -162,6 +131,7 @@ async def test_hostile_next_stops_the_pull_without_sending_the_token(
     assert route.call_count == 1
     assert not elsewhere.called
     assert TOKEN not in str(info.value)
+    assert all(not c.request.headers["Authorization"].startswith("Basic") for c in route.calls)
 
 
 async def test_hostile_next_on_a_later_page(cms_mock: respx.MockRouter, elsewhere: respx.Route) -> None:
@@ -198,6 +168,70 @@ async def test_link_back_to_the_first_page_is_detected(cms_mock: respx.MockRoute
     assert route.call_count <= 4
 
 
+def _with_next(page: dict[str, Any], url: str) -> dict[str, Any]:
+    links = [link for link in page["link"] if link["relation"] != "next"]
+    return {**page, "link": [*links, {"relation": "next", "url": url}]}
+
+
+async def _pull_until_refused(cms: CmsClient, params: list[tuple[str, str]]) -> tuple[list[str], str]:
+    """The ids of the entries yielded before the pull stopped, and why it stopped."""
+    got: list[str] = []
+    with pytest.raises(CmsProtocolError) as info:
+        async for page in cms.iter_pages(EOB, params, TOKEN):
+            got += [orjson.loads(entry)["resource"]["id"] for entry in page.entries]
+    assert info.value.status_code == 502
+    return got, info.value.message
+
+
+BACK_TO_THE_FIRST_PAGE = [
+    pytest.param(
+        f"{FHIR_BASE}{EOB}?patient={PATIENT_ID}&_count=50&startIndex=0&_format=application%2Fjson%2Bfhir",
+        id="reordered",
+    ),
+    pytest.param(f"{FHIR_BASE}{EOB}/?_count=50&startIndex=0&patient={PATIENT_ID}", id="trailing-slash"),
+    pytest.param(f"{EOB}?patient={PATIENT_ID}&_count=50", id="first-request-reordered-no-index"),
+    pytest.param(page_url(EOB, 25), id="inside-the-first-page"),
+    pytest.param(page_url(EOB, 110), id="inside-a-later-page"),
+]
+
+
+@pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
+@pytest.mark.parametrize("back", BACK_TO_THE_FIRST_PAGE)
+async def test_next_back_to_a_fetched_page_is_refused_before_fetching_it(
+    cms_mock: respx.MockRouter, with_total: bool, back: str
+) -> None:
+    """155 claims in 4 pages, the last one's `next` leading back: 155 entries, not 205."""
+    claims = [make_eob(n) for n in range(155)]
+    pages = cms_pages(EOB, claims, with_total=with_total)
+    pages[-1] = _with_next(pages[-1], back)
+    route = serve_pages(cms_mock, EOB, pages)
+    async with cms_client() as cms:
+        got, message = await _pull_until_refused(cms, [("_count", "50"), ("patient", PATIENT_ID)])
+    assert got == [c["id"] for c in claims]
+    assert route.call_count == 4
+    assert "repeat" in message
+    assert "already fetched" in message
+
+
+async def test_every_next_link_reordered_is_still_one_pass(cms_mock: respx.MockRouter) -> None:
+    """CMS may order a link's parameters as it likes: only a page already fetched stops the pull."""
+    claims = [make_eob(n) for n in range(155)]
+    pages = cms_pages(EOB, claims, with_total=False)
+
+    def reordered(start: int) -> str:
+        return f"{FHIR_BASE}{EOB}?patient={PATIENT_ID}&startIndex={start}&_count=50"
+
+    pages = [_with_next(page, reordered(50 * (n + 1))) for n, page in enumerate(pages[:-1])] + [
+        _with_next(pages[-1], reordered(0))
+    ]
+    route = serve_pages(cms_mock, EOB, pages)
+    async with cms_client() as cms:
+        got, message = await _pull_until_refused(cms, [("_count", "50"), ("patient", PATIENT_ID)])
+    assert got == [c["id"] for c in claims]
+    assert route.call_count == 4
+    assert "index 0" in message
+
+
 @pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
 async def test_page_bound(cms_mock: respx.MockRouter, with_total: bool) -> None:
     claims = [make_eob(n) for n in range(8)]
@@ -208,6 +242,15 @@ async def test_page_bound(cms_mock: respx.MockRouter, with_total: bool) -> None:
     assert route.call_count <= 3
 
 
+async def test_a_hostile_total_is_refused_by_the_page_bound(cms_mock: respx.MockRouter) -> None:
+    page1 = cms_page([make_eob(n) for n in range(50)], total=10**15, next_url=page_url(EOB, 50))
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(page1))
+    async with cms_client(cms_max_pages=3) as cms:
+        with pytest.raises(CmsProtocolError, match="BLUEBUTTON_CMS_MAX_PAGES"):
+            await pull_pages(cms)
+    assert route.call_count == 1
+
+
 @pytest.mark.parametrize("with_total", [pytest.param(True, id="by-index"), pytest.param(False, id="by-next")])
 async def test_exactly_max_pages_is_fine(cms_mock: respx.MockRouter, with_total: bool) -> None:
     claims = [make_eob(n) for n in range(6)]
@@ -216,6 +259,38 @@ async def test_exactly_max_pages_is_fine(cms_mock: respx.MockRouter, with_total:
         got = await pull_pages(cms)
     assert ids(got) == [c["id"] for c in claims]
     assert route.call_count == 3
+
+
+# ----------------------------------------------------------------------------- URLs httpx refuses
+
+
+async def test_a_query_httpx_cannot_send_is_the_callers_4xx(
+    cms_mock: respx.MockRouter, elsewhere: respx.Route
+) -> None:
+    """httpx refuses a query past 64 KB (`InvalidURL`): the caller's 422, not a bare 500."""
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(cms_page([make_eob(1)])))
+    async with cms_client() as cms:
+        with pytest.raises(InvalidQueryError) as info:
+            await pull_pages(cms, [("_count", "50"), ("type", "carrier," * 9000)])
+    assert 400 <= info.value.status_code < 500
+    assert "too long" in info.value.message
+    assert "narrow" in info.value.message
+    assert isinstance(info.value.__cause__, httpx.InvalidURL)
+    assert not route.called
+    assert not elsewhere.called
+
+
+async def test_a_link_httpx_cannot_send_is_blue_buttons_fault(
+    cms_mock: respx.MockRouter, elsewhere: respx.Route
+) -> None:
+    route = cms_mock.get(EOB).mock(return_value=fhir_response(cms_page([make_eob(1)])))
+    async with cms_client() as cms:
+        with pytest.raises(CmsProtocolError) as info:
+            await cms.get_page(f"{EOB}?cursor={'a' * 70_000}", None, TOKEN)
+    assert info.value.status_code == 502
+    assert "paging link" in info.value.message
+    assert not route.called
+    assert not elsewhere.called
 
 
 # ------------------------------------------------------------------------------------------ retries
@@ -339,6 +414,73 @@ async def test_retry_after_is_honoured(cms_mock: respx.MockRouter, cms_sleeps: S
         await pull_pages(cms)
     assert route.call_count == 3
     assert cms_sleeps.delays == [7.0, 7.0]
+
+
+def _http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(CMS_TIME.time() + seconds_from_now, usegmt=True)
+
+
+async def test_retry_after_as_an_http_date_is_honoured(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder
+) -> None:
+    """The date is read against the client's wall clock (virtual here), which the sleep moves on."""
+
+    def throttled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={}, headers={"Retry-After": _http_date(12)})
+
+    answers = iter([throttled, throttled, lambda r: fhir_response(cms_page([make_eob(1)]))])
+    route = cms_mock.get(EOB).mock(side_effect=lambda r: next(answers)(r))
+    async with cms_client(cms_retry_backoff_seconds=0.5) as cms:
+        await pull_pages(cms)
+    assert route.call_count == 3
+    assert cms_sleeps.delays == [12.0, 12.0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [pytest.param("100", id="delay-seconds"), pytest.param(lambda: _http_date(100), id="http-date")],
+)
+async def test_retry_after_is_capped(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, value: str | Callable[[], str]
+) -> None:
+    def throttled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, json={}, headers={"Retry-After": value if isinstance(value, str) else value()}
+        )
+
+    route = cms_mock.get(EOB).mock(
+        side_effect=[throttled(httpx.Request("GET", "/")), fhir_response(cms_page([make_eob(1)]))]
+    )
+    async with cms_client(cms_retry_budget_seconds=300) as cms:
+        await pull_pages(cms)
+    assert route.call_count == 2
+    assert cms_sleeps.delays == [bluebutton.cms.MAX_RETRY_AFTER]
+
+
+async def test_retry_after_http_date_is_passed_on_in_seconds(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder
+) -> None:
+    throttled = httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": _http_date(3600)})
+    cms_mock.get(EOB).mock(return_value=throttled)
+    async with cms_client(cms_retry_budget_seconds=30) as cms:
+        with pytest.raises(CmsRateLimitedError) as info:
+            await pull_pages(cms)
+    assert cms_sleeps.delays == []
+    assert info.value.headers["Retry-After"] == "3600"
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "9" * 400, "nan", "-1"])
+async def test_unusable_retry_after_is_backoff_only(
+    cms_mock: respx.MockRouter, cms_sleeps: SleepRecorder, value: str
+) -> None:
+    throttled = httpx.Response(429, json={}, headers={"Retry-After": value})
+    cms_mock.get(EOB).mock(return_value=throttled)
+    async with cms_client(cms_retry_attempts=2, cms_retry_backoff_seconds=0.5) as cms:
+        with pytest.raises(CmsRateLimitedError) as info:
+            await pull_pages(cms)
+    assert len(cms_sleeps.delays) == 1
+    assert cms_sleeps.delays[0] <= 0.5
+    assert "Retry-After" not in info.value.headers
 
 
 async def test_retry_after_is_capped_by_the_budget(

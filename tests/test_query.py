@@ -9,7 +9,7 @@ import pytest
 import respx
 from pydantic import ValidationError
 
-from bluebutton.query import FhirQuery
+from bluebutton.query import EOB_TYPES, FhirQuery
 from tests.factories import (
     AUTH,
     PATIENT_ID,
@@ -321,3 +321,78 @@ async def test_what_reaches_cms(
     assert sorted(request.url.params.multi_items()) == sorted(expected)
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert len(connect.stored) == 1
+
+
+# ------------------------------------------------------------------------------ bounded query
+
+LONG_TYPE = ",".join(["carrier", "pde"] * 4700)  # valid codes, 56 KB: past httpx's URL limit
+
+
+def _raw_url(**params: str | list[str]) -> str:
+    """The query as a browser sends it: commas bare (httpx's `params=` would encode them)."""
+    pairs = [(k, v) for k, vs in params.items() for v in ([vs] if isinstance(vs, str) else vs)]
+    return "/bluebutton/fhir?" + "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def test_long_valid_type_list_is_over_httpx_limits() -> None:
+    """Guards the test below: this query reaches the service, but cannot be sent on to CMS."""
+    assert len(_raw_url(type=LONG_TYPE)) > 56_000
+    httpx.URL(_raw_url(type=LONG_TYPE))
+    with pytest.raises(httpx.InvalidURL):
+        httpx.URL("https://cms.test/v2/fhir/ExplanationOfBenefit", params={"type": LONG_TYPE})
+
+
+@pytest.mark.parametrize(
+    ("query", "named", "says"),
+    [
+        pytest.param({"type": "carrier,pde,carrier"}, "type", "more than once", id="type-repeat"),
+        pytest.param({"type": "carrier, carrier"}, "type", "more than once", id="type-repeat-spaced"),
+        pytest.param({"type": ",".join([*EOB_TYPES, "carrier"])}, "type", "at most 8", id="type-nine"),
+        pytest.param({"type": LONG_TYPE}, "type", "at most 8", id="type-56KB"),
+        pytest.param({"type": "x," * 10_000}, "type", "at most 8", id="type-many-unknown"),
+        pytest.param(
+            {"service_date": ["ge2023-01-01", "le2023-06-30", "lt2024-01-01"]},
+            "service_date",
+            "at most 2",
+            id="service_date-three",
+        ),
+        pytest.param(
+            {"last_updated": ["ge2023-01-01"] * 1000}, "last_updated", "at most 2", id="last_updated-1000"
+        ),
+    ],
+)
+async def test_unbounded_query_is_422_before_any_upstream_call(
+    client: httpx.AsyncClient,
+    cms_mock: respx.MockRouter,
+    connect_mock: respx.MockRouter,
+    elsewhere: respx.Route,
+    query: dict[str, Any],
+    named: str,
+    says: str,
+) -> None:
+    response = await client.get(_raw_url(resource_type="ExplanationOfBenefit", **query), headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    issues = outcome_issues(response)
+    assert [issue["expression"] for issue in issues] == [[named]]
+    assert says in issues[0]["diagnostics"]
+    assert len(response.content) < 2_000  # the message names the rule, it does not echo the input
+    assert not cms_mock.calls
+    assert not connect_mock.calls
+    assert not elsewhere.called
+
+
+def test_every_type_once_is_fine() -> None:
+    query = FhirQuery.model_validate({"resource_type": "ExplanationOfBenefit", "type": ",".join(EOB_TYPES)})
+    assert ("type", ",".join(EOB_TYPES)) in query.cms_params()
+
+
+def test_a_range_of_two_bounds_is_fine() -> None:
+    query = FhirQuery.model_validate(
+        {
+            "resource_type": "ExplanationOfBenefit",
+            "service_date": ["ge2023-01-01", "lt2024-01-01"],
+            "last_updated": ["gt2024-01-01", "le2024-06-30"],
+        }
+    )
+    assert len(query.cms_params()) == 5
