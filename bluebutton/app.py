@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bluebutton import __version__
+from bluebutton.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
@@ -187,6 +188,10 @@ def create_app(
     }
     for exc_class, handler in handlers.items():
         app.add_exception_handler(exc_class, handler)
+    # Inside RequestLog, so a refused body is logged like any answer.
+    app.add_middleware(
+        BodyLimit, limits=TOKEN_BODY_ROUTES, render=lambda e: outcome(e.issues(), e.status_code, e.headers)
+    )
     app.add_middleware(RequestLog)
     app.include_router(router)
     app.include_router(sync_routes.router)
