@@ -149,7 +149,7 @@ def create_app(
                 connect_client = await stack.enter_async_context(ConnectClient.create(settings, context))
             pending_store = pending
             if pending_store is None:
-                pending_store = open_pending_store(settings.state_store)
+                pending_store = open_pending_store(settings.state_store, settings.state_max_pending)
                 stack.push_async_callback(pending_store.aclose)
             validation = validator
             if validation is None:
