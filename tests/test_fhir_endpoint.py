@@ -507,6 +507,24 @@ async def test_oversized_single_entry_is_422_and_nothing_forwarded(
     assert_nothing_forwarded(connect)
 
 
+async def test_a_patient_of_accents_under_the_limit_as_sent_is_422_as_connect_would_store_it(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    # 500 KB of UTF-8, under the default 600,000 bytes; connect's ASCII escapes make it 1.5 MB.
+    patient = make_patient("-19990000000043", family="é" * 250_000)
+    cms_mock.get("Patient").mock(return_value=fhir_response(cms_page([patient])))
+
+    response = await client.get("/bluebutton/fhir", params={"resource_type": "Patient"}, headers=AUTH)
+
+    assert response.status_code == 422, response.text
+    issues = outcome_issues(response)
+    assert issues[0]["code"] == "too-costly"
+    text = diagnostics(response)
+    assert "entry 0 (Patient/-19990000000043)" in text
+    assert "é" not in text
+    assert_nothing_forwarded(connect)
+
+
 async def test_failure_on_the_third_of_five_posts_is_reported(
     small_client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
