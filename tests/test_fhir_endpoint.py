@@ -385,6 +385,28 @@ async def test_invalid_claim_is_422_naming_entry_resource_and_path(
     assert_nothing_forwarded(connect)
 
 
+async def test_an_r4b_only_entry_is_422_naming_it_and_nothing_forwarded(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    status = {
+        "resourceType": "SubscriptionStatus",
+        "id": "status-1",
+        "type": "heartbeat",
+        "subscription": {"reference": "Subscription/1"},
+    }
+    one_page(cms_mock, [make_eob(0), status, make_eob(2)])
+
+    response = await get_fhir(client)
+
+    assert response.status_code == 422, response.text
+    issues = outcome_issues(response)
+    named = [i for i in issues if i.get("expression") == ["Bundle.entry[1].resource.resourceType"]]
+    assert len(named) == 1
+    assert "entry 1 (SubscriptionStatus/status-1)" in named[0]["diagnostics"]
+    assert "not in FHIR R4" in named[0]["diagnostics"]
+    assert_nothing_forwarded(connect)
+
+
 async def test_one_issue_per_problem_across_pages(
     client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
