@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bluebutton import __version__
+from bluebutton.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
@@ -151,7 +152,7 @@ def create_app(
                 connect_client = await stack.enter_async_context(ConnectClient.create(settings, context))
             pending_store = pending
             if pending_store is None:
-                pending_store = open_pending_store(settings.state_store)
+                pending_store = open_pending_store(settings.state_store, settings.state_max_pending)
                 stack.push_async_callback(pending_store.aclose)
             idempotency_store = idempotency
             if idempotency_store is None:
@@ -202,6 +203,10 @@ def create_app(
     }
     for exc_class, handler in handlers.items():
         app.add_exception_handler(exc_class, handler)
+    # Inside RequestLog, so a refused body is logged like any answer.
+    app.add_middleware(
+        BodyLimit, limits=TOKEN_BODY_ROUTES, render=lambda e: outcome(e.issues(), e.status_code, e.headers)
+    )
     app.add_middleware(RequestLog)
     app.include_router(router)
     app.include_router(sync_routes.router)

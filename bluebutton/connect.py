@@ -21,7 +21,12 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from bluebutton.errors import ConnectError, ConnectTimeoutError, ConnectUnreachableError
+from bluebutton.errors import (
+    ConnectError,
+    ConnectRecordTooLargeError,
+    ConnectTimeoutError,
+    ConnectUnreachableError,
+)
 from bluebutton.outbound import Sleep, UpstreamClient, build_client, read_error_body, release
 from bluebutton.settings import Settings
 
@@ -147,7 +152,23 @@ class ConnectClient(UpstreamClient):
         return settings.lfh_rate_limit_wait_seconds + settings.lfh_rate_limit_jitter_seconds * self._jitter()
 
 
+# connect 0.42.0's 500 for a record over its Kafka producer's 1,000,000-byte limit (lfh-connect.md
+# §6). A broken Kafka gives the same text, but only after librdkafka's 300 s message timeout,
+# past our BLUEBUTTON_LFH_TIMEOUT_SECONDS (120 s), so within it the answer means "too large".
+RECORD_REFUSED = "is not JSON serializable"
+
+
 def _stored_record(response: httpx.Response) -> StoredRecord:
+    if response.status_code == 500:
+        body = read_error_body(response)
+        if body.detail and RECORD_REFUSED in body.detail:
+            raise ConnectRecordTooLargeError(
+                "LinuxForHealth connect refused the Bundle with HTTP 500: its record is over "
+                "connect's 1 MB limit, so resending it cannot help; lower "
+                "BLUEBUTTON_LFH_MAX_BUNDLE_BYTES (if this came after minutes, check connect's Kafka)",
+                upstream_status=500,
+                detail=body.detail,
+            )
     if response.status_code != 200:
         hint = ""
         if response.status_code == 500:

@@ -6,6 +6,7 @@
     ├── InvalidQueryError                422  invalid          the query cannot be sent to CMS (too long)
     ├── BundleInvalidError               422  invalid          CMS data is not valid R4
     ├── EntryTooLargeError               422  too-costly       one entry alone exceeds connect's record size
+    ├── BodyTooLargeError                413  too-costly       a request body over its route's cap
     ├── NotConfiguredError               503  not-supported    a feature needs settings that are missing
     ├── ValidationUnavailableError       503  transient        a validation worker died mid-pull
     ├── PullTimeoutError                 504  timeout          BLUEBUTTON_PULL_TIMEOUT_SECONDS passed
@@ -14,6 +15,7 @@
     ├── IdempotencyConflictError         409  conflict         the same key's first request still runs
     ├── IdempotencyKeyReusedError        422  business-rule    the same key with another query or token
     ├── IdempotencyStoreError            503  transient        the key's store (Redis) failed
+    ├── PendingStoreFullError            503  throttled        too many authorizations pending; Retry-After
     ├── OAuthError                       400  security         authorize/callback problems
     │   └── AccessDeniedError            403  forbidden        the beneficiary declined
     └── UpstreamError                    502  exception        upstream, its status, its detail
@@ -35,6 +37,7 @@
         └── ConnectError                 502  exception        LinuxForHealth connect refused or failed
             ├── ConnectUnreachableError  502  transient     ↻  no connection could be opened
             ├── ConnectTimeoutError      504  timeout          no answer in time; the Bundle may be stored
+            ├── ConnectRecordTooLargeError 502 too-costly      over connect's 1 MB record limit: permanent
             └── PartialForwardError      502  incomplete       some pieces stored, the rest not
 
 ↻ marks a subclass of `TransientUpstreamError` (a second base: the tree shows the first), which
@@ -115,6 +118,11 @@ class EntryTooLargeError(BlueButtonError):
     code = "too-costly"
 
 
+class BodyTooLargeError(BlueButtonError):
+    status_code = 413
+    code = "too-costly"
+
+
 class NotConfiguredError(BlueButtonError):
     status_code = 503
     code = "not-supported"
@@ -158,6 +166,12 @@ class IdempotencyKeyReusedError(BlueButtonError):
 class IdempotencyStoreError(BlueButtonError):
     status_code = 503
     code = "transient"
+class PendingStoreFullError(BlueButtonError):
+    """`BLUEBUTTON_STATE_MAX_PENDING` authorizations are waiting for their callback; the headers
+    carry `Retry-After` (when the oldest expires)."""
+
+    status_code = 503
+    code = "throttled"
 
 
 class OAuthError(BlueButtonError):
@@ -277,6 +291,12 @@ class ConnectUnreachableError(ConnectError, TransientUpstreamError):
 class ConnectTimeoutError(ConnectError):
     status_code = 504
     code = "timeout"
+
+
+class ConnectRecordTooLargeError(ConnectError):
+    """connect could not store the record (its Kafka producer's 1 MB limit): resending cannot help."""
+
+    code = "too-costly"
 
 
 class PartialForwardError(ConnectError):

@@ -30,6 +30,7 @@ from fhir.resources.R4B.patient import Patient
 
 from bluebutton import validation_patches
 from bluebutton.errors import Issue, ValidationUnavailableError
+from bluebutton.r4_types import R4_RESOURCE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,18 @@ def _model_for(resource_type: object) -> type[Any] | None:
         except (KeyError, ValueError):
             return None
     return model
+
+
+def _type_problem(resource_type: object, model: type[Any] | None) -> str:
+    name = str(resource_type)[:64]
+    if model is not None:
+        return (
+            f"resource type {name!r} is not in FHIR R4 (4.0.1), only in later versions; "
+            "LinuxForHealth connect validates FHIR R4 and would refuse it"
+        )
+    if isinstance(resource_type, str) and resource_type in R4_RESOURCE_TYPES:
+        return f"FHIR R4 resource type {name!r} cannot be validated here (it was withdrawn after R4)"
+    return f"unknown FHIR R4 resource type {name!r}"
 
 
 def _element_path(prefix: str, loc: Sequence[int | str]) -> str:
@@ -100,14 +113,9 @@ def validate_entries(payload: bytes, first_index: int) -> list[Problem]:
             except pydantic.ValidationError as e:
                 problems += _problems(e, index, ref, prefix)
             model = _model_for(resource_type)
-            if model is None:
+            if model is None or resource_type not in R4_RESOURCE_TYPES:
                 problems.append(
-                    (
-                        index,
-                        ref,
-                        f"{prefix}.resource.resourceType",
-                        f"unknown FHIR R4 resource type {str(resource_type)[:64]!r}",
-                    )
+                    (index, ref, f"{prefix}.resource.resourceType", _type_problem(resource_type, model))
                 )
                 continue
             try:

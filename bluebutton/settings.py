@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     state_store: str = "memory"
     state_ttl_seconds: int = Field(default=600, ge=30)
+    state_max_pending: int = Field(default=10_000, ge=1)
 
     # Grant keeping (bluebutton/sync): off unless a database is set.
     database_url: SecretStr | None = None

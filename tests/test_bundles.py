@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,9 +11,9 @@ import orjson
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from bluebutton.bundles import BundleHeader, split_entries
+from bluebutton.bundles import BundleHeader, connect_size, split_entries
 from bluebutton.errors import EntryTooLargeError
-from tests.factories import compact, entry_for, eob_with_entry_size, make_eob
+from tests.factories import compact, entry_for, eob_with_entry_size, make_eob, make_patient
 
 
 def entries_of_sizes(sizes: list[int]) -> list[bytes]:
@@ -132,3 +133,89 @@ def test_an_entry_that_just_fits_alone_is_sent_alone() -> None:
     entries = entries_of_sizes([2000, biggest, 2000])
     bundles = _check_pieces(entries, 10_000, BundleHeader.fresh(3))
     assert [len(b["entry"]) for b in bundles] == [1, 1, 1]
+
+
+# --- sizes as connect stores them (json.dumps with ASCII escapes) ---------------------------------------
+
+
+def as_connect_writes(body: bytes) -> int:
+    """Independent of the product: Python's json with its default ASCII escapes (what connect
+    re-serialises with), compact separators so only the escapes differ from what was sent."""
+    return len(json.dumps(json.loads(body), separators=(",", ":")))
+
+
+ALPHABET = 'aZ09 -."\\\n\t\x01\x7fé\u00ff\u0100€\u4e2d\uffff😀\U0010ffff'
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_connect_size_is_the_ascii_escaped_length(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(50):
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(0, 200)))
+        entry = compact(entry_for(make_patient(family=text, given=text[::-1])))
+        assert connect_size(entry) == as_connect_writes(entry), text
+
+
+@pytest.mark.parametrize(
+    ("text", "growth"),
+    [
+        pytest.param("plain", 0, id="ascii"),
+        pytest.param("é", 4, id="two-byte"),
+        pytest.param("€", 3, id="three-byte"),
+        pytest.param("😀", 8, id="four-byte-surrogate-pair"),
+    ],
+)
+def test_connect_size_per_character(text: str, growth: int) -> None:
+    entry = compact(entry_for(make_patient(family=text)))
+    assert connect_size(entry) - len(entry) == growth
+
+
+def test_escapes_already_in_the_bytes_count_as_they_stand() -> None:
+    escaped = json.dumps(entry_for(make_patient(family="é" * 10)), separators=(",", ":")).encode()
+    assert escaped.isascii()
+    assert connect_size(escaped) == len(escaped) == as_connect_writes(escaped)
+
+
+def test_pieces_fit_as_connect_stores_them_not_as_sent() -> None:
+    # 2,000 bytes of UTF-8 that connect writes as 6,000: by UTF-8 four fit in 10,000, really one.
+    entries = [compact(entry_for(make_patient(f"p{n}", family="é" * 1000))) for n in range(6)]
+    assert all(len(e) < 2500 < 6000 < connect_size(e) for e in entries)
+    limit = 10_000
+    merged = BundleHeader.fresh(len(entries))
+
+    pieces = split_entries(entries, limit, merged)
+
+    assert [(p.start, p.stop) for p in pieces] == [(n, n + 1) for n in range(6)]
+    for piece in pieces:
+        assert as_connect_writes(piece.body) <= limit
+        assert orjson.loads(piece.body)["entry"] == [
+            orjson.loads(e) for e in entries[piece.start : piece.stop]
+        ]
+
+
+def test_an_entry_that_fits_sent_but_not_stored_is_refused_by_type_and_id() -> None:
+    secret_name = "Élodie-" + "é" * 4000  # 8 KB of UTF-8, 24 KB as connect writes it
+    entries = [
+        compact(entry_for(make_patient("-19990000000001"))),
+        compact(entry_for(make_patient("-19990000000043", family=secret_name))),
+    ]
+    assert len(entries[1]) < 10_000 < connect_size(entries[1])
+
+    with pytest.raises(EntryTooLargeError) as refused:
+        split_entries(entries, 10_000, BundleHeader.fresh(2))
+
+    issues = refused.value.issues()
+    text = " | ".join(issue.diagnostics for issue in issues)
+    assert "entry 1 (Patient/-19990000000043)" in text
+    assert f"{connect_size(entries[1])} bytes as connect stores it" in text
+    assert "Élodie" not in text and "é" not in text  # no payload content
+    assert ("Bundle.entry[1]",) in [issue.expression for issue in issues]
+
+
+def test_a_refused_entry_quotes_only_a_well_formed_type_and_id() -> None:
+    resource = {**make_patient(), "id": "x" * 65 + '"<script>'}
+    entry = compact(entry_for(resource)) + b" " * 20_000
+    with pytest.raises(EntryTooLargeError) as refused:
+        split_entries([entry], 10_000, BundleHeader.fresh(1))
+    assert "entry 0 (Patient/?)" in refused.value.message
+    assert "script" not in refused.value.message

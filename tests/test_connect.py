@@ -13,7 +13,7 @@ import respx
 
 import bluebutton.connect
 from bluebutton.connect import ConnectClient
-from bluebutton.errors import ConnectError
+from bluebutton.errors import ConnectError, ConnectRecordTooLargeError, TransientUpstreamError
 from bluebutton.settings import Settings
 from tests.factories import TOKEN, envelope_for, make_settings
 from tests.fakes import SleepRecorder
@@ -248,3 +248,31 @@ async def test_envelope_with_unknown_fields_is_accepted(connect_mock: respx.Mock
     async with connect_client() as client:
         record = await client.post_bundle(BODY)
     assert record.envelope == envelope
+
+
+async def test_connects_size_refusal_is_permanent_and_says_so(connect_mock: respx.MockRouter) -> None:
+    refusal = httpx.Response(500, json={"detail": "Object of type Bundle is not JSON serializable"})
+    route = connect_mock.post("/fhir/Bundle").mock(return_value=refusal)
+    async with connect_client() as client:
+        with pytest.raises(ConnectRecordTooLargeError) as info:
+            await client.post_bundle(BODY)
+
+    assert route.call_count == 1
+    error = info.value
+    assert not isinstance(error, TransientUpstreamError)
+    assert (error.status_code, error.upstream_status) == (502, 500)
+    (issue,) = error.issues()
+    assert issue.code == "too-costly"
+    assert "1 MB limit" in issue.diagnostics
+    assert "BLUEBUTTON_LFH_MAX_BUNDLE_BYTES" in issue.diagnostics
+
+
+async def test_connects_other_500s_are_not_called_a_size_refusal(connect_mock: respx.MockRouter) -> None:
+    invalid = httpx.Response(500, json={"detail": "1 validation error for Bundle\nentry -> 0"})
+    connect_mock.post("/fhir/Bundle").mock(return_value=invalid)
+    async with connect_client() as client:
+        with pytest.raises(ConnectError) as info:
+            await client.post_bundle(BODY)
+
+    assert not isinstance(info.value, ConnectRecordTooLargeError)
+    assert "cannot help" not in info.value.message

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import fhir.resources.R4B as r4b
 import orjson
 import pydantic
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.resource import Resource
 
 from bluebutton.bundles import BundleHeader
 from bluebutton.fhir import (
@@ -22,6 +26,7 @@ from bluebutton.fhir import (
     validate_entries,
     validate_shell,
 )
+from bluebutton.r4_types import R4_RESOURCE_TYPES
 from tests.factories import (
     cms_page,
     compact,
@@ -149,6 +154,74 @@ def test_unknown_resource_type() -> None:
     assert [(p[0], p[1], p[2]) for p in problems] == [
         (0, "Claimz/c1", "Bundle.entry[0].resource.resourceType")
     ]
+
+
+# --- resource types connect's R4 validator does not have -------------------------------------------
+
+
+def r4b_resource_types() -> set[str]:
+    """The concrete resource types of the R4B models, found by walking the package (not a list)."""
+    found: set[str] = set()
+    for module in pkgutil.iter_modules(r4b.__path__):
+        if module.name.startswith(("_", "fhirtypes")) or module.name == "tests":
+            continue
+        namespace = vars(importlib.import_module(f"{r4b.__name__}.{module.name}"))
+        found |= {
+            value.__name__
+            for value in namespace.values()
+            if isinstance(value, type)
+            and issubclass(value, Resource)
+            and value.__module__.endswith(module.name)
+        }
+    return found - {"Resource", "DomainResource", "MetadataResource"}
+
+
+R4B_ONLY = sorted(r4b_resource_types() - R4_RESOURCE_TYPES)
+SUBSCRIPTION_STATUS = {
+    "resourceType": "SubscriptionStatus",
+    "id": "status-1",
+    "type": "heartbeat",
+    "subscription": {"reference": "Subscription/1"},
+}
+
+
+def test_the_r4_list_and_the_r4b_models_differ_as_the_versions_do() -> None:
+    assert {"SubscriptionStatus", "SubscriptionTopic", "Citation", "Ingredient"} <= set(R4B_ONLY)
+    assert {"Patient", "Coverage", "ExplanationOfBenefit", "Bundle", "OperationOutcome"} <= R4_RESOURCE_TYPES
+    assert not {"Resource", "DomainResource"} & R4_RESOURCE_TYPES  # abstract, never an instance
+
+
+def test_an_r4b_only_resource_valid_here_is_refused_naming_the_entry() -> None:
+    get_fhir_model_class("SubscriptionStatus").model_validate(SUBSCRIPTION_STATUS)  # valid R4B
+    entries = [entry_for(make_eob(0)), {"resource": SUBSCRIPTION_STATUS}]
+
+    problems = validate_entries(payload(entries), 0)
+
+    assert [(p[0], p[1], p[2]) for p in problems] == [
+        (1, "SubscriptionStatus/status-1", "Bundle.entry[1].resource.resourceType")
+    ]
+    assert "not in FHIR R4" in problems[0][3] and "connect" in problems[0][3]
+
+
+@pytest.mark.parametrize("resource_type", R4B_ONLY)
+def test_every_r4b_only_type_is_refused(resource_type: str) -> None:
+    problems = validate_entries(payload([{"resource": {"resourceType": resource_type, "id": "x1"}}]), 0)
+    assert [(p[1], p[2]) for p in problems] == [
+        (f"{resource_type}/x1", "Bundle.entry[0].resource.resourceType")
+    ]
+    assert "not in FHIR R4 (4.0.1)" in problems[0][3]
+
+
+def test_an_r4_type_withdrawn_in_r4b_says_so() -> None:
+    problems = validate_entries(payload([{"resource": {"resourceType": "MedicinalProduct", "id": "m1"}}]), 0)
+    assert [p[2] for p in problems] == ["Bundle.entry[0].resource.resourceType"]
+    assert "withdrawn after R4" in problems[0][3]
+
+
+def test_a_resource_type_that_is_not_a_string_is_unknown() -> None:
+    problems = validate_entries(payload([{"resource": {"resourceType": ["Patient"], "id": "p1"}}]), 0)
+    assert [p[2] for p in problems] == ["Bundle.entry[0].resource.resourceType"]
+    assert "unknown FHIR R4 resource type" in problems[0][3]
 
 
 def test_entry_level_problem() -> None:

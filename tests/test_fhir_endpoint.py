@@ -413,6 +413,28 @@ async def test_invalid_claim_is_422_naming_entry_resource_and_path(
     assert_nothing_forwarded(connect)
 
 
+async def test_an_r4b_only_entry_is_422_naming_it_and_nothing_forwarded(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    status = {
+        "resourceType": "SubscriptionStatus",
+        "id": "status-1",
+        "type": "heartbeat",
+        "subscription": {"reference": "Subscription/1"},
+    }
+    one_page(cms_mock, [make_eob(0), status, make_eob(2)])
+
+    response = await get_fhir(client)
+
+    assert response.status_code == 422, response.text
+    issues = outcome_issues(response)
+    named = [i for i in issues if i.get("expression") == ["Bundle.entry[1].resource.resourceType"]]
+    assert len(named) == 1
+    assert "entry 1 (SubscriptionStatus/status-1)" in named[0]["diagnostics"]
+    assert "not in FHIR R4" in named[0]["diagnostics"]
+    assert_nothing_forwarded(connect)
+
+
 async def test_one_issue_per_problem_across_pages(
     client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
 ) -> None:
@@ -532,6 +554,24 @@ async def test_oversized_single_entry_is_422_and_nothing_forwarded(
     text = diagnostics(response)
     assert "entry 1" in text
     assert "BLUEBUTTON_LFH_MAX_BUNDLE_BYTES" in text
+    assert_nothing_forwarded(connect)
+
+
+async def test_a_patient_of_accents_under_the_limit_as_sent_is_422_as_connect_would_store_it(
+    client: httpx.AsyncClient, cms_mock: respx.MockRouter, connect: Connect
+) -> None:
+    # 500 KB of UTF-8, under the default 600,000 bytes; connect's ASCII escapes make it 1.5 MB.
+    patient = make_patient("-19990000000043", family="é" * 250_000)
+    cms_mock.get("Patient").mock(return_value=fhir_response(cms_page([patient])))
+
+    response = await client.get("/bluebutton/fhir", params={"resource_type": "Patient"}, headers=AUTH)
+
+    assert response.status_code == 422, response.text
+    issues = outcome_issues(response)
+    assert issues[0]["code"] == "too-costly"
+    text = diagnostics(response)
+    assert "entry 0 (Patient/-19990000000043)" in text
+    assert "é" not in text
     assert_nothing_forwarded(connect)
 
 

@@ -12,8 +12,10 @@ import pydantic
 import pytest
 import redis.asyncio as aioredis
 
+from bluebutton.errors import PendingStoreFullError
 from bluebutton.pending import MemoryPendingStore, PendingAuthorization, RedisPendingStore, open_pending_store
-from tests.factories import make_settings
+from tests.factories import AUTHORIZE, JSON_ACCEPT, make_settings
+from tests.running import open_client
 from tests.services import REDIS_URL, redis_unavailable
 
 
@@ -102,6 +104,96 @@ async def test_memory_aclose_forgets_everything() -> None:
     assert await store.take(item.state) is None
 
 
+# --- the cap (BLUEBUTTON_STATE_MAX_PENDING) ----------------------------------------------------------
+
+
+def states(count: int, tag: str = "s") -> list[PendingAuthorization]:
+    return [pending(f"{tag}{n:04d}-" + "x" * 40) for n in range(count)]
+
+
+async def test_memory_cap_refuses_with_retry_after_until_the_oldest_expires() -> None:
+    clock = FakeClock()
+    store = MemoryPendingStore(clock=clock, max_pending=3)
+    first, *rest = states(3)
+    await store.put(first, 600)
+    clock.now += 100.5
+    for item in rest:
+        await store.put(item, 600)
+
+    with pytest.raises(PendingStoreFullError) as refused:
+        await store.put(pending("one-too-many-" + "m" * 40), 600)
+
+    assert refused.value.status_code == 503
+    assert refused.value.headers == {"Retry-After": "500"}  # the first expires in 499.5 s
+    assert "BLUEBUTTON_STATE_MAX_PENDING" in refused.value.message
+    assert all([await store.take(item.state) == item for item in [first, *rest]])
+
+
+async def test_memory_expired_entries_free_the_cap() -> None:
+    clock = FakeClock()
+    store = MemoryPendingStore(clock=clock, max_pending=2)
+    old = states(2, "old")
+    for item in old:
+        await store.put(item, 600)
+    with pytest.raises(PendingStoreFullError):
+        await store.put(pending("early-" + "e" * 40), 600)
+
+    clock.now += 600  # both expire now (an item lives while now < put time + TTL)
+    fresh = states(2, "new")
+    for item in fresh:
+        await store.put(item, 600)
+
+    assert [await store.take(item.state) for item in old] == [None, None]
+    assert [await store.take(item.state) for item in fresh] == fresh
+
+
+async def test_memory_take_frees_a_slot() -> None:
+    store = MemoryPendingStore(clock=FakeClock(), max_pending=1)
+    first, second = states(2)
+    await store.put(first, 600)
+    with pytest.raises(PendingStoreFullError):
+        await store.put(second, 600)
+
+    assert await store.take(first.state) == first
+    await store.put(second, 600)
+    assert await store.take(second.state) == second
+
+
+async def test_memory_retry_after_is_at_least_one_second() -> None:
+    clock = FakeClock()
+    store = MemoryPendingStore(clock=clock, max_pending=1)
+    first, second = states(2)
+    await store.put(first, 600)
+    clock.now += 599.9
+
+    with pytest.raises(PendingStoreFullError) as refused:
+        await store.put(second, 600)
+    assert refused.value.headers == {"Retry-After": "1"}
+
+
+def test_max_pending_setting_defaults_to_10_000_and_refuses_zero() -> None:
+    assert make_settings().state_max_pending == 10_000
+    with pytest.raises(pydantic.ValidationError, match="state_max_pending"):
+        make_settings(state_max_pending=0)
+
+
+async def test_authorize_at_the_cap_is_503_with_retry_after() -> None:
+    # The store the app opens from the settings, not one handed in.
+    async with open_client(make_settings(state_max_pending=2)) as client:
+        for _ in range(2):
+            accepted = await client.get(AUTHORIZE, headers={"Accept": JSON_ACCEPT})
+            assert accepted.status_code == 200, accepted.text
+
+        refused = await client.get(AUTHORIZE, headers={"Accept": JSON_ACCEPT})
+
+    assert refused.status_code == 503
+    assert 590 <= int(refused.headers["Retry-After"]) <= 600
+    body = refused.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "throttled"
+    assert "2 authorizations are already waiting" in body["issue"][0]["diagnostics"]
+
+
 # --- open_pending_store and the setting ----------------------------------------------------------
 
 
@@ -152,11 +244,11 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def prefixed_store(client: aioredis.Redis, prefix: str) -> RedisPendingStore:
+def prefixed_store(client: aioredis.Redis, prefix: str, max_pending: int = 10_000) -> RedisPendingStore:
     class TestRedisStore(RedisPendingStore):
         PREFIX = prefix
 
-    return TestRedisStore(client)
+    return TestRedisStore(client, max_pending=max_pending)
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -164,7 +256,9 @@ def connect(url: str) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def redis_store(url: str) -> AsyncIterator[tuple[RedisPendingStore, aioredis.Redis]]:
+async def redis_store(
+    url: str, max_pending: int = 10_000
+) -> AsyncIterator[tuple[RedisPendingStore, aioredis.Redis]]:
     """A RedisPendingStore writing under a prefix of its own, and a client to look at Redis directly.
 
     Only this prefix's keys are deleted afterwards (never FLUSHALL/FLUSHDB).
@@ -172,7 +266,7 @@ async def redis_store(url: str) -> AsyncIterator[tuple[RedisPendingStore, aiored
     prefix = f"bluebutton-test:{uuid.uuid4().hex}:"
     client = connect(url)
     try:
-        yield prefixed_store(client, prefix), client
+        yield prefixed_store(client, prefix, max_pending), client
     finally:
         keys = [key async for key in client.scan_iter(match=prefix + "*")]
         if keys:
@@ -204,17 +298,21 @@ async def test_redis_key_has_a_ttl_and_hides_the_state(redis_url: str) -> None:
         await store.put(item, 600)
 
         keys = [key.decode() async for key in client.scan_iter(match=store.PREFIX + "*")]
-        assert keys == [store.PREFIX + hashlib.sha256(item.state.encode()).hexdigest()]
-        assert 590 <= await client.ttl(keys[0]) <= 600
-        raw = await client.get(keys[0])
+        digest = store.PREFIX + hashlib.sha256(item.state.encode()).hexdigest()
+        assert sorted(keys) == sorted([digest, store.index_key])
+        assert 590 <= await client.ttl(digest) <= 600
+        raw = await client.get(digest)
         assert isinstance(raw, bytes) and item.state.encode() not in raw
+        # The index names the digest, never the state, and expires with the last state.
+        assert await client.zrange(store.index_key, 0, -1) == [digest.encode()]
+        assert 590 <= await client.ttl(store.index_key) <= 600
 
 
 async def test_redis_expired_state_is_gone(redis_url: str) -> None:
     async with redis_store(redis_url) as (store, client):
         item = pending(unique_state())
         await store.put(item, 600)
-        (key,) = [key async for key in client.scan_iter(match=store.PREFIX + "*")]
+        key = store.PREFIX + hashlib.sha256(item.state.encode()).hexdigest()
 
         await client.pexpire(key, 1)  # let Redis expire it now rather than in ten minutes
         for _ in range(1000):
@@ -257,3 +355,50 @@ async def test_redis_stores_with_separate_connections_share_states(redis_url: st
             assert await store.take(item.state) is None
         finally:
             await other.aclose()
+
+
+async def test_redis_cap_refuses_with_retry_after(redis_url: str) -> None:
+    async with redis_store(redis_url, max_pending=2) as (store, _):
+        items = [pending(unique_state()) for _ in range(2)]
+        for item in items:
+            await store.put(item, 600)
+
+        with pytest.raises(PendingStoreFullError) as refused:
+            await store.put(pending(unique_state()), 600)
+
+        assert 590 <= int(refused.value.headers["Retry-After"]) <= 600
+        assert [await store.take(item.state) for item in items] == items
+
+
+async def test_redis_cap_is_shared_by_replicas_and_freed_by_take(redis_url: str) -> None:
+    async with redis_store(redis_url, max_pending=1) as (store, _):
+        other = prefixed_store(connect(redis_url), store.PREFIX, max_pending=1)
+        try:
+            first, second = pending(unique_state()), pending(unique_state())
+            await store.put(first, 600)
+            with pytest.raises(PendingStoreFullError):
+                await other.put(second, 600)
+
+            assert await other.take(first.state) == first
+            await other.put(second, 600)
+            assert await store.take(second.state) == second
+        finally:
+            await other.aclose()
+
+
+async def test_redis_expired_entries_free_the_cap(redis_url: str) -> None:
+    async with redis_store(redis_url, max_pending=1) as (store, client):
+        first, second = pending(unique_state()), pending(unique_state())
+        await store.put(first, 600)
+        with pytest.raises(PendingStoreFullError):
+            await store.put(second, 600)
+
+        # Expire the first now rather than in ten minutes: its key and its index entry.
+        member = store.PREFIX + hashlib.sha256(first.state.encode()).hexdigest()
+        assert await client.zscore(store.index_key, member) is not None
+        await client.zadd(store.index_key, {member: 0})
+        await client.delete(member)
+
+        await store.put(second, 600)
+        assert await store.take(first.state) is None
+        assert await store.take(second.state) == second
