@@ -26,6 +26,7 @@ from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
+from bluebutton.headers import SecurityHeaders
 from bluebutton.oauth import OAuthClient
 from bluebutton.outbound import build_ssl_context
 from bluebutton.pending import PendingStore, open_pending_store
@@ -188,6 +189,7 @@ def create_app(
     for exc_class, handler in handlers.items():
         app.add_exception_handler(exc_class, handler)
     app.add_middleware(RequestLog)
+    app.add_middleware(SecurityHeaders, hsts=settings.tls)  # outermost: the safe 500 gets them too
     app.include_router(router)
     app.include_router(sync_routes.router)
     _serve_swagger_ui(app)
