@@ -63,6 +63,13 @@ async def _request_validation_error(request: Request, exc: Exception) -> Respons
     assert isinstance(exc, RequestValidationError)
     issues = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            issues.append(
+                _unparseable_body(
+                    f"{err.get('ctx', {}).get('error', 'invalid')} at character {err['loc'][-1]}"
+                )
+            )
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path")]
         name = ".".join(loc) or "request"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -70,8 +77,19 @@ async def _request_validation_error(request: Request, exc: Exception) -> Respons
     return outcome(issues, 422)
 
 
+def _unparseable_body(reason: str) -> Issue:
+    return Issue(
+        f"request body: not valid JSON ({reason}); send a UTF-8 JSON object such as "
+        '{"token": "..."} with Content-Type: application/json, as /docs shows for this endpoint',
+        code="invalid",
+        expression=("body",),
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
+        return outcome([_unparseable_body(str(exc.detail))], 400)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
     return outcome([Issue(str(exc.detail), code)], exc.status_code, dict(exc.headers or {}))
 
@@ -225,6 +243,9 @@ def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
             return app.openapi_schema
         schema = generate()  # FastAPI caches it in app.openapi_schema; we extend that copy
         components = schema.setdefault("components", {}).setdefault("schemas", {})
+        _validation_errors_are_outcomes(schema)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
         for model in models:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
@@ -232,3 +253,16 @@ def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _validation_errors_are_outcomes(schema: dict[str, Any]) -> None:
+    """FastAPI documents its 422 as `application/json` `HTTPValidationError`; the handler above
+    answers every 422 as an `OperationOutcome` in `application/fhir+json`: document that."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            if response is not None:
+                response["description"] = "FHIR OperationOutcome"
+                response["content"] = {
+                    FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}
+                }

@@ -79,7 +79,7 @@ stored; an invalid Bundle (422) is never forwarded."""
                 "application/fhir+json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}},
             },
         },
-        **_errors(400, 401, 403, 404, 422, 429, 500, 502, 504),
+        **_errors(400, 401, 403, 404, 422, 429, 500, 502, 503, 504),
     },
 )
 async def fetch_fhir(
@@ -175,7 +175,7 @@ async def authorize_callback(
     tags=["oauth"],
     summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
     response_model=TokenResponse,
-    responses=_errors(401, 422, 502, 503),
+    responses=_errors(400, 401, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     tokens = await oauth.refresh(body.refresh_token)
@@ -188,7 +188,7 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     summary="Revoke an access or refresh token (RFC 7009)",
     status_code=204,
     response_class=Response,
-    responses=_errors(422, 502, 503),
+    responses=_errors(400, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
     await oauth.revoke(body.token)
