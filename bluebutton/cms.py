@@ -297,8 +297,9 @@ def _status_error(response: httpx.Response, attempt: int) -> CmsError:
     detail = read_error_body(response).detail
     if status == 401:
         return CmsUnauthorizedError(
-            "Blue Button refused the access token: it is expired or revoked, or the beneficiary's "
-            "grant has ended. Refresh it (POST /bluebutton/refresh) or re-authorize "
+            "Blue Button refused the access token: it is expired or revoked, the beneficiary's "
+            "grant has ended, or a newer authorization of the same beneficiary ends its earlier "
+            "tokens (use the newest). Refresh it (POST /bluebutton/refresh) or re-authorize "
             "(GET /bluebutton/authorize).",
             upstream_status=status,
             detail=detail,
