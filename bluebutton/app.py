@@ -24,6 +24,7 @@ from bluebutton import __version__
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
+from bluebutton.error_page import BROWSER_PATHS, error_page, wants_html
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
 from bluebutton.headers import SecurityHeaders
@@ -54,9 +55,19 @@ def outcome(issues: list[Issue], status: int, headers: dict[str, str] | None = N
     return Response(orjson.dumps(body), status, headers=headers, media_type=FHIR_JSON)
 
 
+def _error_answer(
+    request: Request, issues: list[Issue], status: int, headers: dict[str, str] | None = None
+) -> Response:
+    """An `OperationOutcome`, or the HTML error page for a browser on the authorization routes."""
+    if request.url.path in BROWSER_PATHS and wants_html(request.headers.get("accept", "")):
+        html, page_headers = error_page(issues, status)
+        return HTMLResponse(html, status, headers={**(headers or {}), **page_headers})
+    return outcome(issues, status, headers)
+
+
 async def _blue_button_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BlueButtonError)
-    return outcome(exc.issues(), exc.status_code, exc.headers)
+    return _error_answer(request, exc.issues(), exc.status_code, exc.headers)
 
 
 async def _request_validation_error(request: Request, exc: Exception) -> Response:
@@ -74,7 +85,7 @@ async def _request_validation_error(request: Request, exc: Exception) -> Respons
         name = ".".join(loc) or "request"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         issues.append(Issue(f"{name}: {message}", code="invalid", expression=(name,)))
-    return outcome(issues, 422)
+    return _error_answer(request, issues, 422)
 
 
 def _unparseable_body(reason: str) -> Issue:

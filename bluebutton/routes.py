@@ -18,7 +18,8 @@ from bluebutton.deps import (
     TransferDep,
     ValidatorDep,
 )
-from bluebutton.errors import OAuthError
+from bluebutton.error_page import wants_html
+from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.oauth import callback_error, new_pending_authorization
 from bluebutton.query import FhirQuery
 from bluebutton.schemas import (
@@ -31,6 +32,13 @@ from bluebutton.schemas import (
 from bluebutton.sync import routes as sync_routes
 
 router = APIRouter()
+
+STATE_SPENT = Issue(
+    "This authorization is used up: its state is single-use and this callback spent it, so "
+    "reloading the page cannot succeed. Start again at GET /bluebutton/authorize.",
+    code="security",
+    severity="information",
+)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -101,8 +109,7 @@ async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
 
 
 def _wants_html(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept.split(";", 1)[0] or accept.startswith("text/html")
+    return wants_html(request.headers.get("accept", ""))
 
 
 @router.get(
@@ -161,7 +168,11 @@ async def authorize_callback(
         raise OAuthError("The callback has no code. Start again at GET /bluebutton/authorize.")
     if authorization.sync:
         sync_routes.require_sync(request)  # before the single-use code is spent
-    tokens = await oauth.exchange_code(code, authorization.verifier)
+    try:
+        tokens = await oauth.exchange_code(code, authorization.verifier)
+    except CmsError as e:
+        e.extra_issues.append(STATE_SPENT)  # the state is gone: retrying this callback cannot work
+        raise
     if authorization.sync:
         return await sync_routes.enrolled(request, tokens, html=_wants_html(request))
     if _wants_html(request):
