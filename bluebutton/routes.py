@@ -12,6 +12,7 @@ from bluebutton.bundles import FHIR_JSON
 from bluebutton.callback_page import callback_page
 from bluebutton.deps import (
     BearerTokenDep,
+    CmsDep,
     OAuthDep,
     PendingDep,
     SettingsDep,
@@ -28,6 +29,7 @@ from bluebutton.schemas import (
     RefreshRequest,
     RevokeRequest,
     TokenResponse,
+    Userinfo,
 )
 from bluebutton.sync import routes as sync_routes
 
@@ -106,6 +108,20 @@ async def fetch_fhir(
 async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     for part in parts:
         yield part
+
+
+@router.get(
+    "/bluebutton/userinfo",
+    tags=["bluebutton"],
+    summary="The beneficiary's profile (CMS userinfo; needs the profile scope)",
+    response_model=Userinfo,
+    responses=_errors(401, 403, 404, 429, 502, 504),
+)
+async def userinfo(token: BearerTokenDep, cms: CmsDep) -> Userinfo:
+    """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
+    `/v{n}/connect/userinfo`. 403 when the beneficiary withheld demographic data (no `profile`
+    scope). Nothing is stored in connect."""
+    return Userinfo.model_validate(await cms.get_userinfo(token))
 
 
 def _wants_html(request: Request) -> bool:
