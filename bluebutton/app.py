@@ -25,8 +25,10 @@ from bluebutton.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
+from bluebutton.error_page import BROWSER_PATHS, error_page, wants_html
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
+from bluebutton.headers import SecurityHeaders
 from bluebutton.idempotency import IdempotentTransfer
 from bluebutton.idempotency_store import IdempotencyStore, open_idempotency_store
 from bluebutton.oauth import OAuthClient
@@ -56,24 +58,52 @@ def outcome(issues: list[Issue], status: int, headers: dict[str, str] | None = N
     return Response(orjson.dumps(body), status, headers=headers, media_type=FHIR_JSON)
 
 
+def _error_answer(
+    request: Request, issues: list[Issue], status: int, headers: dict[str, str] | None = None
+) -> Response:
+    """An `OperationOutcome`, or the HTML error page for a browser on the authorization routes."""
+    if request.url.path in BROWSER_PATHS and wants_html(request.headers.get("accept", "")):
+        html, page_headers = error_page(issues, status)
+        return HTMLResponse(html, status, headers={**(headers or {}), **page_headers})
+    return outcome(issues, status, headers)
+
+
 async def _blue_button_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BlueButtonError)
-    return outcome(exc.issues(), exc.status_code, exc.headers)
+    return _error_answer(request, exc.issues(), exc.status_code, exc.headers)
 
 
 async def _request_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     issues = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            issues.append(
+                _unparseable_body(
+                    f"{err.get('ctx', {}).get('error', 'invalid')} at character {err['loc'][-1]}"
+                )
+            )
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path")]
         name = ".".join(loc) or "request"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         issues.append(Issue(f"{name}: {message}", code="invalid", expression=(name,)))
-    return outcome(issues, 422)
+    return _error_answer(request, issues, 422)
+
+
+def _unparseable_body(reason: str) -> Issue:
+    return Issue(
+        f"request body: not valid JSON ({reason}); send a UTF-8 JSON object such as "
+        '{"token": "..."} with Content-Type: application/json, as /docs shows for this endpoint',
+        code="invalid",
+        expression=("body",),
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
+        return outcome([_unparseable_body(str(exc.detail))], 400)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
     return outcome([Issue(str(exc.detail), code)], exc.status_code, dict(exc.headers or {}))
 
@@ -208,6 +238,7 @@ def create_app(
         BodyLimit, limits=TOKEN_BODY_ROUTES, render=lambda e: outcome(e.issues(), e.status_code, e.headers)
     )
     app.add_middleware(RequestLog)
+    app.add_middleware(SecurityHeaders, hsts=settings.tls)  # outermost: the safe 500 gets them too
     app.include_router(router)
     app.include_router(sync_routes.router)
     _serve_swagger_ui(app)
@@ -243,6 +274,9 @@ def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
             return app.openapi_schema
         schema = generate()  # FastAPI caches it in app.openapi_schema; we extend that copy
         components = schema.setdefault("components", {}).setdefault("schemas", {})
+        _validation_errors_are_outcomes(schema)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
         for model in models:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
@@ -250,3 +284,16 @@ def _document_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _validation_errors_are_outcomes(schema: dict[str, Any]) -> None:
+    """FastAPI documents its 422 as `application/json` `HTTPValidationError`; the handler above
+    answers every 422 as an `OperationOutcome` in `application/fhir+json`: document that."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            if response is not None:
+                response["description"] = "FHIR OperationOutcome"
+                response["content"] = {
+                    FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}
+                }

@@ -11,14 +11,17 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import orjson
 
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.errors import (
     CmsBadRequestError,
     CmsError,
     CmsForbiddenError,
+    CmsMalformedPageError,
     CmsNotFoundError,
     CmsProtocolError,
     CmsRateLimitedError,
@@ -228,6 +231,46 @@ class CmsClient(UpstreamClient):
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def get_userinfo(self, token: str) -> dict[str, Any]:
+        """The beneficiary's profile (`/v{n}/connect/userinfo`, bb2-api.md §2.12), as the CMS SDK
+        reads it: the same origin, TLS and error translation as the FHIR searches; one attempt
+        (it is one small GET that a caller can repeat)."""
+        settings = self._settings
+        url = f"{settings.cms_origin}/v{settings.cms_api_version}/connect/userinfo"
+        try:
+            response = await self._client.get(
+                url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            )
+        except httpx.TimeoutException as e:
+            raise CmsTimeoutError(
+                f"Blue Button did not answer within {settings.cms_timeout_seconds:g} s"
+            ) from e
+        except httpx.TransportError as e:
+            raise CmsUnavailableError(
+                f"could not reach Blue Button at {settings.cms_origin} ({type(e).__name__})"
+            ) from e
+        try:
+            if response.status_code == 403:
+                raise CmsForbiddenError(
+                    "Blue Button refused the profile: the token has no `profile` scope (the "
+                    "beneficiary chose not to share demographic data, or BLUEBUTTON_CMS_SCOPES does "
+                    "not ask for it). Coverage and ExplanationOfBenefit still work; to read the "
+                    "profile, authorize again and share demographic data.",
+                    upstream_status=403,
+                    detail=read_error_body(response).detail,
+                )
+            if response.status_code != 200:
+                raise _status_error(response, 1, retry_after_seconds(response, self._wall_clock()))
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                body = None
+            if not isinstance(body, dict):
+                raise CmsMalformedPageError("Blue Button's userinfo answer is not a JSON object")
+            return body
+        finally:
+            release(response)
+
 
 def _unsendable(error: httpx.InvalidURL, *, from_caller: bool) -> InvalidQueryError | CmsProtocolError:
     """httpx refuses to build the request (e.g. a query past its 64 KB limit): the caller's query
@@ -244,8 +287,9 @@ def _status_error(response: httpx.Response, attempt: int, retry_after: float | N
     detail = read_error_body(response).detail
     if status == 401:
         return CmsUnauthorizedError(
-            "Blue Button refused the access token: it is expired or revoked, or the beneficiary's "
-            "grant has ended. Refresh it (POST /bluebutton/refresh) or re-authorize "
+            "Blue Button refused the access token: it is expired or revoked, the beneficiary's "
+            "grant has ended, or a newer authorization of the same beneficiary ends its earlier "
+            "tokens (use the newest). Refresh it (POST /bluebutton/refresh) or re-authorize "
             "(GET /bluebutton/authorize).",
             upstream_status=status,
             detail=detail,

@@ -8,6 +8,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from bluebutton.cms import CmsClient
 from bluebutton.errors import MissingTokenError
 from bluebutton.fhir import Validator
 from bluebutton.idempotency import IdempotentTransfer
@@ -49,6 +50,10 @@ def get_pending(request: Request) -> PendingStore:
     return app_state(request)["pending"]
 
 
+def get_cms(request: Request) -> CmsClient:
+    return app_state(request)["cms"]
+
+
 def get_transfer(request: Request) -> Transfer:
     return app_state(request)["transfer"]
 
@@ -88,3 +93,4 @@ OAuthDep = Annotated[OAuthClient, Depends(get_oauth)]
 PendingDep = Annotated[PendingStore, Depends(get_pending)]
 TransferDep = Annotated[Transfer, Depends(get_transfer)]
 IdempotentDep = Annotated[IdempotentTransfer, Depends(get_idempotent)]
+CmsDep = Annotated[CmsClient, Depends(get_cms)]

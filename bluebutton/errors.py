@@ -42,7 +42,8 @@
 
 ↻ marks a subclass of `TransientUpstreamError` (a second base: the tree shows the first), which
 retry code tests with `isinstance`; only those carry the issue code `transient`, so a caller reading
-the OperationOutcome alone knows whether resending can help. `tests/test_errors.py` checks this drawing against the classes.
+the OperationOutcome alone knows whether resending can help. `tests/test_errors.py` checks this
+drawing against the classes.
 Messages are written for the caller and never contain a token, a code, a secret or FHIR payload.
 """
 
@@ -166,6 +167,8 @@ class IdempotencyKeyReusedError(BlueButtonError):
 class IdempotencyStoreError(BlueButtonError):
     status_code = 503
     code = "transient"
+
+
 class PendingStoreFullError(BlueButtonError):
     """`BLUEBUTTON_STATE_MAX_PENDING` authorizations are waiting for their callback; the headers
     carry `Retry-After` (when the oldest expires)."""

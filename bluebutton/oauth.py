@@ -214,8 +214,10 @@ class OAuthClient:
             raise _token_error(response, "refreshing the token")
         raise CmsRefreshRejectedError(
             "Blue Button refused the refresh token. Refresh tokens are single-use (each refresh "
-            "returns a new one, and the old one stops working), and the beneficiary's 13-month "
-            "grant may have expired or been revoked: re-authorize at GET /bluebutton/authorize.",
+            "returns a new one, and the old one stops working), a newer authorization of the same "
+            "beneficiary ends its earlier tokens, and the beneficiary's 13-month grant may have "
+            "expired or been revoked: use the newest token set, or re-authorize at "
+            "GET /bluebutton/authorize.",
             upstream_status=response.status_code,
             detail=said.detail,
         )

@@ -76,8 +76,10 @@ class FhirQuery(BaseModel):
     )
     patient: Annotated[str | None, Field(pattern=FHIR_ID)] = Field(
         default=None,
+        examples=["-19990000000043"],
         description=(
-            "Beneficiary id (e.g. -20140000008325), the `patient` of the token response. "
+            "Beneficiary id (e.g. -19990000000043, BBUser00042 of the demo), the `patient` of the "
+            "token response. "
             "Optional: CMS scopes every search to the token's beneficiary anyway."
         ),
     )

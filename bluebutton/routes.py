@@ -12,13 +12,15 @@ from bluebutton.bundles import FHIR_JSON
 from bluebutton.callback_page import callback_page
 from bluebutton.deps import (
     BearerTokenDep,
+    CmsDep,
     IdempotentDep,
     OAuthDep,
     PendingDep,
     SettingsDep,
     ValidatorDep,
 )
-from bluebutton.errors import OAuthError
+from bluebutton.error_page import wants_html
+from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.idempotency import HEADER_DOC
 from bluebutton.oauth import callback_error, new_pending_authorization
 from bluebutton.query import FhirQuery
@@ -28,10 +30,18 @@ from bluebutton.schemas import (
     RefreshRequest,
     RevokeRequest,
     TokenResponse,
+    Userinfo,
 )
 from bluebutton.sync import routes as sync_routes
 
 router = APIRouter()
+
+STATE_SPENT = Issue(
+    "This authorization is used up: its state is single-use and this callback spent it, so "
+    "reloading the page cannot succeed. Start again at GET /bluebutton/authorize.",
+    code="security",
+    severity="information",
+)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -115,9 +125,22 @@ async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield part
 
 
+@router.get(
+    "/bluebutton/userinfo",
+    tags=["bluebutton"],
+    summary="The beneficiary's profile (CMS userinfo; needs the profile scope)",
+    response_model=Userinfo,
+    responses=_errors(401, 403, 404, 429, 502, 504),
+)
+async def userinfo(token: BearerTokenDep, cms: CmsDep) -> Userinfo:
+    """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
+    `/v{n}/connect/userinfo`. 403 when the beneficiary withheld demographic data (no `profile`
+    scope). Nothing is stored in connect."""
+    return Userinfo.model_validate(await cms.get_userinfo(token))
+
+
 def _wants_html(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept.split(";", 1)[0] or accept.startswith("text/html")
+    return wants_html(request.headers.get("accept", ""))
 
 
 @router.get(
@@ -176,7 +199,11 @@ async def authorize_callback(
         raise OAuthError("The callback has no code. Start again at GET /bluebutton/authorize.")
     if authorization.sync:
         sync_routes.require_sync(request)  # before the single-use code is spent
-    tokens = await oauth.exchange_code(code, authorization.verifier)
+    try:
+        tokens = await oauth.exchange_code(code, authorization.verifier)
+    except CmsError as e:
+        e.extra_issues.append(STATE_SPENT)  # the state is gone: retrying this callback cannot work
+        raise
     if authorization.sync:
         return await sync_routes.enrolled(request, tokens, html=_wants_html(request))
     if _wants_html(request):
@@ -190,7 +217,7 @@ async def authorize_callback(
     tags=["oauth"],
     summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
     response_model=TokenResponse,
-    responses=_errors(401, 422, 502, 503),
+    responses=_errors(400, 401, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     tokens = await oauth.refresh(body.refresh_token)
@@ -203,7 +230,7 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     summary="Revoke an access or refresh token (RFC 7009)",
     status_code=204,
     response_class=Response,
-    responses=_errors(422, 502, 503),
+    responses=_errors(400, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
     await oauth.revoke(body.token)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bluebutton.connect import LfhEnvelope
 
@@ -68,3 +68,17 @@ class TokenResponse(BaseModel):
     scope: list[str]
     patient: str | None
     access_grant_expiration: str | None
+
+
+class Userinfo(BaseModel):
+    """CMS's `/v{n}/connect/userinfo` answer, passed on as CMS sent it (bb2-api.md §2.12)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sub: str | None = Field(default=None, description="The beneficiary's FHIR patient id")
+    name: str | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    email: str | None = None
+    iat: str | None = Field(default=None, description="When the user joined (ISO date and time)")
+    patient: str | None = Field(default=None, description="The beneficiary's FHIR patient id")

@@ -67,7 +67,8 @@ def test_statuses_are_not_set_per_instance() -> None:
 
 @pytest.mark.parametrize("cls", error_classes(), ids=lambda cls: cls.__name__)
 def test_only_retryable_upstream_errors_say_transient(cls: type[errors.BlueButtonError]) -> None:
-    """An OperationOutcome's `transient` promises that resending can help: a permanent refusal says otherwise."""
+    """An OperationOutcome's `transient` promises that resending can help; a permanent refusal
+    must not say it."""
     if issubclass(cls, errors.UpstreamError):
         assert (cls.code == "transient") == (
             issubclass(cls, errors.TransientUpstreamError) and cls.code not in {"throttled", "timeout"}
