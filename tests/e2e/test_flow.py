@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import uuid
 from html.parser import HTMLParser
 from typing import Any
 
@@ -92,8 +93,19 @@ def assert_transfer(
     assert response.status_code == 200, response.text
     locations = header_list(response, "X-LFH-Data-Record-Locations")
     uuids = header_list(response, "X-LFH-Record-UUIDs")
-    assert len(locations) == len(uuids) == int(response.headers["X-LFH-Bundle-Count"]) >= 1
+    assert len(locations) == len(uuids) == int(response.headers["X-LFH-Bundle-Count"])
     served = e2e.cms_entries(token, resource_type)
+    if not served:  # an empty search result is not sent to connect
+        assert locations == []
+        assert "empty search result" in response.headers["X-LFH-Skipped"]
+        assert new_records(e2e, before) == []
+        answer = response.json()
+        if "resourceType" in answer:  # return_cms=true: the empty merged Bundle
+            assert answer.get("entry", []) == []
+        else:
+            assert answer["bundle_count"] == 0
+        return locations
+    assert len(locations) >= 1
     bundles = assert_stored_exactly(e2e, before, locations, uuids, served)
 
     if response.headers["content-type"].startswith("application/fhir+json"):  # return_cms=true
@@ -445,6 +457,35 @@ def test_connect_failing_midway_reports_exactly_what_it_stored(e2e: Harness) -> 
     e2e.connect_faults()
     before = e2e.records()
     assert_transfer(e2e, e2e.fhir(token, EOB), token, EOB, before)  # re-running completes it
+
+
+def test_a_retry_with_the_same_idempotency_key_stores_only_what_is_missing(e2e: Harness) -> None:
+    token = e2e.tokens(FOUR_PAGES)["access_token"]
+    served = e2e.cms_entries(token, EOB)
+    key = str(uuid.uuid4())
+    before = e2e.records()
+    e2e.connect_faults(fail_after=2)
+
+    failed = e2e.fhir(token, EOB, idempotency_key=key)
+
+    assert failed.status_code == 502, failed.text
+    stored_first = header_list(failed, "X-LFH-Data-Record-Locations")
+    assert len(stored_first) == 2
+    e2e.connect_faults()
+
+    retried = e2e.fhir(token, EOB, idempotency_key=key)
+
+    assert retried.status_code == 200, retried.text
+    locations = header_list(retried, "X-LFH-Data-Record-Locations")
+    assert locations[:2] == stored_first
+    assert_stored_exactly(e2e, before, locations, header_list(retried, "X-LFH-Record-UUIDs"), served)
+
+    after = e2e.records()
+    replayed = e2e.fhir(token, EOB, idempotency_key=key)
+    assert replayed.status_code == 200
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.content == retried.content
+    assert new_records(e2e, after) == []
 
 
 def test_connect_down_is_502_could_not_connect_and_nothing_stored(e2e: Harness) -> None:
