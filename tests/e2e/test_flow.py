@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from html.parser import HTMLParser
 from typing import Any
@@ -21,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from bluebutton.sandbox.stack import wait_ready
+from bluebutton.sandbox.stack import ca_context, wait_ready
 from tests.e2e.harness import Harness, diagnostics, header_list, outcome
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -486,6 +487,45 @@ def test_a_retry_with_the_same_idempotency_key_stores_only_what_is_missing(e2e: 
     assert replayed.headers["Idempotent-Replayed"] == "true"
     assert replayed.content == retried.content
     assert new_records(e2e, after) == []
+
+
+def test_a_caller_that_hangs_up_stops_the_forwarding(e2e: Harness) -> None:
+    """A real client closing its socket while connect holds the first Bundle's answer: the
+    connector waits for that answer, starts no further POST, and logs what it stored (499)."""
+    token = e2e.tokens(FOUR_PAGES)["access_token"]  # 200 claims: more than four Bundles
+    before = e2e.records()
+    e2e.connect_faults(latency_ms=2000)  # each record is stored, then answered 2 s later
+    log = e2e.stack.log_dir / "connector.log" if e2e.stack.log_dir else None
+    assert log is not None
+    url = httpx.URL(e2e.stack.connector_url)
+    request = (
+        f"GET /bluebutton/fhir?resource_type={EOB} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    raw = socket.create_connection((url.host, url.port), timeout=30)
+    caller = ca_context().wrap_socket(raw, server_hostname=url.host)
+    try:
+        caller.sendall(request)
+        for _ in range(600):  # until connect has stored the first Bundle (bounded)
+            if len(new_records(e2e, before)) >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        caller.close()
+    for _ in range(600):  # until the connector has given up on the request (bounded)
+        if " GET /bluebutton/fhir 499 " in log.read_text(errors="replace"):
+            break
+        time.sleep(0.05)
+
+    text = log.read_text(errors="replace")
+    assert " GET /bluebutton/fhir 499 " in text
+    assert "caller left" in text
+    added = new_records(e2e, before)
+    assert 1 <= len(added) <= 3  # the Bundle in flight when the caller left (a full pull is 5+)
+    stopped = [line for line in text.splitlines() if "caller left; stopped" in line][-1]
+    assert f"stored {len(added)} of " in stopped
+    assert all(record["uuid"] in stopped for record in added)
+    assert token not in text
 
 
 def test_connect_down_is_502_could_not_connect_and_nothing_stored(e2e: Harness) -> None:
