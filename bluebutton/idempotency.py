@@ -40,7 +40,8 @@ from bluebutton.errors import (
     IdempotencyStoreError,
 )
 from bluebutton.idempotency_store import IdempotencyRecord, IdempotencyStore
-from bluebutton.pipeline import Answer, Progress, StoredPiece, Transfer
+from bluebutton.pipeline import Answer, Transfer
+from bluebutton.progress import Progress, StoredPiece
 from bluebutton.query import FhirQuery
 
 logger = logging.getLogger(__name__)

@@ -82,32 +82,38 @@ class IdempotencyStore(Protocol):
 
 
 class MemoryIdempotencyStore:
-    """Single-process store; expired records are dropped as they are met."""
+    """Single-process store. Every write moves its key to the end with the same TTL, so the
+    dict stays in expiry order and expired records are dropped from its front in O(1) each."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._items: dict[str, tuple[IdempotencyRecord, float]] = {}
 
-    def _get(self, key: str) -> IdempotencyRecord | None:
+    def _get(self, key: str, now: float) -> IdempotencyRecord | None:
+        while self._items:
+            oldest = next(iter(self._items))
+            if self._items[oldest][1] > now:
+                break
+            del self._items[oldest]
         item = self._items.get(key)
-        if item is None or item[1] <= self._clock():
-            self._items.pop(key, None)
-            return None
-        return item[0]
+        return None if item is None else item[0]
+
+    def _put(self, key: str, record: IdempotencyRecord, ttl_seconds: int) -> None:
+        self._items.pop(key, None)
+        self._items[key] = (record, self._clock() + ttl_seconds)
 
     async def claim(
         self, key: str, running: IdempotencyRecord, ttl_seconds: int
     ) -> tuple[bool, IdempotencyRecord | None]:
         now = self._clock()
-        previous = self._get(key)
+        previous = self._get(key, now)
         if previous is not None and not previous.claimable_by(running.token_hash, running.query_hash, now):
             return False, previous
-        record = running if previous is None else replace(running, sealed=previous.sealed)
-        self._items[key] = (record, now + ttl_seconds)
+        self._put(key, running if previous is None else replace(running, sealed=previous.sealed), ttl_seconds)
         return True, previous
 
     async def finish(self, key: str, record: IdempotencyRecord, ttl_seconds: int) -> None:
-        self._items[key] = (record, self._clock() + ttl_seconds)
+        self._put(key, record, ttl_seconds)
 
     async def release(self, key: str) -> None:
         self._items.pop(key, None)

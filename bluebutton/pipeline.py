@@ -9,7 +9,6 @@ did not.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -17,17 +16,17 @@ from dataclasses import dataclass, field
 
 from bluebutton.bundles import FHIR_JSON, BundleHeader, split_entries
 from bluebutton.cms import CmsClient
-from bluebutton.connect import ConnectClient, StoredRecord
-from bluebutton.errors import (
-    BundleInvalidError,
-    CallerGoneError,
-    CmsProtocolError,
-    ConnectError,
-    Issue,
-    PartialForwardError,
-    PullTimeoutError,
-)
+from bluebutton.connect import ConnectClient
+from bluebutton.errors import BundleInvalidError, CmsProtocolError, ConnectError, Issue
 from bluebutton.fhir import EntriesNotJsonError, Problem, Validator, problems_to_issues, validate_shell
+from bluebutton.progress import (
+    Progress,
+    StoredPiece,
+    caller_gone_error,
+    deadline_passed,
+    entry_digest,
+    partial_failure,
+)
 from bluebutton.query import FhirQuery
 
 logger = logging.getLogger(__name__)
@@ -100,60 +99,6 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
     )
 
 
-@dataclass(frozen=True)
-class StoredPiece:
-    """One Bundle connect stored: which entries of the pull it carried, and connect's record."""
-
-    first_entry: int
-    entry_count: int
-    record: StoredRecord
-
-
-@dataclass
-class Progress:
-    """What a transfer stored so far, kept outside it so that it can still be read when the
-    transfer fails, is cut short by the deadline or stopped because the caller left; a retry under
-    the same Idempotency-Key starts from it (`stored` and `digests` then hold the earlier
-    attempts' pieces)."""
-
-    stored: list[StoredPiece] = field(default_factory=list)
-    digests: set[str] = field(default_factory=set)  # SHA-256 of each entry connect has stored
-    planned: list[tuple[int, int]] = field(default_factory=list)  # this attempt's pieces: first, count
-    sent: int = 0  # pieces of `planned` stored
-    sending: bool = False  # a POST is in flight: its Bundle may arrive even if we stop waiting
-    forwarding: bool = False
-    caller_gone: bool = False
-
-    @property
-    def bundle_count(self) -> int:
-        return len(self.stored) - self.sent + len(self.planned)
-
-    def lost_entries(self) -> str:
-        """The entries of this attempt not (known to be) stored, as `a-b`."""
-        first, _ = self.planned[self.sent]
-        last, count = self.planned[-1]
-        return f"{first}-{last + count - 1}"
-
-    def stored_issues(self) -> list[Issue]:
-        return [
-            Issue(
-                f"stored: Bundle {n} of {self.bundle_count}, entries {piece.first_entry}-"
-                f"{piece.first_entry + piece.entry_count - 1}, uuid {piece.record.uuid}, "
-                f"data_record_location {piece.record.location}",
-                code="informational",
-                severity="information",
-            )
-            for n, piece in enumerate(self.stored, start=1)
-        ]
-
-    def headers(self) -> dict[str, str]:
-        return _record_headers([piece.record for piece in self.stored])
-
-
-def entry_digest(entry: bytes) -> str:
-    return hashlib.sha256(entry).hexdigest()
-
-
 async def forward(pulled: Pulled, connect: ConnectClient, limit: int, progress: Progress) -> None:
     """POST, in order, the entries connect has not stored yet; on a failure, report what is
     stored and what is not. Checks before each POST whether the caller left: a POST already sent
@@ -168,91 +113,18 @@ async def forward(pulled: Pulled, connect: ConnectClient, limit: int, progress: 
     progress.forwarding = True
     for piece in pieces:
         if progress.caller_gone:
-            raise _caller_gone(progress)
+            raise caller_gone_error(progress)
         progress.sending = True
         try:
             record = await connect.post_bundle(piece.body)
         except ConnectError as e:
             if not progress.stored:
                 raise
-            raise _partial_failure(progress, e) from e
+            raise partial_failure(progress, e) from e
         progress.stored.append(StoredPiece(todo[piece.start], piece.stop - piece.start, record))
         progress.digests.update(digests[todo[n]] for n in range(piece.start, piece.stop))
         progress.sent += 1
         progress.sending = False
-
-
-def _partial_failure(progress: Progress, cause: ConnectError) -> PartialForwardError:
-    failed, count = len(progress.stored) + 1, progress.bundle_count
-    lost = progress.lost_entries()
-    issues = progress.stored_issues()
-    issues.append(
-        Issue(
-            f"not stored: entries {lost} (Bundles {failed}-{count} of {count}); Bundle {failed} "
-            f"failed: {cause.issues()[0].diagnostics}",
-            code="incomplete",
-        )
-    )
-    return PartialForwardError(
-        f"LinuxForHealth connect stored {len(progress.stored)} of {count} Bundles; entries "
-        f"{lost} were not stored. Re-run the request with the same Idempotency-Key to send only "
-        "what is missing",
-        upstream_status=cause.upstream_status,
-        issues=issues,
-        headers=progress.headers(),
-    )
-
-
-def _cut_short(progress: Progress, reason: str) -> tuple[str, list[Issue]]:
-    """What a transfer stopped before its end had stored: a sentence and the issues listing it."""
-    if not progress.forwarding:
-        return f"{reason} before anything was sent to LinuxForHealth connect", []
-    issues = progress.stored_issues()
-    stored = f"LinuxForHealth connect stored {len(progress.stored)} of {progress.bundle_count} Bundles"
-    if progress.sent == len(progress.planned):
-        return f"{reason} after every Bundle was stored ({stored})", issues
-    lost = progress.lost_entries()
-    if progress.sending:
-        number = len(progress.stored) + 1
-        first, count = progress.planned[progress.sent]
-        issues.append(
-            Issue(
-                f"unknown: Bundle {number} (entries {first}-{first + count - 1}) was being sent and "
-                "may have been stored",
-                code="incomplete",
-                severity="warning",
-            )
-        )
-    issues.append(Issue(f"not stored: entries {lost}", code="incomplete"))
-    return f"{reason}: {stored}; entries {lost} were not stored", issues
-
-
-def _caller_gone(progress: Progress) -> CallerGoneError:
-    summary, issues = _cut_short(progress, "The caller disconnected")
-    logger.warning(
-        "caller left; stopped: %s; stored uuids [%s] locations [%s]",
-        summary,
-        ",".join(piece.record.uuid for piece in progress.stored),
-        ",".join(piece.record.location for piece in progress.stored),
-    )
-    return CallerGoneError(summary, issues=issues, headers=progress.headers())
-
-
-def _deadline_passed(progress: Progress, seconds: float) -> PullTimeoutError:
-    summary, issues = _cut_short(
-        progress, f"The pull did not finish within BLUEBUTTON_PULL_TIMEOUT_SECONDS={seconds:g} s"
-    )
-    hint = " Retry later with the same Idempotency-Key" if progress.stored else " Retry later"
-    hint += ", or narrow the search (type, service_date, last_updated)."
-    return PullTimeoutError(summary + "." + hint, issues=issues, headers=progress.headers())
-
-
-def _record_headers(records: list[StoredRecord]) -> dict[str, str]:
-    return {
-        "X-LFH-Bundle-Count": str(len(records)),
-        "X-LFH-Record-UUIDs": ",".join(r.uuid for r in records),
-        "X-LFH-Data-Record-Locations": ",".join(r.location for r in records),
-    }
 
 
 def envelopes_answer(stored: list[StoredPiece], total: int) -> list[bytes]:
@@ -315,7 +187,7 @@ class Transfer:
                     work.cancel()
                 await asyncio.wait({work})
                 if work.cancelled():
-                    raise _caller_gone(progress)
+                    raise caller_gone_error(progress)
             return work.result()
         finally:
             gone.cancel()
@@ -329,7 +201,7 @@ class Transfer:
         except TimeoutError as e:
             if not timeout.expired():
                 raise
-            raise _deadline_passed(progress, self.pull_timeout) from e
+            raise deadline_passed(progress, self.pull_timeout) from e
 
     async def _transfer(self, query: FhirQuery, token: str, progress: Progress) -> Answer:
         pulled = await pull(query, token, self.cms, self.validator)

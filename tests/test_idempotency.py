@@ -16,7 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 import respx
 
-from bluebutton.idempotency_store import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
+from bluebutton.idempotency_store import (
+    IdempotencyRecord,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+    State,
+)
 from tests.factories import (
     AUTH,
     SMALL_LIMIT,
@@ -408,3 +414,74 @@ async def test_openapi_documents_the_header_and_its_answers(client: httpx.AsyncC
     for words in ("409", "422", "replayed", "only the entries not stored", "24 h"):
         assert words in parameter["description"]
     assert {"400", "409", "422", "503"} <= set(operation["responses"])
+
+
+# ----------------------------------------------------------------------------- the stores alone
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def clocked_store(backend: str, clock: Clock) -> AsyncIterator[IdempotencyStore]:
+    if backend == "memory":
+        yield MemoryIdempotencyStore(clock)
+        return
+    prefix = f"bluebutton-test:{uuid.uuid4().hex}:"
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        yield RedisIdempotencyStore(client, prefix, clock)
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def record(
+    state: State, lease_until: int = 0, sealed: bytes = b"", token: str = "t" * 64
+) -> IdempotencyRecord:
+    return IdempotencyRecord(state, token, "q" * 64, lease_until, sealed)
+
+
+async def test_a_run_is_claimed_once_and_a_dead_one_taken_over_with_its_progress(backend: str) -> None:
+    clock = Clock()
+    async with clocked_store(backend, clock) as store:
+        lease = int(clock.now) + 330
+        assert await store.claim("k", record("running", lease), 86_400) == (True, None)
+        assert await store.claim("k", record("running", lease + 5), 86_400) == (
+            False,
+            record("running", lease),
+        )
+        await store.finish("k", record("partial", sealed=b"progress"), 86_400)
+        assert await store.claim("k", record("running", lease, token="x" * 64), 86_400) == (
+            False,
+            record("partial", sealed=b"progress"),
+        )
+        assert await store.claim("k", record("running", lease), 86_400) == (
+            True,
+            record("partial", sealed=b"progress"),
+        )
+        clock.now = lease  # the run never finished: its lease is over
+        claimed, previous = await store.claim("k", record("running", lease + 330), 86_400)
+        assert claimed
+        assert previous == record("running", lease, sealed=b"progress")
+        await store.release("k")
+        assert await store.claim("k", record("running", lease), 86_400) == (True, None)
+
+
+async def test_a_memory_record_expires_after_its_ttl() -> None:
+    clock = Clock()
+    store = MemoryIdempotencyStore(clock)
+    await store.finish("old", record("done", sealed=b"answer"), 60)
+    clock.now += 30
+    await store.finish("new", record("done", sealed=b"answer"), 60)
+    assert (await store.claim("old", record("running", 1), 60))[0] is False
+    clock.now += 31
+    assert await store.claim("old", record("running", 1), 60) == (True, None)
+    assert len(store.raw()) == 2  # "new" is still kept, "old" is the new run

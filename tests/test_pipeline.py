@@ -143,7 +143,9 @@ class Caller:
 
 
 def warnings_logged(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "bluebutton.pipeline")
+    return "\n".join(
+        r.getMessage() for r in caplog.records if r.name in ("bluebutton.pipeline", "bluebutton.progress")
+    )
 
 
 async def test_a_caller_gone_before_forwarding_gets_nothing_forwarded(

@@ -120,14 +120,15 @@ class Harness:
 
     # -- the connector ------------------------------------------------------------------------------
 
-    def fhir(self, token: str, resource_type: str, **params: Any) -> httpx.Response:
+    def fhir(
+        self, token: str, resource_type: str, *, idempotency_key: str | None = None, **params: Any
+    ) -> httpx.Response:
         query = {"resource_type": resource_type}
         query |= {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
-        return self.client.get(
-            f"{self.stack.connector_url}/bluebutton/fhir",
-            params=query,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        headers = {"Authorization": f"Bearer {token}"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return self.client.get(f"{self.stack.connector_url}/bluebutton/fhir", params=query, headers=headers)
 
     def refresh(self, refresh_token: str) -> httpx.Response:
         return self.client.post(

@@ -13,6 +13,8 @@ import re
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from html.parser import HTMLParser
 from typing import Any
 
@@ -20,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from bluebutton.sandbox.stack import wait_ready
+from bluebutton.sandbox.stack import ca_context, wait_ready
 from tests.e2e.harness import Harness, diagnostics, header_list, outcome
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -92,8 +94,19 @@ def assert_transfer(
     assert response.status_code == 200, response.text
     locations = header_list(response, "X-LFH-Data-Record-Locations")
     uuids = header_list(response, "X-LFH-Record-UUIDs")
-    assert len(locations) == len(uuids) == int(response.headers["X-LFH-Bundle-Count"]) >= 1
+    assert len(locations) == len(uuids) == int(response.headers["X-LFH-Bundle-Count"])
     served = e2e.cms_entries(token, resource_type)
+    if not served:  # an empty search result is not sent to connect
+        assert locations == []
+        assert "empty search result" in response.headers["X-LFH-Skipped"]
+        assert new_records(e2e, before) == []
+        answer = response.json()
+        if "resourceType" in answer:  # return_cms=true: the empty merged Bundle
+            assert answer.get("entry", []) == []
+        else:
+            assert answer["bundle_count"] == 0
+        return locations
+    assert len(locations) >= 1
     bundles = assert_stored_exactly(e2e, before, locations, uuids, served)
 
     if response.headers["content-type"].startswith("application/fhir+json"):  # return_cms=true
@@ -445,6 +458,74 @@ def test_connect_failing_midway_reports_exactly_what_it_stored(e2e: Harness) -> 
     e2e.connect_faults()
     before = e2e.records()
     assert_transfer(e2e, e2e.fhir(token, EOB), token, EOB, before)  # re-running completes it
+
+
+def test_a_retry_with_the_same_idempotency_key_stores_only_what_is_missing(e2e: Harness) -> None:
+    token = e2e.tokens(FOUR_PAGES)["access_token"]
+    served = e2e.cms_entries(token, EOB)
+    key = str(uuid.uuid4())
+    before = e2e.records()
+    e2e.connect_faults(fail_after=2)
+
+    failed = e2e.fhir(token, EOB, idempotency_key=key)
+
+    assert failed.status_code == 502, failed.text
+    stored_first = header_list(failed, "X-LFH-Data-Record-Locations")
+    assert len(stored_first) == 2
+    e2e.connect_faults()
+
+    retried = e2e.fhir(token, EOB, idempotency_key=key)
+
+    assert retried.status_code == 200, retried.text
+    locations = header_list(retried, "X-LFH-Data-Record-Locations")
+    assert locations[:2] == stored_first
+    assert_stored_exactly(e2e, before, locations, header_list(retried, "X-LFH-Record-UUIDs"), served)
+
+    after = e2e.records()
+    replayed = e2e.fhir(token, EOB, idempotency_key=key)
+    assert replayed.status_code == 200
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.content == retried.content
+    assert new_records(e2e, after) == []
+
+
+def test_a_caller_that_hangs_up_stops_the_forwarding(e2e: Harness) -> None:
+    """A real client closing its socket while connect holds the first Bundle's answer: the
+    connector waits for that answer, starts no further POST, and logs what it stored (499)."""
+    token = e2e.tokens(FOUR_PAGES)["access_token"]  # 200 claims: more than four Bundles
+    before = e2e.records()
+    e2e.connect_faults(latency_ms=2000)  # each record is stored, then answered 2 s later
+    log = e2e.stack.log_dir / "connector.log" if e2e.stack.log_dir else None
+    assert log is not None
+    url = httpx.URL(e2e.stack.connector_url)
+    request = (
+        f"GET /bluebutton/fhir?resource_type={EOB} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    raw = socket.create_connection((url.host, url.port), timeout=30)
+    caller = ca_context().wrap_socket(raw, server_hostname=url.host)
+    try:
+        caller.sendall(request)
+        for _ in range(600):  # until connect has stored the first Bundle (bounded)
+            if len(new_records(e2e, before)) >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        caller.close()
+    for _ in range(600):  # until the connector has given up on the request (bounded)
+        if " GET /bluebutton/fhir 499 " in log.read_text(errors="replace"):
+            break
+        time.sleep(0.05)
+
+    text = log.read_text(errors="replace")
+    assert " GET /bluebutton/fhir 499 " in text
+    assert "caller left" in text
+    added = new_records(e2e, before)
+    assert 1 <= len(added) <= 3  # the Bundle in flight when the caller left (a full pull is 5+)
+    stopped = [line for line in text.splitlines() if "caller left; stopped" in line][-1]
+    assert f"stored {len(added)} of " in stopped
+    assert all(record["uuid"] in stopped for record in added)
+    assert token not in text
 
 
 def test_connect_down_is_502_could_not_connect_and_nothing_stored(e2e: Harness) -> None:
