@@ -24,6 +24,7 @@ from bluebutton import __version__
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
+from bluebutton.console import routes as console_routes
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
 from bluebutton.oauth import OAuthClient
@@ -190,6 +191,7 @@ def create_app(
     app.add_middleware(RequestLog)
     app.include_router(router)
     app.include_router(sync_routes.router)
+    app.include_router(console_routes.router)
     _serve_swagger_ui(app)
     _document_models(app, [LfhEnvelope, ForwardedBundles, OperationOutcome])
     return app
