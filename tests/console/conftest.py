@@ -17,6 +17,7 @@ from bluebutton.app import create_app
 from bluebutton.console import routes as console_routes
 from bluebutton.outbound import build_ssl_context
 from bluebutton.settings import Settings
+from tests.e2e.test_browser import tab  # noqa: F401 - fixture (its browser: tests/console/test_browser.py)
 from tests.running import client_for, new_cms_client, new_connect_client
 from tests.sync.conftest import database_server, database_url, token_keys  # noqa: F401 - fixtures
 
