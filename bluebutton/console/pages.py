@@ -7,7 +7,7 @@ script at all: the console works with links and forms), forms only to this origi
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -21,6 +21,16 @@ _templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def instant(value: str | None) -> str:
+    """An ISO 8601 instant from the service's JSON as operators read it, in UTC to the second."""
+    if not value:
+        return "—"
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+_templates.filters["instant"] = instant
 
 
 def security_headers(nonce: str) -> dict[str, str]:
