@@ -153,12 +153,16 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     from playwright.sync_api import expect
 
     page = tab.page
+    console_messages: list[str] = []
+    page.on("console", lambda message: console_messages.append(message.text))
     sign_in(tab, stack.connector_url, "not-the-key-" * 4)
     page.wait_for_selector("#sign-in-error")
     tab.shoot("wrong-key")
     sign_in(tab, stack.connector_url)
     page.wait_for_selector("#no-grants")
     tab.shoot("signed-in")
+    # The nonce-tagged stylesheet applies under the page's CSP (and nothing was refused).
+    assert page.locator("header").evaluate("e => getComputedStyle(e).borderBottomStyle") == "solid"
 
     page.click("#connect")
     approve_at_cms(tab, USER)
@@ -198,6 +202,7 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     assert page.locator("#sync-now").count() == 0
     tab.shoot("disconnected")
     assert api(e2e, f"/bluebutton/grants/{grant_id}")["state"] == "disconnected"
+    assert [m for m in console_messages if "Content Security Policy" in m] == []
     assert tab.offsite == []
 
 
