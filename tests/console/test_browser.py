@@ -218,3 +218,12 @@ def test_the_secure_cookie_works_over_plain_http_on_loopback(tab: Tab, plain_htt
     assert (session["secure"], session["httpOnly"], session["sameSite"]) == (True, True, "Strict")
     assert session["path"] == HOME
     assert tab.offsite == []
+
+
+def test_another_page_cannot_frame_the_console(tab: Tab, stack: Stack) -> None:
+    """frame-ancestors 'none': Chromium refuses to render the console inside another page."""
+    page = tab.page
+    with page.expect_console_message(lambda message: "frame-ancestors 'none'" in message.text):
+        page.set_content(f'<iframe id="framed" src="{stack.connector_url}{HOME}"></iframe>')
+    frame = page.locator("#framed").element_handle().content_frame()
+    assert frame is not None and frame.locator("#sign-in").count() == 0
