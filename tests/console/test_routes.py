@@ -90,6 +90,10 @@ async def test_signing_in_sets_a_strict_secure_session_cookie(
         assert 'href="/bluebutton/authorize?sync=true"' in home.text
         assert clock.pauses == []
 
+        out = await client.post(f"{HOME}/sign-out", data=page.forms[f"{HOME}/sign-out"])
+        assert out.status_code == 303 and SESSION_COOKIE not in client.cookies
+        assert "sign-in" in Page((await client.get(HOME)).text).ids
+
 
 async def test_console_pages_carry_a_nonce_csp_that_forbids_framing(
     database_url: str, token_keys: str, clock: ConsoleTime
@@ -157,6 +161,11 @@ async def test_without_a_database_the_page_says_what_to_set() -> None:
         answer = await client.get(HOME)
         assert answer.status_code == 503
         assert "BLUEBUTTON_DATABASE_URL" in answer.text and "BLUEBUTTON_TOKEN_KEYS" in answer.text
+        form = await client.post(SIGN_IN, data={"key": ADMIN_KEY})
+        assert form.status_code == 503 and SESSION_COOKIE not in client.cookies
+        refused = await client.post(f"{HOME}/grants/{NO_GRANT}/sync", data={"csrf": "x"})
+        assert refused.status_code == 503
+        assert "BLUEBUTTON_DATABASE_URL" in refused.json()["issue"][0]["diagnostics"]
 
 
 async def test_requests_without_the_cookie_are_sent_to_sign_in_or_refused(
@@ -257,6 +266,11 @@ async def test_grants_runs_records_sync_now_and_disconnect(
             assert 'id="run-status">partial<' in run_page.text
             eob = row_of(run_page.text, "resources-ExplanationOfBenefit")
             assert cell(eob, "count-fetched") == "10" and cell(eob, "count-invalid") == str(invalid)
+
+            missing = await client.get(f"{HOME}/runs/{enrolled['run_id'] + 1000}")
+            assert missing.status_code == 404 and "No run" in missing.json()["issue"][0]["diagnostics"]
+            unknown = await client.get(f"{HOME}/grants/{NO_GRANT}")
+            assert unknown.status_code == 404
 
             csrf = Page(grant_page.text).forms[f"{HOME}/grants/{grant_id}/sync"]
             queued = await client.post(f"{HOME}/grants/{grant_id}/sync", data=csrf)
