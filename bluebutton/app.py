@@ -25,6 +25,7 @@ from bluebutton.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.bundles import FHIR_JSON
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient, LfhEnvelope
+from bluebutton.console import routes as console_routes
 from bluebutton.error_page import BROWSER_PATHS, error_page, wants_html
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir import Validator
@@ -241,6 +242,7 @@ def create_app(
     app.add_middleware(SecurityHeaders, hsts=settings.tls)  # outermost: the safe 500 gets them too
     app.include_router(router)
     app.include_router(sync_routes.router)
+    app.include_router(console_routes.router)
     _serve_swagger_ui(app)
     _document_models(app, [LfhEnvelope, ForwardedBundles, OperationOutcome])
     return app
