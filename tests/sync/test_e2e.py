@@ -77,9 +77,10 @@ def _run(e2e: Harness, run_id: int) -> dict[str, Any]:
 
 
 def _finished(e2e: Harness, run_id: int) -> dict[str, Any]:
-    return _until(
+    found: dict[str, Any] = _until(
         lambda: (r := _run(e2e, run_id))["status"] not in ("queued", "running") and r, f"run {run_id}"
     )
+    return found
 
 
 def _stored_claims(e2e: Harness) -> Counter[str]:
