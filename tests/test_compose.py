@@ -1,4 +1,5 @@
-"""docker-compose.yml: valid Compose, two self-contained profiles, wiring that matches Settings.
+"""docker-compose.yml: valid Compose, two self-contained profiles, wiring that matches Settings,
+and grant keeping in each profile: a PostgreSQL and a standalone worker beside the connector.
 
 No Docker engine runs here, so these check what can be checked without one: the file parses, Debian's
 docker-compose 1.29 accepts it (when installed), and the services fit together.
@@ -25,6 +26,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 PROFILES = ("connect", "sandbox")
 CONNECTORS = {"connect": "bluebutton", "sandbox": "bluebutton-sandbox"}
+WORKERS = {"connect": "worker", "sandbox": "worker-sandbox"}
+DATABASES = {"connect": "postgres", "sandbox": "postgres-sandbox"}
+POSTGRES_IMAGE = "postgres:18"
 IMAGE = "bluebutton:local"
 
 # The images and tags of LinuxForHealth connect 0.42.0's docker-compose.yml.
@@ -36,8 +40,13 @@ CONNECT_STACK = {
     "ipfs-cluster-0": "linuxforhealth/ipfs-cluster:v0.14.0",
     "ipfs-node-0": "linuxforhealth/go-ipfs:release-v0.9.1",
 }
-# The CMS emulator's documented development client: public, not a credential.
+# The CMS emulator's documented development client and the sandbox's grant-keeping keys: public
+# development values guarding emulated tokens only, not credentials.
 SANDBOX_CLIENT = {"bluebutton-sandbox-client", "bluebutton-sandbox-secret"}
+SANDBOX_KEYS = {
+    "Ymx1ZWJ1dHRvbi1zYW5kYm94LXRva2VuLWtleS1kZXY=",  # base64 of b"bluebutton-sandbox-token-key-dev"
+    "bluebutton-sandbox-operator-key-not-a-secret",
+}
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|PRIVATE|(^|_)KEY$", re.IGNORECASE)
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")  # `$${` is a literal
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a server in a container must bind
@@ -103,6 +112,11 @@ def active(services: dict[str, dict[str, Any]], profile: str) -> set[str]:
 
 def built_here(service: dict[str, Any]) -> bool:
     return service.get("image") == IMAGE
+
+
+def serves_http(name: str, service: dict[str, Any]) -> bool:
+    """Our services that listen (connectors, emulators); workers only call out."""
+    return built_here(service) and name not in WORKERS.values()
 
 
 def bind_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,10 +193,16 @@ def test_profile_is_self_contained(services: dict[str, dict[str, Any]], profile:
 
 
 def test_profiles_run_the_right_stack(services: dict[str, dict[str, Any]]) -> None:
-    assert active(services, "connect") == set(CONNECT_STACK) | {"bluebutton"}
+    assert active(services, "connect") == set(CONNECT_STACK) | {"bluebutton", "worker", "postgres"}
     sandbox = active(services, "sandbox")
-    assert sandbox == {"bluebutton-sandbox", "cms-sandbox", "connect-sandbox"}
-    assert all(built_here(services[name]) for name in sandbox)
+    assert sandbox == {
+        "bluebutton-sandbox",
+        "cms-sandbox",
+        "connect-sandbox",
+        "worker-sandbox",
+        "postgres-sandbox",
+    }
+    assert all(built_here(services[name]) for name in sandbox - {"postgres-sandbox"})
 
 
 def test_connect_stack_uses_connect_0_42_images(services: dict[str, dict[str, Any]]) -> None:
@@ -191,7 +211,7 @@ def test_connect_stack_uses_connect_0_42_images(services: dict[str, dict[str, An
 
 def test_services_built_here_share_one_image_and_build(services: dict[str, dict[str, Any]]) -> None:
     ours = [s for s in services.values() if built_here(s)]
-    assert len(ours) == 4
+    assert len(ours) == 6
     assert all(s.get("build") in (".", {"context": "."}) for s in ours)
 
 
@@ -204,7 +224,7 @@ def test_healthy_conditions_have_healthchecks(services: dict[str, dict[str, Any]
 
 def test_connectors_and_emulators_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if built_here(service):
+        if serves_http(name, service):
             test = service["healthcheck"]["test"]
             assert test[:2] == ["CMD", "bluebutton-healthcheck"], name
             probe = dict(arg[2:].split("=", 1) for arg in test[2:] if "=" in arg)
@@ -213,12 +233,26 @@ def test_connectors_and_emulators_have_healthchecks(services: dict[str, dict[str
 
 
 def test_start_order(services: dict[str, dict[str, Any]]) -> None:
-    assert dependencies(services["bluebutton"]) == {"connect": "service_healthy"}
+    assert dependencies(services["bluebutton"]) == {
+        "connect": "service_healthy",
+        "postgres": "service_healthy",
+    }
     assert dependencies(services["connect"])["kafka"] == "service_healthy"
     assert dependencies(services["kafka"]) == {"zookeeper": "service_healthy"}
     assert dependencies(services["bluebutton-sandbox"]) == {
         "cms-sandbox": "service_healthy",
         "connect-sandbox": "service_healthy",
+        "postgres-sandbox": "service_healthy",
+    }
+    # A worker starts after its connector answers health checks: the migrations are applied.
+    assert dependencies(services["worker"]) == {
+        "bluebutton": "service_healthy",
+        "postgres": "service_healthy",
+    }
+    assert dependencies(services["worker-sandbox"]) == {
+        "bluebutton-sandbox": "service_healthy",
+        "postgres-sandbox": "service_healthy",
+        "cms-sandbox": "service_started",  # its network namespace
     }
 
 
@@ -295,7 +329,7 @@ def test_dev_certificate_covers_the_names_used_over_tls(services: dict[str, dict
 
 def test_tls_files_are_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
-        if built_here(service):
+        if serves_http(name, service):
             for path in ("/etc/bluebutton/tls/server.pem", "/etc/bluebutton/tls/server.key"):
                 assert mounted_read_only(service, path), (name, path)
             for flag in ("tls-cert", "tls-key"):
@@ -307,8 +341,8 @@ def test_no_secret_values_committed(services: dict[str, dict[str, Any]]) -> None
     for name, service in services.items():
         sandbox = service["profiles"] == ["sandbox"]
         for key, value in environment(service).items():
-            if SECRET_NAME.search(key) and value is not None:
-                assert sandbox and value in SANDBOX_CLIENT, f"{name}: {key} has a value"
+            if SECRET_NAME.search(key) and value:
+                assert sandbox and value in SANDBOX_CLIENT | SANDBOX_KEYS, f"{name}: {key} has a value"
         for arg in service.get("command", []):
             if "secret" in str(arg):
                 assert sandbox and str(arg).split("=", 1)[-1] in SANDBOX_CLIENT, f"{name}: {arg}"
@@ -350,3 +384,65 @@ def test_env_example_holds_placeholders_only() -> None:
 def test_env_file_is_git_ignored() -> None:
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert ".env" in ignored
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_keeps_grants_in_its_own_postgres(
+    services: dict[str, dict[str, Any]], profile: str
+) -> None:
+    database = services[DATABASES[profile]]
+    assert database["image"] == POSTGRES_IMAGE
+    assert "ports" not in database  # reachable on the compose network only
+    assert "main" in database["networks"]
+    assert any(str(v).endswith(":/var/lib/postgresql") for v in database["volumes"])
+    assert database["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert "pg_isready" in database["healthcheck"]["test"][1]
+    env = environment(services[CONNECTORS[profile]])
+    url = urlsplit(env["BLUEBUTTON_DATABASE_URL"] or "")
+    db_env = environment(database)
+    assert (url.scheme, url.hostname, url.port) == ("postgresql", DATABASES[profile], 5432)
+    assert (url.username, url.path) == (db_env["POSTGRES_USER"], f"/{db_env['POSTGRES_DB']}")
+    assert env["BLUEBUTTON_SYNC_WORKER"] == "off"  # the worker service runs the jobs
+    volumes = {str(v).split(":")[0] for v in database["volumes"]}
+    other = DATABASES["sandbox" if profile == "connect" else "connect"]
+    assert volumes == {DATABASES[profile]} and other not in volumes  # emulated and real never mix
+
+
+def test_the_connect_database_password_comes_from_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert raw["postgres"]["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-}"
+    url = raw["bluebutton"]["environment"]["BLUEBUTTON_DATABASE_URL"]
+    assert urlsplit(url).password == "${POSTGRES_PASSWORD:-}"
+    env = environment(services["bluebutton"])
+    assert env["BLUEBUTTON_TOKEN_KEYS"] is None and env["BLUEBUTTON_ADMIN_API_KEY"] is None
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_worker_runs_with_its_connectors_settings(
+    services: dict[str, dict[str, Any]], profile: str
+) -> None:
+    worker, connector = services[WORKERS[profile]], services[CONNECTORS[profile]]
+    assert worker["command"] == ["python", "-m", "bluebutton", "worker"]
+    assert worker["profiles"] == [profile] and built_here(worker)
+    assert environment(worker) == environment(connector)  # same database, keys, CMS and connect
+    # Where the connector reaches CMS and connect, so does the worker.
+    assert worker.get("network_mode") == connector.get("network_mode")
+    assert worker.get("networks") == connector.get("networks")
+    assert "ports" not in worker
+    assert worker["healthcheck"] == {"disable": True}  # the image's HTTP probe would fail
+    assert worker["restart"] == "unless-stopped"
+    # Its CA is mounted; the server certificate and key are not (it serves nothing).
+    assert mounted_read_only(worker, environment(worker)["BLUEBUTTON_CA_FILE"])
+    assert not any(
+        m["target"] in ("/etc/bluebutton/tls", "/etc/bluebutton/tls/server.key") for m in bind_mounts(worker)
+    )
+
+
+def test_the_sandbox_keys_are_valid_settings(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["bluebutton-sandbox"])
+    names = ("BLUEBUTTON_DATABASE_URL", "BLUEBUTTON_TOKEN_KEYS", "BLUEBUTTON_ADMIN_API_KEY")
+    values: dict[str, Any] = {n.removeprefix("BLUEBUTTON_").lower(): env[n] for n in names}
+    settings = Settings(_env_file=None, **values)
+    assert settings.sync_enabled and settings.admin_api_key is not None

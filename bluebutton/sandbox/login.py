@@ -94,13 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--withhold-demographics", action="store_true", help="share claims but not the Patient resource"
     )
+    parser.add_argument(
+        "--sync", action="store_true", help="enrol for grant keeping (authorize?sync=true): prints the grant"
+    )
     args = parser.parse_args(argv)
     user = parse_username(args.user)
     if user is None or user >= USER_COUNT:
         parser.error(f"{args.user!r} is not a sandbox user: BBUser00000 .. BBUser{USER_COUNT - 1:05d}")
     connector = args.connector.rstrip("/")
     try:
-        response = authorize(connector, user, share_demographics=not args.withhold_demographics)
+        response = authorize(
+            connector, user, share_demographics=not args.withhold_demographics, sync=args.sync
+        )
     except httpx.TransportError as e:
         print(f"login: cannot reach {connector} ({e}); is the demo running (./scripts/run)?", file=sys.stderr)
         return 1

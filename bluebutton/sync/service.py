@@ -29,7 +29,7 @@ from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenCipher, TokenKeyError
-from bluebutton.sync.database import open_pool, resolve_conninfo
+from bluebutton.sync.database import open_pool, release_embedded, resolve_conninfo
 from bluebutton.sync.errors import GrantNotFoundError, GrantNotSyncingError
 from bluebutton.sync.grants import SYNCING, Grant, GrantState
 from bluebutton.sync.jobs import SyncJobs
@@ -179,6 +179,7 @@ async def open_sync(
                 await task
         await jobs.app.close_async()
         await pool.close()
+        await release_embedded(settings)
 
 
 @asynccontextmanager

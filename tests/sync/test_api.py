@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jsonschema  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema)
 import pytest
 
 from tests.factories import make_settings
@@ -24,12 +25,14 @@ def upstreams() -> Upstreams:
     return Upstreams()
 
 
-async def _enrol(client: httpx.AsyncClient, upstreams: Upstreams, accept: str = "application/json") -> Any:
+async def _enrol(
+    client: httpx.AsyncClient, upstreams: Upstreams, accept: str = "application/json", user: int = USER
+) -> Any:
     """authorize?sync=true, then the callback with a code CMS exchanges for the user's tokens."""
     start = await client.get("/bluebutton/authorize", params={"sync": "true"})
     assert start.status_code == 200, start.text
     state = parse_qs(urlsplit(start.json()["authorize_url"]).query)["state"][0]
-    tokens = upstreams.authorize(USER)
+    tokens = upstreams.authorize(user)
     upstreams.code_answer = tokens
     answer = await client.get(
         "/bluebutton/authorize_callback",
@@ -183,3 +186,62 @@ async def test_the_openapi_document_declares_the_api_key_scheme(database_url: st
     assert {"/bluebutton/grants", "/bluebutton/grants/{grant_id}/sync", "/bluebutton/runs/{run_id}"} <= set(
         schema["paths"]
     )
+
+
+async def test_every_operator_answer_is_what_openapi_declares(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    """Real answers, a partial run with quarantined claims included, against the document's own
+    response schemas; and the schemas are strict enough to refuse a wrong shape."""
+    settings = sync_settings(database_url, token_keys, sync_worker="embedded")
+    with upstreams.router():
+        async with open_client(settings) as client:
+            document = (await client.get("/openapi.json")).json()
+            _, answer = await _enrol(client, upstreams, user=29900)  # 10 claims, 3 invalid
+            body = answer.json()
+            run = await _finished(client, body["run_id"])
+            assert run["status"] == "partial" and run["resources"]["ExplanationOfBenefit"]["invalid"] == 3
+            grant_id = body["grant_id"]
+            queued = await client.post(f"/bluebutton/grants/{grant_id}/sync", headers=KEY)
+            await _finished(client, queued.json()["run_id"])
+            answers = {
+                ("/bluebutton/grants", "get", "200"): await client.get("/bluebutton/grants", headers=KEY),
+                ("/bluebutton/grants/{grant_id}", "get", "200"): await client.get(
+                    f"/bluebutton/grants/{grant_id}", headers=KEY
+                ),
+                ("/bluebutton/grants/{grant_id}/runs", "get", "200"): await client.get(
+                    f"/bluebutton/grants/{grant_id}/runs", headers=KEY
+                ),
+                ("/bluebutton/grants/{grant_id}/records", "get", "200"): await client.get(
+                    f"/bluebutton/grants/{grant_id}/records", headers=KEY
+                ),
+                ("/bluebutton/runs/{run_id}", "get", "200"): await client.get(
+                    f"/bluebutton/runs/{body['run_id']}", headers=KEY
+                ),
+                ("/bluebutton/grants/{grant_id}/sync", "post", "202"): queued,
+            }
+
+    def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+        return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+    for (path, method, status), response in answers.items():
+        assert response.status_code == int(status), (path, response.text)
+        declared = document["paths"][path][method]["responses"][status]["content"]["application/json"]
+        assert "$ref" in declared["schema"], path  # a model, not an untyped object
+        validator(declared["schema"]).validate(response.json())
+
+    grant = answers[("/bluebutton/grants/{grant_id}", "get", "200")].json()
+    assert len(grant["quarantined"]) == 3
+    assert all(issue.get("expression") for q in grant["quarantined"] for issue in q["issues"])
+    assert all(None not in issue.values() for q in grant["quarantined"] for issue in q["issues"])
+    grant_schema = validator({"$ref": "#/components/schemas/GrantInfo"})
+    for broken in (
+        {**grant, "state": "paused"},
+        {k: v for k, v in grant.items() if k != "last_run"},
+        {**grant, "last_run": {**grant["last_run"], "status": "done"}},
+        {**grant, "quarantined": [{"resource_type": "ExplanationOfBenefit", "id": "x"}]},
+    ):
+        assert not grant_schema.is_valid(broken)
+    run_schema = validator({"$ref": "#/components/schemas/RunInfo"})
+    run = answers[("/bluebutton/runs/{run_id}", "get", "200")].json()
+    assert not run_schema.is_valid({**run, "resources": {"ExplanationOfBenefit": {"fetched": 1}}})

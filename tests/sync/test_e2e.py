@@ -1,21 +1,27 @@
 """Grant keeping over real processes: the emulated CMS and connect, the connector, standalone
 workers (`python -m bluebutton worker`), one PostgreSQL. Enrol with sync=true through CMS's login
-and consent pages, then watch runs; kill a worker mid-run and let another recover its job."""
+and consent pages, then watch runs; kill a worker mid-run and let another recover its job; two
+workers racing for one grant refresh its single-use token exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from bluebutton.sandbox.login import authorize
 from bluebutton.sandbox.stack import Stack, StackConfig, start_stack
+from bluebutton.sync.database import open_pool
+from bluebutton.sync.jobs import SyncJobs
 from tests.e2e.harness import Harness
 from tests.sync.conftest import ADMIN_KEY
+from tests.sync.emulated import sync_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +50,6 @@ def stack(database_url: str, token_keys: str, tmp_path) -> Iterator[Stack]:
         log_dir=tmp_path,
     )
     running = start_stack(config)
-    running.sync_env = {**running.commands["connector"][1]}  # type: ignore[attr-defined]
     try:
         yield running
     finally:
@@ -52,7 +57,7 @@ def stack(database_url: str, token_keys: str, tmp_path) -> Iterator[Stack]:
 
 
 def _start_worker(stack: Stack, name: str) -> None:
-    stack.launch(name, ["-m", "bluebutton", "worker"], stack.sync_env)  # type: ignore[attr-defined]
+    stack.start_worker(name)
 
 
 def _until(check: Any, what: str) -> Any:
@@ -72,9 +77,10 @@ def _run(e2e: Harness, run_id: int) -> dict[str, Any]:
 
 
 def _finished(e2e: Harness, run_id: int) -> dict[str, Any]:
-    return _until(
+    found: dict[str, Any] = _until(
         lambda: (r := _run(e2e, run_id))["status"] not in ("queued", "running") and r, f"run {run_id}"
     )
+    return found
 
 
 def _stored_claims(e2e: Harness) -> Counter[str]:
@@ -185,5 +191,74 @@ def test_a_post_in_flight_at_the_kill_is_sent_again_and_nothing_else(stack: Stac
         assert len(stored) == 54  # nothing lost
         assert {i for i, n in stored.items() if n > 1} == resent  # only the Bundle in flight, once more
         assert max(stored.values()) == 2
+    finally:
+        e2e.close()
+
+
+def _prepare_race(database_url: str, token_keys: str, grant_id: str) -> None:
+    """A second job of the grant beside the waiting first run (lock, no queueing lock: the sweep
+    and an operator request can each leave one), and an access token due for refresh, so that
+    each job, if it ran unguarded, would refresh with the same single-use token."""
+
+    async def prepare() -> None:
+        jobs = SyncJobs(sync_settings(database_url, token_keys))
+        pool = await open_pool(database_url, 2)
+        try:
+            await jobs.app.open_async(pool)
+            await jobs.sync_grant.configure(lock=grant_id).defer_async(grant_id=grant_id)
+            async with pool.connection() as connection:
+                await connection.execute(
+                    "UPDATE bluebutton_grants SET access_expires_at = now() WHERE id = %s", (grant_id,)
+                )
+        finally:
+            await jobs.app.close_async()
+            await pool.close()
+
+    asyncio.run(prepare())
+
+
+def _jobs_left(database_url: str, grant_id: str) -> int:
+    with psycopg.connect(database_url) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM procrastinate_jobs "
+            "WHERE args->>'grant_id' = %s AND status IN ('todo', 'doing')",
+            (grant_id,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_two_worker_processes_racing_for_one_grant_refresh_it_exactly_once(
+    stack: Stack, database_url: str, token_keys: str
+) -> None:
+    """Refresh tokens are single-use: two runs of one grant at once would both refresh with the
+    same token, and CMS would refuse the second (invalid_grant: the grant looks revoked). Two
+    worker processes find two waiting jobs of one grant; its lock lets one run at a time."""
+    e2e = Harness(stack)
+    try:
+        body = authorize(stack.connector_url, USER, sync=True).json()  # no worker yet: the run waits
+        grant_id = body["grant_id"]
+        _prepare_race(database_url, token_keys, grant_id)
+        assert _jobs_left(database_url, grant_id) == 2
+        assert e2e.client.get(f"{stack.cms_url}/_sandbox/stats").json()["token_calls"] == {
+            "authorization_code": 1  # the enrolment
+        }
+
+        _start_worker(stack, "worker-1")
+        _start_worker(stack, "worker-2")
+        _until(lambda: _jobs_left(database_url, grant_id) == 0, "both jobs to finish")
+
+        calls = e2e.client.get(f"{stack.cms_url}/_sandbox/stats").json()["token_calls"]
+        assert calls == {"authorization_code": 1, "refresh_token": 1}, calls
+        runs = e2e.client.get(f"{stack.connector_url}/bluebutton/grants/{grant_id}/runs", headers=KEY)
+        done = runs.json()["runs"]
+        assert [r["status"] for r in done] == ["succeeded", "succeeded"], done
+        older, newer = done[1], done[0]
+        assert older["finished_at"] <= newer["started_at"]  # one after the other, never at once
+        grant = e2e.client.get(f"{stack.connector_url}/bluebutton/grants/{grant_id}", headers=KEY).json()
+        assert grant["state"] == "active"
+        stored = _stored_claims(e2e)
+        assert len(stored) == 52 and set(stored.values()) == {1}  # the second run stored nothing again
+        assert all(stack.processes[name].poll() is None for name in ("worker-1", "worker-2"))
     finally:
         e2e.close()

@@ -39,7 +39,8 @@ async def test_a_second_request_while_one_waits_gets_the_same_run(
             waiting = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND task_name = %s"
             assert await _count(service, waiting, TASK) == 1
             await drain(service)
-            assert (await runs.get(service.pool, first))["status"] == "succeeded"
+            done = await runs.get(service.pool, first)
+            assert done is not None and done["status"] == "succeeded"
 
 
 async def test_two_workers_never_run_one_grant_at_once(
@@ -84,6 +85,7 @@ async def test_a_dead_workers_job_is_recovered_and_stores_nothing_twice(
                         "VALUES (now() - interval '1 hour') RETURNING id"
                     )
                 ).fetchone()
+                assert worker is not None
                 await connection.execute(
                     "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE task_name = %s",
                     (worker[0], TASK),
@@ -95,7 +97,7 @@ async def test_a_dead_workers_job_is_recovered_and_stores_nothing_twice(
             assert await service.jobs.recover_stalled() == 1
             await drain(service)
             killed = await runs.get(service.pool, run_id)
-            assert killed["status"] == "failed"
+            assert killed is not None and killed["status"] == "failed"
             assert "stopped" in killed["issues"][0]["diagnostics"]
             latest = (await runs.of_grant(service.pool, grant_id, 1))[0]
             assert latest["status"] == "succeeded"
@@ -111,6 +113,7 @@ async def test_the_sweep_queues_due_grants_once(
             grant_id, _ = await service.enrol(upstreams.authorize(USER))
             await drain(service)
             grant = await grants.get(service.pool, grant_id)
+            assert grant is not None and grant.next_sync_at is not None
             assert grant.next_sync_at > datetime.now(UTC) + timedelta(hours=23)
             assert await service.jobs.sweep() == 0
             async with service.pool.connection() as connection:
@@ -134,8 +137,9 @@ async def test_a_transient_failure_backs_off_and_is_retried(
             upstreams.cms_app.state.faults.faults = Faults(server_errors=1000, server_error_status=503)
             await drain(service)
             run = await runs.get(service.pool, run_id)
-            assert run["status"] == "failed"
+            assert run is not None and run["status"] == "failed"
             grant = await grants.get(service.pool, grant_id)
+            assert grant is not None and grant.next_sync_at is not None
             assert (grant.state, grant.consecutive_failures) == ("failing", 1)
             assert datetime.now(UTC) < grant.next_sync_at <= datetime.now(UTC) + timedelta(seconds=60)
             retry = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND attempts = 1"
@@ -147,6 +151,7 @@ async def test_a_transient_failure_backs_off_and_is_retried(
                 await connection.execute("UPDATE procrastinate_jobs SET scheduled_at = now()")
             await drain(service)
             grant = await grants.get(service.pool, grant_id)
+            assert grant is not None
             assert (grant.state, grant.consecutive_failures) == ("active", 0)
             assert len(upstreams.stored_ids()) == 12
             assert (await run_once(service, grant_id))["status"] == "succeeded"

@@ -93,9 +93,11 @@ def test_migrate_then_rotate_keys(
     assert "1 grant(s)" in capsys.readouterr().out
     only_new = TokenCipher.from_setting(new)
     with psycopg.connect(database_url) as connection:
-        access, refresh = connection.execute(
+        row = connection.execute(
             "SELECT access_token_ct, refresh_token_ct FROM bluebutton_grants WHERE id = %s", (grant_id,)
         ).fetchone()
+    assert row is not None
+    access, refresh = row
     assert only_new.decrypt(access, grant_id) == "access"
     assert only_new.decrypt(refresh, grant_id) == "refresh"
     assert main(["rotate-keys"]) == 0

@@ -21,7 +21,9 @@ Modules (one concern each; imports only point down this list's dependencies, nev
     fhir.py         metadata, search and read: token, scope and own-patient checks
     search.py       query schema, filters, paging links, Bundle assembly
     faults.py       latency, 429, 5xx, dropped connections, hostile `next` links, failing pages
-    admin.py        `/_sandbox/...`: faults at run time, expire tokens/grants, reset, user info
+    admin.py        `/_sandbox/...`: faults at run time, expire tokens/grants, claims, clock, reset
+    clock.py        the emulated clock (real time plus an offset admin calls move forward)
+    schedule.py     the weekly batches of new claims over emulated time
     data.py         deterministic users, ids, claim lists and counts, the per-user cache
     beneficiary.py  Patient, Coverage and userinfo of a user
     claims.py       one ExplanationOfBenefit per claim type (valid R4 unless a defect is asked)

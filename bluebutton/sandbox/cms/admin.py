@@ -8,8 +8,16 @@
     POST  /_sandbox/add_claims      {"user": ..., "count": 3} -> 3 new claims, lastUpdated now
     POST  /_sandbox/change_claim    {"user": ..., "id": optional} -> one claim gets new content
     POST  /_sandbox/revoke          {"user": ...} -> the beneficiary disconnects the app (tokens die)
-    POST  /_sandbox/reset           forget all tokens and pending logins, faults back to the config
+    POST  /_sandbox/reset           forget all tokens, pending logins and counts, faults back to the config
     GET   /_sandbox/users/<name>    login, password, patient id, claim count, invalid claim ids
+    GET   /_sandbox/clock           the emulated time, its offset, weeks of scheduled claims arrived
+    POST  /_sandbox/clock           {"advance_seconds": 604800} -> time moves on (tokens age, grants
+                                    end, that week's scheduled claims arrive; schedule.py)
+    PUT   /_sandbox/token_lifetime  {"seconds": 120} -> access tokens issued from now live that long
+    GET   /_sandbox/stats           token endpoint calls by grant type (e.g. refresh_token: 1)
+
+CMS's own sandbox helper, `POST /v2/o/expire_authenticated_user/<patient>/` (client credentials),
+is in `oauth.py`.
 
 `user` may be a login name, a user number or a patient id (`"patient"` works too). No
 authentication: the emulator only ever listens on loopback or a private compose network.
@@ -26,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bluebutton.sandbox.cms.clock import EmulatedClock
 from bluebutton.sandbox.cms.data import (
     USER_COUNT,
     CmsDataset,
@@ -51,9 +60,16 @@ def resolve_user(value: Any) -> int | None:
 
 class AdminApi:
     def __init__(
-        self, tokens: TokenStore, dataset: CmsDataset, faults: FaultState, initial_faults: Faults
+        self,
+        tokens: TokenStore,
+        dataset: CmsDataset,
+        faults: FaultState,
+        initial_faults: Faults,
+        clock: EmulatedClock,
     ) -> None:
         self.tokens = tokens
+        self.clock = clock
+        self.initial_token_seconds = tokens.access_token_seconds
         self.dataset = dataset
         self.faults = faults
         self.initial_faults = initial_faults
@@ -68,6 +84,9 @@ class AdminApi:
             Route("/_sandbox/revoke", self.revoke, methods=["POST"]),
             Route("/_sandbox/reset", self.reset, methods=["POST"]),
             Route("/_sandbox/users/{name}", self.user, methods=["GET"]),
+            Route("/_sandbox/clock", self.clock_endpoint, methods=["GET", "POST"]),
+            Route("/_sandbox/token_lifetime", self.token_lifetime, methods=["PUT"]),
+            Route("/_sandbox/stats", self.stats, methods=["GET"]),
         ]
 
     async def faults_endpoint(self, request: Request) -> Response:
@@ -143,8 +162,37 @@ class AdminApi:
             return user
         return JSONResponse({"expired": self.tokens.expire_grants(user)})
 
+    async def clock_endpoint(self, request: Request) -> Response:
+        if request.method == "POST":
+            seconds = (await self._body(request)).get("advance_seconds")
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 10**9:
+                return JSONResponse(
+                    {"detail": 'give {"advance_seconds": N}, N from 0 to 1e9 (the clock only moves forward)'},
+                    status_code=400,
+                )
+            self.clock.advance(float(seconds))
+        schedule = self.dataset.schedule
+        return JSONResponse(
+            {
+                "now": self._now().isoformat(),
+                "offset_seconds": self.clock.offset,
+                "weeks": schedule.weeks(self.clock()) if schedule is not None else 0,
+            }
+        )
+
+    async def token_lifetime(self, request: Request) -> Response:
+        seconds = (await self._body(request)).get("seconds")
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or not 1 <= seconds <= 10**8:
+            return JSONResponse({"detail": 'give {"seconds": N}, an integer 1..1e8'}, status_code=400)
+        self.tokens.access_token_seconds = seconds
+        return JSONResponse({"access_token_seconds": seconds})
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse({"token_calls": dict(self.tokens.token_calls)})
+
     async def reset(self, request: Request) -> Response:
         self.tokens.reset()
+        self.tokens.access_token_seconds = self.initial_token_seconds
         self.faults.faults = self.initial_faults.model_copy()
         return JSONResponse({"reset": True})
 

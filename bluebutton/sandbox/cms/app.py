@@ -8,11 +8,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import Receive, Scope, Send
 
 from bluebutton.sandbox.cms.admin import AdminApi
+from bluebutton.sandbox.cms.clock import EmulatedClock
 from bluebutton.sandbox.cms.config import CmsSandboxConfig
 from bluebutton.sandbox.cms.data import CmsDataset
 from bluebutton.sandbox.cms.faults import RAW_SEND_KEY, FaultMiddleware, FaultState
 from bluebutton.sandbox.cms.fhir import FhirApi
 from bluebutton.sandbox.cms.oauth import OAuthApi
+from bluebutton.sandbox.cms.schedule import ClaimSchedule
 from bluebutton.sandbox.cms.tokens import TokenStore
 
 
@@ -26,18 +28,20 @@ class CmsApp(Starlette):
 
 def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     """A fresh emulator with empty token store; `app.state` exposes its parts to tests."""
+    clock = EmulatedClock(config.clock)
     tokens = TokenStore(
-        clock=config.clock,
+        clock=clock,
         access_token_seconds=config.access_token_seconds,
         code_seconds=config.code_seconds,
         approval_seconds=config.approval_seconds,
     )
-    dataset = CmsDataset(config.claims_override, config.cached_users)
+    schedule = ClaimSchedule(clock(), config.weekly_claims)
+    dataset = CmsDataset(config.claims_override, config.cached_users, schedule, clock)
     faults = FaultState(config.faults.model_copy())
     routes = (
         OAuthApi(config, tokens).routes()
         + FhirApi(config, tokens, dataset, faults).routes()
-        + AdminApi(tokens, dataset, faults, config.faults).routes()
+        + AdminApi(tokens, dataset, faults, config.faults, clock).routes()
     )
     app = CmsApp(
         routes=routes,
@@ -48,6 +52,7 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
         ],
     )
     app.state.config = config
+    app.state.clock = clock
     app.state.tokens = tokens
     app.state.dataset = dataset
     app.state.faults = faults

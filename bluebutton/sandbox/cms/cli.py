@@ -62,6 +62,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="access-token lifetime (CMS: 3600); short ones exercise refresh",
     )
     parser.add_argument(
+        "--weekly-claims",
+        type=int,
+        default=env("WEEKLY_CLAIMS", "3"),
+        help="most new claims BBUser00000-09999 get per emulated week (0: none)",
+    )
+    parser.add_argument(
         "--faults", default=env("FAULTS"), help="initial faults as JSON, e.g. '{\"rate_limit\": 2}'"
     )
     return parser
@@ -82,6 +88,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         claims_override=args.claims,
         faults=faults,
         access_token_seconds=args.access_token_seconds,
+        weekly_claims=args.weekly_claims,
     )
 
 

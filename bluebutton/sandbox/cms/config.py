@@ -34,6 +34,7 @@ class CmsSandboxConfig:
     claims_override: int | None = None  # every user gets this many EOBs (benchmark)
     faults: Faults = field(default_factory=Faults)  # initial faults; see faults.py
     access_token_seconds: int = 3600  # bb2-api.md §2.5
+    weekly_claims: int = 3  # most new claims per user per emulated week (schedule.py); 0: none
     code_seconds: int = 60  # DOT AUTHORIZATION_CODE_EXPIRE_SECONDS (§2.3)
     approval_seconds: int = 600  # AUTHORIZATION_EXPIRATION of the consent page (§2.2)
     cached_users: int = 16  # users whose claim JSON stays in memory (about 10 MB each at most)
@@ -51,6 +52,7 @@ class CmsSandboxConfig:
         for name in (
             "latency_ms",
             "access_token_seconds",
+            "weekly_claims",
             "code_seconds",
             "approval_seconds",
             "cached_users",

@@ -49,9 +49,10 @@ from __future__ import annotations
 import random
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -257,38 +258,63 @@ def new_claim(user: int, serial: int, now: datetime, taken: set[str]) -> Claim:
     )
 
 
+class Schedule(Protocol):
+    """When new claims arrive over emulated time (`schedule.ClaimSchedule`)."""
+
+    def weeks(self, now: float) -> int: ...
+    def total(self, user: int, weeks: int) -> int: ...
+    def claims(self, user: int, weeks: int, taken: set[str]) -> list[Claim]: ...
+
+
 class CmsDataset:
     """Per-user claim lists for one emulator, the most recently used `cached_users` kept.
 
     Claims added or changed through the admin API (CMS processing claims over time) are kept
-    apart from the cache, so they survive its evictions for the emulator's lifetime.
+    apart from the cache, so they survive its evictions for the emulator's lifetime. With a
+    `schedule`, each emulated week (on `clock`) brings its batch of new claims too.
     """
 
-    def __init__(self, claims_override: int | None = None, cached_users: int = 16) -> None:
+    def __init__(
+        self,
+        claims_override: int | None = None,
+        cached_users: int = 16,
+        schedule: Schedule | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.claims_override = claims_override
+        self.schedule = schedule
+        self._clock = clock
         self._cached_users = cached_users
-        self._claims: OrderedDict[int, list[Claim]] = OrderedDict()
+        self._claims: OrderedDict[int, tuple[int, list[Claim]]] = OrderedDict()
         self._added: dict[int, list[Claim]] = {}
         self._changed: dict[int, dict[str, tuple[int, datetime]]] = {}
 
+    def _weeks(self) -> int:
+        if self.schedule is None or self._clock is None:
+            return 0
+        return self.schedule.weeks(self._clock())
+
     def claims(self, user: int) -> list[Claim]:
-        found = self._claims.get(user)
-        if found is None:
-            found = generate_claims(user, self.claims_override)
-            changed = self._changed.get(user, {})
-            for index, claim in enumerate(found):
-                if claim.id in changed:
-                    seed, updated = changed[claim.id]
-                    found[index] = _changed_claim(claim, seed, updated)
-            if user in self._added:
-                found = sorted(
-                    found + self._added[user], key=lambda c: (CLAIM_TYPES.index(c.kind), c.claim_id)
-                )
-            self._claims[user] = found
-            while len(self._claims) > self._cached_users:
-                self._claims.popitem(last=False)
-        else:
+        weeks = self._weeks()
+        cached = self._claims.get(user)
+        if cached is not None and cached[0] == weeks:
             self._claims.move_to_end(user)
+            return cached[1]
+        found = generate_claims(user, self.claims_override)
+        added = self._added.get(user, [])
+        if weeks and self.schedule is not None:
+            taken = {c.id for c in found} | {c.id for c in added}
+            found += self.schedule.claims(user, weeks, taken)
+        changed = self._changed.get(user, {})
+        for index, claim in enumerate(found):
+            if claim.id in changed:
+                seed, updated = changed[claim.id]
+                found[index] = _changed_claim(claim, seed, updated)
+        found = sorted(found + added, key=lambda c: (CLAIM_TYPES.index(c.kind), c.claim_id))
+        self._claims[user] = (weeks, found)
+        self._claims.move_to_end(user)
+        while len(self._claims) > self._cached_users:
+            self._claims.popitem(last=False)
         return found
 
     def add_claims(self, user: int, count: int, now: datetime) -> list[str]:
@@ -325,7 +351,8 @@ class CmsDataset:
         return next((c for c in self.claims(user) if c.id == eob_id), None)
 
     def claim_count(self, user: int) -> int:
-        return claim_count(user, self.claims_override) + len(self._added.get(user, []))
+        scheduled = self.schedule.total(user, self._weeks()) if self.schedule is not None else 0
+        return claim_count(user, self.claims_override) + len(self._added.get(user, [])) + scheduled
 
     def invalid_claim_ids(self, user: int) -> dict[str, str]:
         return invalid_claim_ids(user, self.claims_override)

@@ -151,7 +151,7 @@ class FhirApi:
         if self.faults.faults.foreign_next_link:
             next_base = re.sub(r"^https?://[^/]+", "https://evil.example.com", base)
         links = paging_links(base, query, total, id_param, next_base)
-        now = datetime.fromtimestamp(self.config.clock(), UTC)
+        now = datetime.fromtimestamp(self.tokens.clock(), UTC)  # the emulated clock
         return searchset(links, total, entries, now, base if self.config.entry_full_url else None)
 
     async def read(self, request: Request) -> Response:

@@ -6,6 +6,7 @@
     POST /v2/o/token[/]               authorization_code (PKCE S256) and refresh_token grants
     POST /v2/o/revoke_token/          RFC 7009 revocation
     POST /v2/o/revoke/                revoke the whole grant (all the beneficiary's tokens)
+    POST /v2/o/expire_authenticated_user/<patient>/   sandbox only: the app's grant ends now
     GET  /v2/connect/userinfo         needs `profile`
     GET  /v2/connect/.well-known/openid-configuration, /.well-known/openid-configuration-v2
 
@@ -32,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from bluebutton.sandbox.cms.beneficiary import userinfo
 from bluebutton.sandbox.cms.config import CmsSandboxConfig
-from bluebutton.sandbox.cms.data import parse_username, password, patient_id, username
+from bluebutton.sandbox.cms.data import parse_username, password, patient_id, user_for_patient_id, username
 from bluebutton.sandbox.cms.pages import consent_page, error_page, login_page
 from bluebutton.sandbox.cms.scopes import granted_scopes, within, without_demographics
 from bluebutton.sandbox.cms.tokens import AccessToken, TokenStore
@@ -119,6 +120,9 @@ class OAuthApi:
             Route("/v2/o/revoke_token/", self.revoke_token, methods=["POST"]),
             Route("/v2/o/revoke", _append_slash, methods=["POST"]),
             Route("/v2/o/revoke/", self.revoke, methods=["POST"]),
+            Route(
+                "/v2/o/expire_authenticated_user/{patient}/", self.expire_authenticated_user, methods=["POST"]
+            ),
             Route("/v2/connect/userinfo", self.userinfo, methods=["GET"]),
             Route("/v2/connect/.well-known/openid-configuration", self.openid_configuration),
             Route("/.well-known/openid-configuration-v2", self.openid_configuration),
@@ -245,6 +249,7 @@ class OAuthApi:
         if isinstance(client_id, Response):
             return client_id
         grant_type = _field(form, "grant_type")
+        self.tokens.token_calls[grant_type or ""] += 1
         if grant_type == "authorization_code":
             return self._exchange_code(form, client_id)
         if grant_type == "refresh_token":
@@ -354,6 +359,19 @@ class OAuthApi:
         if found is not None and found.client_id == client_id:
             self.tokens.revoke_user(found.user, client_id)
         return Response(status_code=200)
+
+    async def expire_authenticated_user(self, request: Request) -> Response:
+        """CMS sandbox's expiry helper (§2.9): the calling app's grant of the patient ends now, so
+        data calls and refreshes answer 401 "User access has timed out" from then on."""
+        client_id = self._client(request, await request.form())
+        if isinstance(client_id, Response):
+            return client_id
+        user = user_for_patient_id(request.path_params["patient"])
+        if user is None:
+            return json_error(404, {"detail": "Patient was Not Found. Please check the id and try again."})
+        if not self.tokens.expire_grant(user, client_id):
+            return json_error(404, {"detail": "Data Access Grant was Not Found."})
+        return Response("success", status_code=200, media_type="text/plain")
 
     # -- userinfo and discovery ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,9 +114,11 @@ class TokenStore:
     grants: dict[tuple[int, str], Grant] = field(default_factory=dict)
     access: dict[str, AccessToken] = field(default_factory=dict)
     refresh: dict[str, RefreshToken] = field(default_factory=dict)
+    # Token endpoint calls by grant type, valid or not: tests count refreshes (single-use tokens).
+    token_calls: Counter[str] = field(default_factory=Counter)
 
     def reset(self) -> None:
-        for table in (self.pending, self.codes, self.grants, self.access, self.refresh):
+        for table in (self.pending, self.codes, self.grants, self.access, self.refresh, self.token_calls):
             table.clear()
 
     # -- authorize, login, consent -------------------------------------------------------------
@@ -256,6 +259,14 @@ class TokenStore:
         for token in expired:
             token.expires_at = now
         return len(expired)
+
+    def expire_grant(self, user: int, client_id: str) -> bool:
+        """End one app's grant of the user now (CMS sandbox's `expire_authenticated_user`)."""
+        grant = self.grant(user, client_id)
+        if grant is None:
+            return False
+        grant.expires_at = min(grant.expires_at, self.clock())
+        return True
 
     def expire_grants(self, user: int) -> int:
         """End the user's 13-month grants now: refresh and data calls then fail with 401."""

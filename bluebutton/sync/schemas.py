@@ -1,0 +1,114 @@
+"""Response shapes of the operator API (/bluebutton/grants, /bluebutton/runs) and of the sync=true
+callback, for the OpenAPI document and to hold the answers to it (FastAPI validates each one)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+
+from bluebutton.sync.grants import GrantState
+from bluebutton.sync.runs import RunStatus
+
+
+class RunIssue(BaseModel):
+    """An OperationOutcome issue of a run or a quarantined entry."""
+
+    severity: Literal["fatal", "error", "warning", "information"]
+    code: str = Field(description="FHIR issue-type code, e.g. structure, processing, login")
+    diagnostics: str = Field(description="What happened, naming the entry; never a value from it")
+    expression: list[str] | None = Field(default=None, description="Element paths, when known")
+
+    @model_serializer(mode="wrap")
+    def _absent_not_null(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # FHIR JSON has no nulls: an issue without paths has no `expression`.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ResourceCounts(BaseModel):
+    fetched: int = Field(description="Entries CMS sent")
+    new: int = Field(description="Not in the ledger: forwarded")
+    changed: int = Field(description="In the ledger with other content: forwarded")
+    unchanged: int = Field(description="As the ledger holds them: neither validated nor forwarded")
+    invalid: int = Field(description="Quarantined: not forwarded")
+
+
+class StoredBundle(BaseModel):
+    uuid: str = Field(description="connect's record uuid")
+    data_record_location: str
+    entry_count: int
+    resource_type: str
+
+
+class RunInfo(BaseModel):
+    id: int
+    grant_id: uuid.UUID
+    status: RunStatus = Field(
+        description="queued, running, succeeded, partial (some entries quarantined, every valid one "
+        "stored) or failed (nothing lost; retried later)"
+    )
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    resources: dict[str, ResourceCounts] = Field(description="Counts per resource type")
+    bundles: list[StoredBundle] = Field(description="What connect stored, in order")
+    issues: list[RunIssue]
+
+
+class QuarantinedEntry(BaseModel):
+    resource_type: str
+    id: str
+    issues: list[RunIssue] = Field(description="Why it is held: element paths and messages")
+
+
+class GrantInfo(BaseModel):
+    id: uuid.UUID
+    patient: str | None
+    state: GrantState = Field(
+        description="active, failing (transient failures, retried with backoff), expired (the data-access "
+        "grant ended), revoked (CMS refused the refresh token) or disconnected (by the operator)"
+    )
+    scopes: list[str]
+    access_grant_expiration: datetime | None = Field(description="When CMS ends the data-access grant")
+    created_at: datetime
+    next_sync_at: datetime | None = Field(description="None unless active or failing")
+    last_run: RunInfo | None = Field(description="The last finished run")
+    quarantined: list[QuarantinedEntry]
+
+
+class GrantList(BaseModel):
+    grants: list[GrantInfo]
+
+
+class RunList(BaseModel):
+    runs: list[RunInfo] = Field(description="Newest first")
+
+
+class RunQueued(BaseModel):
+    run_id: int = Field(description="The new run, or the one already waiting")
+
+
+class StoredRecord(BaseModel):
+    resource_type: str
+    id: str
+    uuid: str = Field(description="connect's record uuid")
+    data_record_location: str
+    stored_at: datetime
+
+
+class RecordList(BaseModel):
+    records: list[StoredRecord] = Field(description="Where connect holds the latest version of each")
+
+
+class Enrolment(BaseModel):
+    """The callback's JSON answer for sync=true: never the refresh token (the service owns it)."""
+
+    grant_id: uuid.UUID
+    run_id: int = Field(description="The first full run, queued at once")
+    patient: str | None
+    scope: list[str]
+    access_grant_expiration: str | None = Field(description="As CMS sent it (empty for research apps)")
+    access_token: str
+    expires_in: int
