@@ -35,7 +35,7 @@ class BodyLimit:
         self.render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        limit = self.limits.get(_route_path(scope)) if scope["type"] == "http" else None
         if limit is None:
             await self.app(scope, receive, send)
             return
@@ -64,12 +64,21 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int, what: str) -> None:
         error = BodyTooLargeError(
-            f"The request body {what}; {scope['path']} takes at most {limit} bytes of JSON "
+            f"The request body {what}; {_route_path(scope)} takes at most {limit} bytes of JSON "
             '(e.g. {"token": "..."}). Send only the token.',
             # The rest of the body is never read, so the connection cannot carry another request.
             headers={"Connection": "close"},
         )
         await self.render(error)(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: behind a proxy prefix (`root_path`), without it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        return path[len(root) :]
+    return path
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -104,6 +104,20 @@ async def test_declared_length_over_the_cap_is_refused_unread(
     assert not cms.calls
 
 
+async def test_the_cap_holds_behind_a_proxy_prefix(settings: Settings, cms: respx.MockRouter) -> None:
+    body = CountedBody()
+    async with running_asgi(settings) as app:
+        transport = httpx.ASGITransport(app=app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            health = await client.get("/api/health")
+            response = await client.post("/api" + REVOKE, content=body)
+
+    assert health.status_code == 200  # the app routes under the prefix
+    assert_refused(response, REVOKE)
+    assert body.pulled <= TOKEN_BODY_BYTES + 2 * CHUNK
+    assert not cms.calls
+
+
 async def test_a_body_at_the_cap_goes_through(settings: Settings, cms: respx.MockRouter) -> None:
     token = "t" * (TOKEN_BODY_BYTES - len(b'{"token":""}'))
     content = orjson.dumps({"token": token})

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+from asgi_lifespan import LifespanManager
 from fhir.resources.R4B.bundle import Bundle
 
 from bluebutton.bundles import BundleHeader, connect_size, split_entries
 from bluebutton.errors import EntryTooLargeError
+from bluebutton.sandbox.connect.app import ConnectSandboxConfig, create_connect_app
 from tests.factories import compact, entry_for, eob_with_entry_size, make_eob, make_patient
 
 
@@ -219,3 +223,27 @@ def test_a_refused_entry_quotes_only_a_well_formed_type_and_id() -> None:
         split_entries([entry], 10_000, BundleHeader.fresh(1))
     assert "entry 0 (Patient/?)" in refused.value.message
     assert "script" not in refused.value.message
+
+
+async def test_every_piece_of_accented_patients_is_stored_by_the_connect_emulator(tmp_path: Path) -> None:
+    """The emulator measures a record as connect does (json.dumps, base64, the 1 MB Kafka limit):
+    pieces sized by UTF-8 would carry three times their size in escapes and be refused."""
+    entries = [compact(entry_for(make_patient(f"p{n}", family="é" * 60_000))) for n in range(6)]
+    pieces = split_entries(entries, 600_000, BundleHeader.fresh(len(entries)))  # the default limit
+    assert len(pieces) == 6  # 120 KB sent, 360 KB stored: one a piece
+
+    app = create_connect_app(ConnectSandboxConfig(db=tmp_path / "connect.sqlite3", rate_limit=0))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
+    ):
+        answers = [
+            await client.post(
+                "/fhir/Bundle", content=p.body, headers={"Content-Type": "application/fhir+json"}
+            )
+            for p in pieces
+        ]
+        records = (await client.get("/_sandbox/records")).json()
+
+    assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
+    assert records["count"] == 6
