@@ -132,11 +132,11 @@ async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     response_model=Userinfo,
     responses=_errors(401, 403, 404, 429, 502, 504),
 )
-async def userinfo(token: BearerTokenDep, cms: CmsDep) -> Userinfo:
+async def userinfo(token: BearerTokenDep, cms: CmsDep) -> JSONResponse:
     """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
-    `/v{n}/connect/userinfo`. 403 when the beneficiary withheld demographic data (no `profile`
-    scope). Nothing is stored in connect."""
-    return Userinfo.model_validate(await cms.get_userinfo(token))
+    `/v{n}/connect/userinfo`, as CMS sent it. 403 when the beneficiary withheld demographic data
+    (no `profile` scope). Nothing is stored in connect."""
+    return JSONResponse(await cms.get_userinfo(token))
 
 
 def _wants_html(request: Request) -> bool:

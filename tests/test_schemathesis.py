@@ -68,6 +68,14 @@ def assert_not_a_server_error(status: int, body: bytes) -> None:
     assert status < 500, body
 
 
+def _userinfo(request: httpx.Request) -> httpx.Response:
+    if request.headers.get("Authorization") != AUTH["Authorization"]:
+        return httpx.Response(401, json={"detail": "Authentication credentials were not provided."})
+    return httpx.Response(
+        200, json={"sub": "-20140000008325", "name": "Jane Doe", "patient": "-20140000008325"}
+    )
+
+
 def _search(request: httpx.Request) -> httpx.Response:
     if request.headers.get("Authorization") != AUTH["Authorization"]:  # CMS knows its tokens
         return httpx.Response(401, json={"detail": "Authentication credentials were not provided."})
@@ -86,11 +94,7 @@ def api_schema() -> Iterator[OpenApiSchema]:
         cms.get(path__regex=r"(Patient|Coverage|ExplanationOfBenefit)$").mock(side_effect=_search)
         cms_oauth.post("/v2/o/token/").mock(side_effect=lambda _: httpx.Response(200, json=token_body()))
         cms_oauth.post("/v2/o/revoke_token/").mock(return_value=httpx.Response(200))
-        cms_oauth.get("/v2/connect/userinfo").mock(
-            return_value=httpx.Response(
-                200, json={"sub": "-20140000008325", "name": "Jane Doe", "patient": "-20140000008325"}
-            )
-        )
+        cms_oauth.get("/v2/connect/userinfo").mock(side_effect=_userinfo)
         Connect(connect)
         app = create_app(make_settings(validation_workers=1))
         try:

@@ -49,9 +49,18 @@ async def test_the_profile_is_passed_on_and_the_token_went_only_to_cms(
     assert call.request.headers["authorization"] == f"Bearer {TOKEN}"
 
 
-async def test_fields_cms_adds_later_are_kept(client: httpx.AsyncClient, cms: respx.MockRouter) -> None:
-    cms.routes["userinfo"].mock(return_value=httpx.Response(200, json={**PROFILE, "phone": "555"}))
-    assert (await client.get(USERINFO, headers=AUTH)).json()["phone"] == "555"
+@pytest.mark.parametrize(
+    "profile",
+    [
+        pytest.param({**PROFILE, "phone": "555"}, id="a-field-cms-adds-later"),
+        pytest.param({"sub": PROFILE["sub"], "patient": PROFILE["patient"]}, id="fields-left-out"),
+    ],
+)
+async def test_the_profile_is_exactly_what_cms_sent(
+    client: httpx.AsyncClient, cms: respx.MockRouter, profile: dict[str, str]
+) -> None:
+    cms.routes["userinfo"].mock(return_value=httpx.Response(200, json=profile))
+    assert (await client.get(USERINFO, headers=AUTH)).json() == profile
 
 
 async def test_version_and_path_prefix_are_those_of_the_settings() -> None:
