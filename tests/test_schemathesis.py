@@ -25,7 +25,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from bluebutton.app import create_app
@@ -123,7 +123,12 @@ def test_every_answer_matches_the_document(api_schema: OpenApiSchema) -> None:
             suppress_health_check=list(HealthCheck),
         )
         def check(case: Any) -> None:
-            response = case.call_and_validate(headers=AUTH, excluded_checks=EXCLUDED_CHECKS)
+            excluded = EXCLUDED_CHECKS
+            if "Idempotency-Key" in (case.headers or {}):
+                # ignored_auth resends the case with a wrong token and the same key: the key is
+                # bound to the first token, so that is rightly a 422 (tests/test_idempotency.py).
+                excluded = [*EXCLUDED_CHECKS, ignored_auth]
+            response = case.call_and_validate(headers=AUTH, excluded_checks=excluded)
             assert_not_a_server_error(response.status_code, response.content)
 
         try:
