@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bluebutton.cms import CmsClient
@@ -15,6 +16,7 @@ from bluebutton.idempotency import IdempotentTransfer
 from bluebutton.oauth import OAuthClient
 from bluebutton.pending import PendingStore
 from bluebutton.pipeline import Transfer
+from bluebutton.query import FhirQuery, repeated_single_values
 from bluebutton.settings import Settings
 from bluebutton.state import State
 
@@ -94,3 +96,26 @@ PendingDep = Annotated[PendingStore, Depends(get_pending)]
 TransferDep = Annotated[Transfer, Depends(get_transfer)]
 IdempotentDep = Annotated[IdempotentTransfer, Depends(get_idempotent)]
 CmsDep = Annotated[CmsClient, Depends(get_cms)]
+
+
+def get_fhir_query(request: Request, query: Annotated[FhirQuery, Query()]) -> FhirQuery:
+    """The query, refusing a single-valued parameter given twice
+    (`resource_type=Patient&resource_type=Coverage`) rather than silently running the last one."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = repeated_single_values(names)
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", name),
+                    "msg": f"given {names.count(name)} times; it takes one value",
+                    "input": None,
+                }
+                for name in repeated
+            ]
+        )
+    return query
+
+
+FhirQueryDep = Annotated[FhirQuery, Depends(get_fhir_query)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -157,3 +157,13 @@ class FhirQuery(BaseModel):
         params += [("service-date", v) for v in self.service_date]
         params += [("_lastUpdated", v) for v in self.last_updated]
         return params
+
+
+def repeated_single_values(names: list[str]) -> list[str]:
+    """The parameters of `FhirQuery` that take one value but were given several (in `names`, the
+    query's parameter names in order): FastAPI keeps only the last, which would run a search the
+    caller did not ask for."""
+    single = {
+        name for name, field in FhirQuery.model_fields.items() if get_origin(field.annotation) is not list
+    }
+    return sorted({name for name in names if name in single and names.count(name) > 1})

@@ -13,6 +13,7 @@ from bluebutton.callback_page import callback_page
 from bluebutton.deps import (
     BearerTokenDep,
     CmsDep,
+    FhirQueryDep,
     IdempotentDep,
     OAuthDep,
     PendingDep,
@@ -23,7 +24,6 @@ from bluebutton.error_page import wants_html
 from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.idempotency import HEADER_DOC
 from bluebutton.oauth import callback_error, new_pending_authorization
-from bluebutton.query import FhirQuery
 from bluebutton.schemas import (
     AuthorizeLink,
     Health,
@@ -101,7 +101,7 @@ nothing is stored twice. The whole pull has one deadline, `BLUEBUTTON_PULL_TIMEO
 )
 async def fetch_fhir(
     request: Request,
-    query: Annotated[FhirQuery, Query()],
+    query: FhirQueryDep,
     token: BearerTokenDep,
     transfer: IdempotentDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=HEADER_DOC)] = None,

@@ -9,7 +9,7 @@ import pytest
 import respx
 from pydantic import ValidationError
 
-from bluebutton.query import EOB_TYPES, FhirQuery
+from bluebutton.query import EOB_TYPES, FhirQuery, repeated_single_values
 from tests.factories import (
     AUTH,
     PATIENT_ID,
@@ -396,3 +396,40 @@ def test_a_range_of_two_bounds_is_fine() -> None:
         }
     )
     assert len(query.cms_params()) == 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        pytest.param("resource_type=Patient&resource_type=Coverage", ["resource_type"], id="resource_type"),
+        pytest.param(
+            "resource_type=ExplanationOfBenefit&type=carrier&type=pde", ["type"], id="type-as-repeats"
+        ),
+        pytest.param(
+            "resource_type=Coverage&patient=-19990000000043&patient=-19990000000044&return_cms=true"
+            "&return_cms=false",
+            ["patient", "return_cms"],
+            id="patient-and-return_cms",
+        ),
+    ],
+)
+async def test_a_single_valued_parameter_given_twice_is_422_not_the_last_one(
+    client: httpx.AsyncClient,
+    cms_mock: respx.MockRouter,
+    connect_mock: respx.MockRouter,
+    raw: str,
+    named: list[str],
+) -> None:
+    """FastAPI keeps the last of repeated values: the search would not be the one asked for."""
+    response = await client.get(f"/bluebutton/fhir?{raw}", headers=AUTH)
+    assert response.status_code == 422, response.text
+    issues = outcome_issues(response)
+    assert [issue["expression"] for issue in issues] == [[name] for name in named]
+    assert all("it takes one value" in issue["diagnostics"] for issue in issues)
+    assert not cms_mock.calls
+    assert not connect_mock.calls
+
+
+def test_list_parameters_may_repeat() -> None:
+    assert repeated_single_values(["service_date", "service_date", "last_updated", "last_updated"]) == []
+    assert repeated_single_values(["type", "resource_type", "type"]) == ["type"]
