@@ -71,8 +71,9 @@ stored; an invalid Bundle (422) is never forwarded.
 An empty search result is not forwarded: the answer is `ForwardedBundles` with `bundle_count` 0
 (or the empty CMS Bundle), with `X-LFH-Bundle-Count: 0` and `X-LFH-Skipped` saying why.
 
-Retry with the same `Idempotency-Key`: a finished pull is replayed, a partial one completed, and
-nothing is stored twice. The whole pull has one deadline, `BLUEBUTTON_PULL_TIMEOUT_SECONDS` (504)."""
+Retry with the same `Idempotency-Key`: a finished pull is replayed, a partial one completed, and no
+Bundle known to be stored is sent again. The whole pull has one deadline,
+`BLUEBUTTON_PULL_TIMEOUT_SECONDS` (504)."""
 
 
 @router.get(
