@@ -29,6 +29,7 @@ async def rows(service: SyncService, sql: str, *args: Any) -> list[tuple[Any, ..
 async def deliveries(service: SyncService, event_id: str) -> list[tuple[Any, ...]]:
     return await rows(
         service,
-        "SELECT target, status, attempts FROM bluebutton_event_deliveries WHERE event_id = %s ORDER BY target",
+        "SELECT target, status, attempts FROM bluebutton_event_deliveries "
+        "WHERE event_id = %s ORDER BY target",
         uuid.UUID(event_id),
     )
