@@ -35,3 +35,33 @@ def test_a_plain_secret_is_its_bytes_and_a_bad_whsec_is_refused() -> None:
     assert secret_key("plain-secret") == b"plain-secret"
     with pytest.raises(ValueError, match="base64"):
         secret_key("whsec_not base64!")
+
+
+async def test_the_readme_receiver_verifies_what_the_sender_signs() -> None:
+    import re
+    import time
+
+    from bluebutton.events.webhooks import WebhookSender
+    from bluebutton.outbound import build_ssl_context
+    from tests.events.events import SECRET
+    from tests.factories import ROOT, make_settings
+
+    section = (ROOT / "README.md").read_text().split("## Events", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(code.group(1), namespace)  # noqa: S102 - our own README's example
+    receive = namespace["verify"]
+    assert callable(receive)
+
+    settings = make_settings(webhook_urls="https://hooks.example.com/in", webhook_secret=SECRET)
+    sender = WebhookSender(settings, build_ssl_context(settings))
+    body = b'{"id":"e1","type":"grant.created"}'
+    headers = {k.lower(): v for k, v in sender.headers("e1", body).items()}
+    assert receive(SECRET, headers, body) == {"id": "e1", "type": "grant.created"}
+    with pytest.raises(ValueError, match="bad signature"):
+        receive(SECRET, headers, body.replace(b"e1", b"e2"))
+    stale = {k.lower(): v for k, v in sender.headers("e1", body, int(time.time()) - 3600).items()}
+    await sender.aclose()
+    with pytest.raises(ValueError, match="stale"):
+        receive(SECRET, stale, body)
