@@ -6,7 +6,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import respx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import (
     AUTH,
@@ -22,6 +21,7 @@ from tests.factories import (
 )
 from tests.fakes import Connect
 from tests.running import open_client
+from tests.scrape import Samples, samples, value
 from tests.wire import diagnostics
 
 KEY = "metrics-operator-key-0123456789-abcdefghij"
@@ -30,22 +30,7 @@ EOB = "ExplanationOfBenefit"
 pytestmark = pytest.mark.usefixtures("cms_sleeps", "connect_sleeps")
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, by name and sorted labels (the parser checks the format)."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def scrape(
-    client: httpx.AsyncClient,
-) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+async def scrape(client: httpx.AsyncClient) -> tuple[str, Samples]:
     response = await client.get("/metrics", headers={"X-API-Key": KEY})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
