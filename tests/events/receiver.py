@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from tests.factories import CERTS
+
 
 @dataclass
 class Received:
@@ -44,11 +46,15 @@ class Receiver:
 
 
 @asynccontextmanager
-async def running(receiver: Receiver) -> AsyncIterator[Receiver]:
+async def running(receiver: Receiver, *, tls: bool = False) -> AsyncIterator[Receiver]:
+    """Serve on 127.0.0.1 (with `tls`, HTTPS with the development certificate of local-certs/)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    receiver.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hooks"
-    server = uvicorn.Server(uvicorn.Config(receiver, log_level="warning", lifespan="off"))
+    receiver.url = f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}/hooks"
+    certs: dict[str, Any] = {}
+    if tls:
+        certs = {"ssl_certfile": str(CERTS / "server.pem"), "ssl_keyfile": str(CERTS / "server.key")}
+    server = uvicorn.Server(uvicorn.Config(receiver, log_level="warning", lifespan="off", **certs))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn.Server only exposes a flag

@@ -12,6 +12,7 @@ from bluebutton.events.signing import secret_key, verify
 from bluebutton.events.webhooks import target_of
 from tests.events.events import BODY_KEYS, SECRET, deliveries, enrol_only
 from tests.events.receiver import Receiver, running
+from tests.factories import CERTS
 from tests.sync.emulated import Upstreams, drain, open_service, run_once, sync_settings
 
 
@@ -127,3 +128,35 @@ async def test_a_failed_run_is_told_with_its_reason(
     assert set(bodies) == {"grant.created", "grant.revoked", "run.failed"}
     assert "authorize again" in bodies["run.failed"]["reason"]
     assert "authorize again" in bodies["grant.revoked"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "delivered"),
+    [pytest.param(False, False, id="unknown-ca-refused"), pytest.param(True, True, id="ca-file-trusted")],
+)
+async def test_https_receivers_are_verified(
+    upstreams: Upstreams, database_url: str, token_keys: str, trusted: bool, delivered: bool
+) -> None:
+    async with running(Receiver(), tls=True) as receiver:
+        with upstreams.router() as router:
+            router.route(host="127.0.0.1").pass_through()
+            settings = sync_settings(
+                database_url,
+                token_keys,
+                webhook_urls=receiver.url,
+                webhook_secret=SECRET,
+                webhook_retry_wait_seconds=0,
+                webhook_attempts=1,
+                ca_file=CERTS / "ca.pem" if trusted else None,
+            )
+            async with open_service(settings) as service:
+                await enrol_only(service, upstreams)
+                await drain(service)
+                async with service.pool.connection() as connection:
+                    row = await (
+                        await connection.execute("SELECT status, last_error FROM bluebutton_event_deliveries")
+                    ).fetchone()
+    assert row is not None
+    assert (row[0], len(receiver.requests)) == (("delivered", 1) if delivered else ("failed", 0))
+    if not delivered:
+        assert "ConnectError" in row[1]
