@@ -7,6 +7,7 @@ retries. The receiver's body is never read into logs or errors: only its status 
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 import time
 
@@ -26,11 +27,28 @@ def target_of(url: str) -> str:
     return "webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+class _HideTargets(logging.Filter):
+    """httpx logs each request's URL at INFO; a webhook URL often carries a secret in its path."""
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        super().__init__()
+        self.names = {str(httpx.URL(url)): target for target, url in urls.items()}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.names.get(str(arg), arg) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
 class WebhookSender:
     def __init__(self, settings: Settings, context: ssl.SSLContext) -> None:
         assert settings.webhook_secret is not None
         self._key = secret_key(settings.webhook_secret.get_secret_value())
         self.urls = {target_of(u): u for u in settings.webhook_targets}
+        self._hide = _HideTargets(self.urls)
+        logging.getLogger("httpx").addFilter(self._hide)
         self._http = httpx.AsyncClient(
             verify=context,
             timeout=httpx.Timeout(settings.webhook_timeout_seconds, connect=5.0),
@@ -64,3 +82,4 @@ class WebhookSender:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        logging.getLogger("httpx").removeFilter(self._hide)

@@ -80,6 +80,8 @@ async def test_a_receiver_that_always_fails_gets_five_attempts_and_its_answer_is
                 assert receiver.statuses == [500] * 5  # five answers left: nothing more was sent
     assert "receiver-private-answer" not in caplog.text
     assert "HTTP 500" in caplog.text
+    assert receiver.url not in caplog.text and "/hooks" not in caplog.text  # its path may be a secret
+    assert target_of(receiver.url) in caplog.text
 
 
 async def test_runs_and_a_disconnect_reach_the_receiver_without_tokens(
