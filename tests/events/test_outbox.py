@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -17,13 +18,15 @@ from tests.events.events import enrol_only, rows
 from tests.sync.emulated import Upstreams, drain, open_service, sync_settings
 
 
-@pytest.fixture
-async def service(database_url: str, token_keys: str) -> AsyncIterator[SyncService]:
+@asynccontextmanager
+async def opened(database_url: str, token_keys: str) -> AsyncIterator[SyncService]:
+    """Grant keeping opened inside the test (not in a fixture: the pool's background workers
+    must live on the test's event loop to replace a connection killed at COMMIT)."""
     upstreams = Upstreams()
     with upstreams.router():
-        async with open_service(sync_settings(database_url, token_keys)) as opened:
-            opened.upstreams = upstreams  # type: ignore[attr-defined]
-            yield opened
+        async with open_service(sync_settings(database_url, token_keys)) as service:
+            service.upstreams = upstreams  # type: ignore[attr-defined]
+            yield service
 
 
 async def _events(service: SyncService) -> list[str]:
@@ -50,22 +53,21 @@ async def _fault_at_commit(service: SyncService, action: str) -> None:
         )
 
 
-async def _direct(service: SyncService, sql: str) -> list[tuple[object, ...]]:
-    """Read on a connection of its own (the pool is left to replace the one killed)."""
-    assert service.context.settings.database_url is not None
-    url = service.context.settings.database_url.get_secret_value()
-    async with await psycopg.AsyncConnection.connect(url) as connection:
-        return list(await (await connection.execute(sql.encode())).fetchall())
+async def _no_fault(service: SyncService) -> None:
+    async with service.pool.connection() as connection:
+        await connection.execute(b"DROP TRIGGER bb_fault ON bluebutton_grants")
+        await connection.execute(b"DROP FUNCTION bb_fault()")
 
 
-async def test_a_committed_change_has_its_event_and_dispatch_job(service: SyncService) -> None:
-    grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-    assert await _events(service) == ["grant.created"]
-    assert await _dispatch_jobs(service) == 1
-    await grants.end(service.pool, grant_id, "expired")
-    await grants.end(service.pool, grant_id, "expired")  # no change: no second event
-    assert await _events(service) == ["grant.created", "grant.expired"]
-    assert await _dispatch_jobs(service) == 2
+async def test_a_committed_change_has_its_event_and_dispatch_job(database_url: str, token_keys: str) -> None:
+    async with opened(database_url, token_keys) as service:
+        grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
+        assert await _events(service) == ["grant.created"]
+        assert await _dispatch_jobs(service) == 1
+        await grants.end(service.pool, grant_id, "expired")
+        await grants.end(service.pool, grant_id, "expired")  # no change: no second event
+        assert await _events(service) == ["grant.created", "grant.expired"]
+        assert await _dispatch_jobs(service) == 2
 
 
 @pytest.mark.parametrize(
@@ -75,55 +77,60 @@ async def test_a_committed_change_has_its_event_and_dispatch_job(service: SyncSe
         pytest.param("PERFORM pg_terminate_backend(pg_backend_pid())", id="connection-killed"),
     ],
 )
-async def test_a_change_that_does_not_commit_leaves_no_event(service: SyncService, action: str) -> None:
-    upstreams: Upstreams = service.upstreams  # type: ignore[attr-defined]
-    await _fault_at_commit(service, action)
-    with pytest.raises(psycopg.Error):
-        await enrol_only(service, upstreams)
-    assert await _direct(service, "SELECT id FROM bluebutton_grants") == []
-    assert await _direct(service, "SELECT id FROM bluebutton_events") == []
-    assert await _direct(service, "SELECT id FROM procrastinate_jobs") == []
+async def test_a_change_that_does_not_commit_leaves_no_event(
+    database_url: str, token_keys: str, action: str
+) -> None:
+    async with opened(database_url, token_keys) as service:
+        upstreams: Upstreams = service.upstreams  # type: ignore[attr-defined]
+        await _fault_at_commit(service, action)
+        with pytest.raises(psycopg.Error):
+            await enrol_only(service, upstreams)
+        assert await rows(service, "SELECT id FROM bluebutton_grants") == []
+        assert await _events(service) == []
+        assert await _dispatch_jobs(service) == 0
+
+        await _no_fault(service)
+        grant_id = await enrol_only(service, upstreams)
+        await _fault_at_commit(service, action)
+        with pytest.raises(psycopg.Error):
+            await grants.end(service.pool, grant_id, "revoked")
+        grant = await grants.get(service.pool, grant_id)
+        assert grant is not None and grant.state == "active"
+        assert await _events(service) == ["grant.created"]
+        assert await _dispatch_jobs(service) == 1
 
 
-async def test_an_ending_that_does_not_commit_leaves_no_event(service: SyncService) -> None:
-    grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-    await _fault_at_commit(service, "RAISE EXCEPTION 'injected failure at commit'")
-    with pytest.raises(psycopg.Error):
-        await grants.end(service.pool, grant_id, "revoked")
-    grant = await grants.get(service.pool, grant_id)
-    assert grant is not None and grant.state == "active"
-    assert await _events(service) == ["grant.created"]
+async def test_a_run_that_fails_to_finish_leaves_no_run_event(database_url: str, token_keys: str) -> None:
+    async with opened(database_url, token_keys) as service:
+        grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
+        run_id = await runs.start(service.pool, grant_id, 424242)
+        async with service.pool.connection() as connection:
+            await connection.execute(
+                b"CREATE FUNCTION bb_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                b"RAISE EXCEPTION 'injected'; END $$"
+            )
+            await connection.execute(
+                b"CREATE TRIGGER bb_fault BEFORE INSERT ON bluebutton_events "
+                b"FOR EACH ROW EXECUTE FUNCTION bb_fault()"
+            )
+        with pytest.raises(psycopg.Error):
+            await runs.finish(service.pool, run_id, "succeeded", {}, [])
+        row = await runs.get(service.pool, run_id)
+        assert row is not None and row["status"] == "running"  # the run's change rolled back with it
+        async with service.pool.connection() as connection:
+            await connection.execute(b"DROP TRIGGER bb_fault ON bluebutton_events")
+        await runs.finish(service.pool, run_id, "succeeded", {"Coverage": {"fetched": 1}}, [])
+        assert await _events(service) == ["grant.created", "run.succeeded"]
 
 
-async def test_a_run_that_fails_to_finish_leaves_no_run_event(service: SyncService) -> None:
-    grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-    run_id = await runs.start(service.pool, grant_id, 424242)
-    async with service.pool.connection() as connection:
-        await connection.execute(
-            b"CREATE FUNCTION bb_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            b"RAISE EXCEPTION 'injected'; END $$"
-        )
-        await connection.execute(
-            b"CREATE TRIGGER bb_fault BEFORE INSERT ON bluebutton_events "
-            b"FOR EACH ROW EXECUTE FUNCTION bb_fault()"
-        )
-    with pytest.raises(psycopg.Error):
-        await runs.finish(service.pool, run_id, "succeeded", {}, [])
-    row = await runs.get(service.pool, run_id)
-    assert row is not None and row["status"] == "running"  # the run's change rolled back with it
-    async with service.pool.connection() as connection:
-        await connection.execute(b"DROP TRIGGER bb_fault ON bluebutton_events")
-    await runs.finish(service.pool, run_id, "succeeded", {"Coverage": {"fetched": 1}}, [])
-    assert await _events(service) == ["grant.created", "run.succeeded"]
-
-
-async def test_a_run_left_by_a_killed_worker_is_told_failed(service: SyncService) -> None:
-    grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-    stale = await runs.start(service.pool, grant_id, 1001)
-    await runs.start(service.pool, grant_id, 1002)  # the recovered job closes the stale run
-    failed = await rows(service, "SELECT body FROM bluebutton_events WHERE type = 'run.failed'")
-    assert [b[0]["run_id"] for b in failed] == [stale]
-    assert "stopped" in failed[0][0]["reason"]
+async def test_a_run_left_by_a_killed_worker_is_told_failed(database_url: str, token_keys: str) -> None:
+    async with opened(database_url, token_keys) as service:
+        grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
+        stale = await runs.start(service.pool, grant_id, 1001)
+        await runs.start(service.pool, grant_id, 1002)  # the recovered job closes the stale run
+        failed = await rows(service, "SELECT body FROM bluebutton_events WHERE type = 'run.failed'")
+        assert [b[0]["run_id"] for b in failed] == [stale]
+        assert "stopped" in failed[0][0]["reason"]
 
 
 async def test_a_dispatch_run_twice_queues_each_delivery_once(database_url: str, token_keys: str) -> None:
@@ -144,32 +151,34 @@ async def test_a_dispatch_run_twice_queues_each_delivery_once(database_url: str,
             assert jobs == [(1,)]
 
 
-async def test_expiring_is_told_at_30_days_then_at_7_once_each(service: SyncService) -> None:
-    grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-    now = datetime.now(UTC)
-    ends = now + timedelta(days=40)
-    async with service.pool.connection() as connection:
-        await connection.execute(
-            "UPDATE bluebutton_grants SET access_grant_expiration = %s WHERE id = %s", (ends, grant_id)
-        )
-    assert await outbox.note_expiring(service.pool, now) == 0  # 40 days away
-    assert await outbox.note_expiring(service.pool, now + timedelta(days=11)) == 1  # 29 days
-    assert await outbox.note_expiring(service.pool, now + timedelta(days=12)) == 0
-    assert await outbox.note_expiring(service.pool, now + timedelta(days=34)) == 1  # 6 days
-    assert await outbox.note_expiring(service.pool, now + timedelta(days=35)) == 0
-    assert await outbox.note_expiring(service.pool, now + timedelta(days=41)) == 0  # ended: not expiring
-    bodies = [
-        r[0] for r in await rows(service, "SELECT body FROM bluebutton_events WHERE type = 'grant.expiring'")
-    ]
-    assert sorted("within 30 days" in b["reason"] for b in bodies) == [False, True]
-    assert all("within 7 days" in b["reason"] or "within 30 days" in b["reason"] for b in bodies)
+async def test_expiring_is_told_at_30_days_then_at_7_once_each(database_url: str, token_keys: str) -> None:
+    async with opened(database_url, token_keys) as service:
+        grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
+        now = datetime.now(UTC)
+        ends = now + timedelta(days=40)
+        async with service.pool.connection() as connection:
+            await connection.execute(
+                "UPDATE bluebutton_grants SET access_grant_expiration = %s WHERE id = %s", (ends, grant_id)
+            )
+        assert await outbox.note_expiring(service.pool, now) == 0  # 40 days away
+        assert await outbox.note_expiring(service.pool, now + timedelta(days=11)) == 1  # 29 days
+        assert await outbox.note_expiring(service.pool, now + timedelta(days=12)) == 0
+        assert await outbox.note_expiring(service.pool, now + timedelta(days=34)) == 1  # 6 days
+        assert await outbox.note_expiring(service.pool, now + timedelta(days=35)) == 0
+        assert await outbox.note_expiring(service.pool, now + timedelta(days=41)) == 0  # ended: not expiring
+        bodies = [
+            r[0]
+            for r in await rows(service, "SELECT body FROM bluebutton_events WHERE type = 'grant.expiring'")
+        ]
+        assert sorted("within 30 days" in b["reason"] for b in bodies) == [False, True]
+        assert all("within 7 days" in b["reason"] or "within 30 days" in b["reason"] for b in bodies)
 
-    renewed = ends + timedelta(days=396)  # re-authorized: a new end date is told again
-    async with service.pool.connection() as connection:
-        await connection.execute(
-            "UPDATE bluebutton_grants SET access_grant_expiration = %s WHERE id = %s", (renewed, grant_id)
-        )
-    assert await outbox.note_expiring(service.pool, renewed - timedelta(days=3)) == 1
-    await grants.end(service.pool, grant_id, "disconnected")
-    assert await outbox.note_expiring(service.pool, renewed - timedelta(days=20)) == 0
-    await drain(service)
+        renewed = ends + timedelta(days=396)  # re-authorized: a new end date is told again
+        async with service.pool.connection() as connection:
+            await connection.execute(
+                "UPDATE bluebutton_grants SET access_grant_expiration = %s WHERE id = %s", (renewed, grant_id)
+            )
+        assert await outbox.note_expiring(service.pool, renewed - timedelta(days=3)) == 1
+        await grants.end(service.pool, grant_id, "disconnected")
+        assert await outbox.note_expiring(service.pool, renewed - timedelta(days=20)) == 0
+        await drain(service)
