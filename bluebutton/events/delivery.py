@@ -8,6 +8,8 @@
   `BLUEBUTTON_WEBHOOK_RETRY_WAIT_SECONDS` doubling); a delivered target is never sent again by a
   later run of the job.
 - `note_expiring_grants` runs hourly and emits `grant.expiring` (30 and 7 days before the end).
+- `recover_event_jobs` runs every minute: jobs of a worker whose heartbeat stopped (SIGKILL)
+  are queued again, so a crash never strands an event (the sync sweep recovers sync jobs only).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 DELIVER_TASK = "bluebutton.deliver_event"
 EXPIRING_TASK = "bluebutton.note_expiring_grants"
 EXPIRING_CRON = "17 * * * *"
+RECOVER_TASK = "bluebutton.recover_event_jobs"
+DISPATCH_ATTEMPTS = 10
 NATS_TARGET = "nats"
 
 
@@ -42,14 +46,15 @@ class DeliveryFailedError(Exception):
 
 
 class Backoff(BaseRetryStrategy):
-    """`attempts` attempts in all; the n-th retry waits `first_wait * 2**(n-1)` seconds."""
+    """`attempts` attempts in all, whatever failed (a lost database connection too: an event must
+    not be stranded); the n-th retry waits `first_wait * 2**(n-1)` seconds."""
 
     def __init__(self, attempts: int, first_wait: float) -> None:
         self.attempts = attempts
         self.first_wait = first_wait
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        if not isinstance(exception, DeliveryFailedError) or job.attempts + 1 >= self.attempts:
+        if not isinstance(exception, Exception) or job.attempts + 1 >= self.attempts:
             return None
         wait = self.first_wait * 2**job.attempts
         return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=wait))
@@ -66,7 +71,9 @@ class EventDelivery:
         self.webhooks = WebhookSender(settings, context) if settings.webhook_targets else None
         backoff = Backoff(settings.webhook_attempts, settings.webhook_retry_wait_seconds)
 
-        @app.task(name=outbox.DISPATCH_TASK, queue=outbox.QUEUE)
+        dispatch_backoff = Backoff(DISPATCH_ATTEMPTS, max(settings.webhook_retry_wait_seconds, 1.0))
+
+        @app.task(name=outbox.DISPATCH_TASK, queue=outbox.QUEUE, retry=dispatch_backoff)
         async def dispatch_event(event_id: str) -> int:
             return await self.dispatch(uuid.UUID(event_id))
 
@@ -80,10 +87,31 @@ class EventDelivery:
         async def note_expiring_grants(timestamp: int) -> int:
             return await outbox.note_expiring(self._pool())
 
+        @app.periodic(cron="* * * * *", periodic_id="event-jobs")
+        @app.task(name=RECOVER_TASK, queue=outbox.QUEUE, queueing_lock=RECOVER_TASK)
+        async def recover_event_jobs(timestamp: int) -> int:
+            return await self.recover_stalled()
+
+        self.app = app
+
     def _pool(self) -> AsyncConnectionPool:
         if self.pool is None:
             raise RuntimeError("grant keeping is not open in this process")
         return self.pool
+
+    async def recover_stalled(self) -> int:
+        """Queue again the event jobs of workers that stopped sending heartbeats."""
+        manager = self.app.job_manager
+        recovered = 0
+        for task in (outbox.DISPATCH_TASK, DELIVER_TASK):
+            stalled = await manager.get_stalled_jobs(
+                task_name=task, seconds_since_heartbeat=self.settings.sync_stalled_seconds
+            )
+            for job in stalled:
+                await manager.retry_job(job)
+                recovered += 1
+                logger.warning("re-queued event job %s: its worker stopped", job.id)
+        return recovered
 
     def targets(self) -> list[str]:
         found = [NATS_TARGET] if self.nats else []

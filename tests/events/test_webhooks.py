@@ -162,3 +162,37 @@ async def test_https_receivers_are_verified(
     assert (row[0], len(receiver.requests)) == (("delivered", 1) if delivered else ("failed", 0))
     if not delivered:
         assert "ConnectError" in row[1]
+
+
+async def test_a_delivery_left_by_a_killed_worker_is_recovered(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    async with running(Receiver()) as receiver:
+        with upstreams.router() as router:
+            router.route(host="127.0.0.1").pass_through()
+            settings = _settings(database_url, token_keys, receiver)
+            async with open_service(settings.model_copy(update={"sync_stalled_seconds": 5})) as service:  # type: ignore[attr-defined]
+                await enrol_only(service, upstreams)
+                assert service.events is not None
+                async with service.pool.connection() as connection:
+                    (event_id,) = await (
+                        await connection.execute("SELECT id FROM bluebutton_events")
+                    ).fetchone()  # type: ignore[misc]
+                    await connection.execute("DELETE FROM procrastinate_jobs")  # dispatched by hand below
+                assert await service.events.dispatch(event_id) == 1
+                # What a SIGKILLed worker leaves: the delivery job `doing`, its heartbeat old.
+                async with service.pool.connection() as connection:
+                    worker = await (
+                        await connection.execute(
+                            "INSERT INTO procrastinate_workers (last_heartbeat) "
+                            "VALUES (now() - interval '1 hour') RETURNING id"
+                        )
+                    ).fetchone()
+                    assert worker is not None
+                    await connection.execute(
+                        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (worker[0],)
+                    )
+                assert await service.events.recover_stalled() == 1  # also every minute, on any worker
+                await drain(service)
+                assert [r.headers["webhook-id"] for r in receiver.requests] == [str(event_id)]
+                assert await deliveries(service, str(event_id)) == [(target_of(receiver.url), "delivered", 1)]
