@@ -207,6 +207,7 @@ _FORWARDED = (
     "SELECT coalesce(sum((b->>'entry_count')::bigint), 0) "
     "FROM bluebutton_runs, jsonb_array_elements(bundles) AS b"
 )
+_DELIVERIES = "SELECT target, status, count(*) FROM bluebutton_event_deliveries GROUP BY target, status"
 _JOBS = (
     "SELECT j.queue_name, "
     "count(*) FILTER (WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())), "
@@ -240,7 +241,13 @@ async def read_database(pool: AsyncConnectionPool, states: tuple[str, ...]) -> l
     oldest = GaugeMetricFamily(
         "bluebutton_jobs_oldest_waiting_seconds", "Age of the oldest due job not started", labels=["queue"]
     )
+    deliveries = GaugeMetricFamily(
+        "bluebutton_event_deliveries",
+        "Event deliveries by target (nats, webhook:<hash of the URL>) and status",
+        labels=["target", "status"],
+    )
     async with pool.connection() as connection:
+        delivery_rows = await (await connection.execute(_DELIVERIES)).fetchall()
         by_state: dict[str, int] = dict(await (await connection.execute(_GRANTS)).fetchall())
         run_rows = await (await connection.execute(_RUNS)).fetchall()
         bucket_rows = await (await connection.execute(_RUN_BUCKETS, (list(RUN_BUCKETS),))).fetchall()
@@ -270,4 +277,6 @@ async def read_database(pool: AsyncConnectionPool, states: tuple[str, ...]) -> l
         scheduled.add_metric([queue], float(later))
         running.add_metric([queue], float(doing))
         oldest.add_metric([queue], float(age))
-    return [grants, runs, durations, entries, waiting, scheduled, running, oldest]
+    for target, status, count in delivery_rows:
+        deliveries.add_metric([target, status], float(count))
+    return [grants, runs, durations, entries, waiting, scheduled, running, oldest, deliveries]

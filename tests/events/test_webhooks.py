@@ -10,6 +10,8 @@ import pytest
 
 from bluebutton.events.signing import secret_key, verify
 from bluebutton.events.webhooks import target_of
+from bluebutton.metrics import read_database
+from bluebutton.sync.grants import STATES
 from tests.events.events import BODY_KEYS, SECRET, deliveries, enrol_only
 from tests.events.receiver import Receiver, running
 from tests.factories import CERTS
@@ -78,6 +80,11 @@ async def test_a_receiver_that_always_fails_gets_five_attempts_and_its_answer_is
                 event_id = receiver.requests[0].headers["webhook-id"]
                 assert await deliveries(service, event_id) == [(target_of(receiver.url), "failed", 5)]
                 assert receiver.statuses == [500] * 5  # five answers left: nothing more was sent
+                figures = {f.name: f for f in await read_database(service.pool, STATES)}
+                counted = {
+                    tuple(x.labels.values()): x.value for x in figures["bluebutton_event_deliveries"].samples
+                }
+                assert counted == {(target_of(receiver.url), "failed"): 1.0}
     assert "receiver-private-answer" not in caplog.text
     assert "HTTP 500" in caplog.text
     assert receiver.url not in caplog.text and "/hooks" not in caplog.text  # its path may be a secret
