@@ -190,6 +190,7 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(default=5, ge=1, le=20)
     webhook_retry_wait_seconds: float = Field(default=10.0, ge=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    events_retention_days: int = Field(default=90, ge=1)
     metrics_public: bool = False
 
     @field_validator("nats_url")

@@ -8,6 +8,8 @@
   `BLUEBUTTON_WEBHOOK_RETRY_WAIT_SECONDS` doubling); a delivered target is never sent again by a
   later run of the job.
 - `note_expiring_grants` runs hourly and emits `grant.expiring` (30 and 7 days before the end).
+- `prune_events` runs daily: events older than `BLUEBUTTON_EVENTS_RETENTION_DAYS` whose
+  deliveries are over are deleted.
 - `recover_event_jobs` runs every minute: jobs of a worker whose heartbeat stopped (SIGKILL)
   are queued again, so a crash never strands an event (the sync sweep recovers sync jobs only).
 """
@@ -37,6 +39,7 @@ DELIVER_TASK = "bluebutton.deliver_event"
 EXPIRING_TASK = "bluebutton.note_expiring_grants"
 EXPIRING_CRON = "17 * * * *"
 RECOVER_TASK = "bluebutton.recover_event_jobs"
+PRUNE_TASK = "bluebutton.prune_events"
 DISPATCH_ATTEMPTS = 10
 NATS_TARGET = "nats"
 
@@ -91,6 +94,11 @@ class EventDelivery:
         @app.task(name=RECOVER_TASK, queue=outbox.QUEUE, queueing_lock=RECOVER_TASK)
         async def recover_event_jobs(timestamp: int) -> int:
             return await self.recover_stalled()
+
+        @app.periodic(cron="41 3 * * *", periodic_id="prune-events")
+        @app.task(name=PRUNE_TASK, queue=outbox.QUEUE, queueing_lock=PRUNE_TASK)
+        async def prune_events(timestamp: int) -> int:
+            return await outbox.prune(self._pool(), settings.events_retention_days)
 
         self.app = app
 

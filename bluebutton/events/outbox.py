@@ -124,6 +124,28 @@ async def note_expiring(pool: AsyncConnectionPool, now: datetime | None = None) 
     return emitted
 
 
+_PRUNE_DELIVERIES = (
+    "DELETE FROM bluebutton_event_deliveries d USING bluebutton_events e WHERE d.event_id = e.id "
+    "AND e.occurred_at < now() - make_interval(days => %(days)s) AND e.dispatched_at IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM bluebutton_event_deliveries p WHERE p.event_id = e.id "
+    "AND p.status IN ('pending', 'retrying'))"
+)
+_PRUNE_EVENTS = (
+    "DELETE FROM bluebutton_events e "
+    "WHERE e.occurred_at < now() - make_interval(days => %(days)s) AND e.dispatched_at IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM bluebutton_event_deliveries p WHERE p.event_id = e.id "
+    "AND p.status IN ('pending', 'retrying'))"
+)
+
+
+async def prune(pool: AsyncConnectionPool, days: int) -> int:
+    """Delete events older than `days` whose every delivery is over (delivered or failed)."""
+    async with pool.connection() as connection, connection.transaction():
+        await connection.execute(_PRUNE_DELIVERIES, {"days": days})
+        deleted = await connection.execute(_PRUNE_EVENTS, {"days": days})
+        return deleted.rowcount
+
+
 async def body_of(connection: AsyncConnection, event_id: uuid.UUID) -> dict[str, Any] | None:
     row = await (
         await connection.execute("SELECT body FROM bluebutton_events WHERE id = %s", (event_id,))

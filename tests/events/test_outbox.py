@@ -182,3 +182,33 @@ async def test_expiring_is_told_at_30_days_then_at_7_once_each(database_url: str
         await grants.end(service.pool, grant_id, "disconnected")
         assert await outbox.note_expiring(service.pool, renewed - timedelta(days=20)) == 0
         await drain(service)
+
+
+async def test_old_settled_events_are_pruned_and_pending_ones_kept(
+    database_url: str, token_keys: str
+) -> None:
+    async with opened(database_url, token_keys) as service:
+        upstreams: Upstreams = service.upstreams  # type: ignore[attr-defined]
+        for user in (2, 3, 4):
+            await enrol_only(service, upstreams, user)
+        old, pending, recent = (
+            r[0] for r in await rows(service, "SELECT id FROM bluebutton_events ORDER BY id")
+        )
+        async with service.pool.connection() as connection:
+            await connection.execute(
+                "UPDATE bluebutton_events SET dispatched_at = now(), "
+                "occurred_at = now() - interval '100 days' WHERE id = ANY(%s)",
+                ([old, pending],),
+            )
+            await connection.execute(
+                "UPDATE bluebutton_events SET dispatched_at = now() WHERE id = %s", (recent,)
+            )
+            await connection.execute(
+                "INSERT INTO bluebutton_event_deliveries (event_id, target, status) VALUES "
+                "(%s, 'nats', 'delivered'), (%s, 'nats', 'retrying')",
+                (old, pending),
+            )
+        assert await outbox.prune(service.pool, 90) == 1
+        left = {r[0] for r in await rows(service, "SELECT id FROM bluebutton_events")}
+        assert left == {pending, recent}
+        assert await rows(service, "SELECT event_id FROM bluebutton_event_deliveries") == [(pending,)]
