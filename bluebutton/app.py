@@ -32,6 +32,8 @@ from bluebutton.fhir import Validator
 from bluebutton.headers import SecurityHeaders
 from bluebutton.idempotency import IdempotentTransfer
 from bluebutton.idempotency_store import IdempotencyStore, open_idempotency_store
+from bluebutton.metrics import HttpMetrics, Metrics, instrument
+from bluebutton.metrics_routes import router as metrics_router
 from bluebutton.oauth import OAuthClient
 from bluebutton.outbound import build_ssl_context
 from bluebutton.pending import PendingStore, open_pending_store
@@ -170,6 +172,8 @@ def create_app(
     a resource passed in (tests pass clients on a virtual clock, or a store to inspect) stays its
     caller's to close."""
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         # One exit stack: a start-up that fails halfway closes what it had opened, in reverse.
@@ -193,6 +197,8 @@ def create_app(
             if validation is None:
                 validation = Validator(settings.validation_workers, fast=settings.fast_validation)
                 await stack.enter_async_context(validation)
+            instrument(cms_client.http, "cms", metrics)
+            instrument(connect_client, "connect", metrics)
             oauth = OAuthClient(settings, cms_client.http)
             sync = None
             if settings.sync_enabled:
@@ -239,10 +245,13 @@ def create_app(
         BodyLimit, limits=TOKEN_BODY_ROUTES, render=lambda e: outcome(e.issues(), e.status_code, e.headers)
     )
     app.add_middleware(RequestLog)
+    app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(SecurityHeaders, hsts=settings.tls)  # outermost: the safe 500 gets them too
+    app.state.metrics = metrics
     app.include_router(router)
     app.include_router(sync_routes.router)
     app.include_router(console_routes.router)
+    app.include_router(metrics_router)
     _serve_swagger_ui(app)
     _document_models(app, [LfhEnvelope, ForwardedBundles, OperationOutcome])
     return app

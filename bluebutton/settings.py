@@ -7,6 +7,7 @@ the variable, instead of failing on the first request.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal, Self
@@ -184,6 +185,80 @@ class Settings(BaseSettings):
     @property
     def sync_enabled(self) -> bool:
         return self.database_url is not None
+
+    # Events (bluebutton/events): the outbox delivered to NATS JetStream and signed webhooks.
+    nats_url: SecretStr | None = None
+    nats_nkey_seed_file: Path | None = None
+    webhook_urls: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_retry_wait_seconds: float = Field(default=10.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    events_retention_days: int = Field(default=90, ge=1)
+    metrics_public: bool = False
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if urlsplit(value.get_secret_value()).scheme not in ("nats", "tls"):
+            raise ValueError("use nats://host:4222 (or tls://host:4222 for TLS)")
+        return value
+
+    @field_validator("nats_nkey_seed_file")
+    @classmethod
+    def _seed_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_targets_safe(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for url in (u.strip() for u in value.split(",") if u.strip()):
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"{parts.scheme}://{parts.hostname}...: not an absolute http(s) URL")
+            if parts.scheme == "http" and not _loopback(parts.hostname):
+                raise ValueError(
+                    f"http://{parts.hostname}...: webhooks go over HTTPS (plain HTTP only to a loopback "
+                    "receiver such as 127.0.0.1)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_need_secret(self) -> Self:
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError(
+                "BLUEBUTTON_WEBHOOK_SECRET: required with BLUEBUTTON_WEBHOOK_URLS (receivers verify "
+                "the signature with it); e.g. whsec_ followed by base64 of 32 random bytes"
+            )
+        if self.webhook_secret is not None:
+            from bluebutton.events.signing import secret_key
+
+            try:
+                key = secret_key(self.webhook_secret.get_secret_value())
+            except ValueError as e:
+                raise ValueError(f"BLUEBUTTON_WEBHOOK_SECRET: {e}") from None
+            if len(key) < 24:
+                raise ValueError("BLUEBUTTON_WEBHOOK_SECRET: use at least 24 bytes")
+        return self
+
+    @property
+    def webhook_targets(self) -> list[str]:
+        return [u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_error(error: Exception) -> str:

@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from bluebutton.events import outbox
 from bluebutton.oauth import TokenSet
 from bluebutton.sync.crypto import TokenCipher
 
@@ -99,6 +100,8 @@ async def enrol(
                 "VALUES (%s, %s, %s, 'active', %s, %s, %s, %s, %s)",
                 (grant_id, patient, api_version, *values),
             )
+        reason = "re-authorized: the grant is renewed with new tokens" if found else None
+        await outbox.emit(connection, "grant.created", grant_id, patient, reason=reason)
     return grant_id
 
 
@@ -136,14 +139,33 @@ async def store_tokens(
         )
 
 
+_ENDED: dict[str, tuple[outbox.EventType, str]] = {
+    "expired": ("grant.expired", "the data-access grant has ended; the beneficiary must authorize again"),
+    "revoked": (
+        "grant.revoked",
+        "Blue Button refused the refresh token (the beneficiary disconnected the app); they must "
+        "authorize again",
+    ),
+    "disconnected": ("grant.disconnected", "disconnected by the operator; the tokens were revoked at CMS"),
+}
+
+
 async def end(pool: AsyncConnectionPool, grant_id: uuid.UUID, state: GrantState) -> None:
-    """A grant that will not sync again: its tokens are erased."""
-    async with pool.connection() as connection:
+    """A grant that will not sync again: its tokens are erased (and its event recorded, once)."""
+    async with pool.connection() as connection, connection.transaction():
+        before = await (
+            await connection.execute(
+                "SELECT state, patient FROM bluebutton_grants WHERE id = %s FOR UPDATE", (grant_id,)
+            )
+        ).fetchone()
         await connection.execute(
             "UPDATE bluebutton_grants SET state = %s, access_token_ct = NULL, refresh_token_ct = NULL, "
             "access_expires_at = NULL, next_sync_at = NULL, updated_at = now() WHERE id = %s",
             (state, grant_id),
         )
+        if before is not None and before[0] != state and state in _ENDED:
+            event_type, reason = _ENDED[state]
+            await outbox.emit(connection, event_type, grant_id, before[1], reason=reason)
 
 
 async def succeeded(pool: AsyncConnectionPool, grant_id: uuid.UUID, next_sync_at: datetime) -> None:

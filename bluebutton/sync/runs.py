@@ -15,6 +15,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from bluebutton.events import outbox
+
 RunStatus = Literal["queued", "running", "succeeded", "partial", "failed"]
 
 _SELECT = (
@@ -69,23 +71,16 @@ async def start(pool: AsyncConnectionPool, grant_id: uuid.UUID, job_id: int) -> 
     belongs to a worker that died.
     """
     async with pool.connection() as connection, connection.transaction():
-        await connection.execute(
-            "UPDATE bluebutton_runs SET status = 'failed', finished_at = now(), issues = issues || %s "
-            "WHERE grant_id = %s AND status = 'running'",
-            (
-                Jsonb(
-                    [
-                        {
-                            "severity": "error",
-                            "code": "incomplete",
-                            "diagnostics": "the worker running this run stopped (killed or lost); "
-                            "the job was recovered and run again",
-                        }
-                    ]
-                ),
-                grant_id,
-            ),
-        )
+        stopped = "the worker running this run stopped (killed or lost); the job was recovered and run again"
+        closed = await (
+            await connection.execute(
+                "UPDATE bluebutton_runs SET status = 'failed', finished_at = now(), issues = issues || %s "
+                "WHERE grant_id = %s AND status = 'running' RETURNING id",
+                (Jsonb([{"severity": "error", "code": "incomplete", "diagnostics": stopped}]), grant_id),
+            )
+        ).fetchall()
+        for (closed_id,) in closed:
+            await _emit_finished(connection, closed_id, "failed", None, stopped)
         row = await (
             await connection.execute(
                 "UPDATE bluebutton_runs SET status = 'running', started_at = now() "
@@ -118,12 +113,39 @@ async def finish(
     resources: dict[str, dict[str, int]],
     issues: list[dict[str, Any]],
 ) -> None:
-    async with pool.connection() as connection:
+    async with pool.connection() as connection, connection.transaction():
         await connection.execute(
             "UPDATE bluebutton_runs SET status = %s, finished_at = now(), resources = %s, "
             "issues = issues || %s WHERE id = %s",
             (status, Jsonb(resources), Jsonb(issues), run_id),
         )
+        errors = [i["diagnostics"] for i in issues if i.get("severity") in ("error", "fatal")]
+        reason = errors[0] if status == "failed" and errors else None
+        await _emit_finished(connection, run_id, status, resources, reason)
+
+
+async def _emit_finished(
+    connection: AsyncConnection,
+    run_id: int,
+    status: RunStatus,
+    resources: dict[str, dict[str, int]] | None,
+    reason: str | None,
+) -> None:
+    """`run.<status>` in the transaction that finished the run (issue texts carry no payload)."""
+    if status not in ("succeeded", "partial", "failed"):
+        return
+    row = await (
+        await connection.execute(
+            "SELECT r.grant_id, g.patient, r.resources FROM bluebutton_runs r "
+            "JOIN bluebutton_grants g ON g.id = r.grant_id WHERE r.id = %s",
+            (run_id,),
+        )
+    ).fetchone()
+    if row is None:
+        return
+    counts = resources if resources is not None else row[2]
+    event_type: outbox.EventType = f"run.{status}"  # type: ignore[assignment]
+    await outbox.emit(connection, event_type, row[0], row[1], run_id=run_id, counts=counts, reason=reason)
 
 
 async def get(pool: AsyncConnectionPool, run_id: int) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from bluebutton.cms import CmsClient
 from bluebutton.connect import ConnectClient
 from bluebutton.errors import NotConfiguredError
+from bluebutton.events.delivery import EventDelivery
 from bluebutton.fhir import Validator
 from bluebutton.oauth import OAuthClient, TokenSet
 from bluebutton.outbound import build_ssl_context, redact_http_logs
@@ -51,6 +52,7 @@ def sync_off() -> NotConfiguredError:
 class SyncService:
     context: SyncContext
     jobs: SyncJobs
+    events: EventDelivery | None = None
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -161,6 +163,8 @@ async def open_sync(
     cipher = TokenCipher.from_setting(settings.token_keys.get_secret_value())
     pool = await open_pool(await resolve_conninfo(settings), settings.database_pool_size)
     jobs = SyncJobs(settings)
+    events = EventDelivery(settings, jobs.app)  # its tasks, on the same app and worker
+    events.pool = pool
     task: asyncio.Task[None] | None = None
     try:
         await jobs.app.open_async(pool)
@@ -171,13 +175,14 @@ async def open_sync(
         jobs.context = SyncContext(settings, pool, cipher, cms, oauth, connect, validator)
         if worker:
             task = asyncio.create_task(jobs.run_worker(install_signal_handlers=False), name="sync-worker")
-        yield SyncService(jobs.context, jobs)
+        yield SyncService(jobs.context, jobs, events)
     finally:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await jobs.app.close_async()
+        await events.aclose()
         await pool.close()
         await release_embedded(settings)
 

@@ -132,9 +132,22 @@ async def open_service(settings: Settings) -> AsyncIterator[SyncService]:
         yield service
 
 
+_RUNNABLE = (
+    "SELECT count(*) FROM procrastinate_jobs j WHERE j.status = 'todo' "
+    "AND (j.scheduled_at IS NULL OR j.scheduled_at <= now()) AND NOT EXISTS ("
+    "SELECT 1 FROM procrastinate_jobs d WHERE d.status = 'doing' AND d.lock = j.lock)"
+)
+
+
 async def drain(service: SyncService) -> None:
-    """Run a real worker until no job is left."""
-    await service.jobs.run_worker(install_signal_handlers=False, wait=False)
+    """Run a real worker until no job is left that could run now (jobs queue jobs: a sync run
+    defers its events' delivery, which a worker started with `wait=False` does not fetch)."""
+    for _ in range(20):
+        await service.jobs.run_worker(install_signal_handlers=False, wait=False)
+        async with service.pool.connection() as connection:
+            row = await (await connection.execute(_RUNNABLE)).fetchone()
+        if row is None or row[0] == 0:
+            return
 
 
 async def run_once(service: SyncService, grant_id: uuid.UUID) -> dict[str, Any]:
