@@ -2,44 +2,30 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from fastapi.security import APIKeyHeader
 
-from bluebutton.errors import NotConfiguredError
 from bluebutton.metrics import CONTENT_TYPE, Metrics, read_database
+from bluebutton.schemas import outcome_responses
 from bluebutton.settings import Settings
-from bluebutton.sync.errors import AdminKeyError
 from bluebutton.sync.grants import STATES
+from bluebutton.sync.routes import api_key, check_admin_key
 from bluebutton.sync.service import SyncService
 
 router = APIRouter(tags=["operations"])
 
-_api_key = APIKeyHeader(
-    name="X-API-Key",
-    auto_error=False,
-    scheme_name="AdminApiKey",
-    description="The operator key, BLUEBUTTON_ADMIN_API_KEY (for /bluebutton/grants and /bluebutton/runs).",
-)
 
-
-def _scraper(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> None:
+def _scraper(request: Request, key: Annotated[str | None, Depends(api_key)]) -> None:
     settings = cast(Settings, request.state.settings)
-    if settings.metrics_public:
-        return
-    expected = settings.admin_api_key
-    if expected is None:
-        raise NotConfiguredError(
-            "/metrics is protected by the operator key: set BLUEBUTTON_ADMIN_API_KEY (at least 32 "
-            "characters), or BLUEBUTTON_METRICS_PUBLIC=true for a scraper inside a private network."
+    if not settings.metrics_public:
+        check_admin_key(
+            settings,
+            key,
+            off="/metrics is protected by the operator key: set BLUEBUTTON_ADMIN_API_KEY (at least 32 "
+            "characters), or BLUEBUTTON_METRICS_PUBLIC=true for a scraper inside a private network.",
         )
-    if not key:
-        raise AdminKeyError("No X-API-Key header: send 'X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>'.")
-    if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
 
 
 @router.get(
@@ -47,7 +33,10 @@ def _scraper(request: Request, key: Annotated[str | None, Depends(_api_key)]) ->
     summary="Prometheus metrics",
     response_class=Response,
     dependencies=[Depends(_scraper)],
-    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+        **outcome_responses(401, 503),
+    },
 )
 async def metrics(request: Request) -> Response:
     sync = cast(SyncService | None, getattr(request.state, "sync", None))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from bluebutton.bundles import FHIR_JSON
 from bluebutton.callback_page import callback_page
 from bluebutton.deps import (
     BearerTokenDep,
@@ -31,6 +30,7 @@ from bluebutton.schemas import (
     RevokeRequest,
     TokenResponse,
     Userinfo,
+    outcome_responses,
 )
 from bluebutton.sync import routes as sync_routes
 
@@ -42,11 +42,6 @@ STATE_SPENT = Issue(
     code="security",
     severity="information",
 )
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    content = {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
-    return {code: {"description": "FHIR OperationOutcome", "content": content} for code in codes}
 
 
 @router.get("/health", tags=["service"])
@@ -97,7 +92,7 @@ Bundle known to be stored is sent again. The whole pull has one deadline,
                 "application/fhir+json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}},
             },
         },
-        **_errors(400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 504),
+        **outcome_responses(400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 504),
     },
 )
 async def fetch_fhir(
@@ -131,7 +126,7 @@ async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     tags=["bluebutton"],
     summary="The beneficiary's profile (CMS userinfo; needs the profile scope)",
     response_model=Userinfo,
-    responses=_errors(401, 403, 404, 429, 502, 504),
+    responses=outcome_responses(401, 403, 404, 429, 502, 504),
 )
 async def userinfo(token: BearerTokenDep, cms: CmsDep) -> JSONResponse:
     """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
@@ -149,7 +144,7 @@ def _wants_html(request: Request) -> bool:
     tags=["oauth"],
     summary="Start authorizing with Blue Button (state + PKCE S256)",
     response_model=AuthorizeLink,
-    responses={307: {"description": "Browsers are redirected to CMS"}, **_errors(503)},
+    responses={307: {"description": "Browsers are redirected to CMS"}, **outcome_responses(503)},
 )
 async def authorize(
     request: Request,
@@ -176,7 +171,7 @@ async def authorize(
     tags=["oauth"],
     summary="CMS redirects the browser here with a code (or an error)",
     response_model=TokenResponse,
-    responses={200: {"content": {"text/html": {}}}, **_errors(400, 403, 502, 503)},
+    responses={200: {"content": {"text/html": {}}}, **outcome_responses(400, 403, 502, 503)},
 )
 async def authorize_callback(
     request: Request,
@@ -218,7 +213,7 @@ async def authorize_callback(
     tags=["oauth"],
     summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
     response_model=TokenResponse,
-    responses=_errors(400, 401, 422, 502, 503),
+    responses=outcome_responses(400, 401, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     tokens = await oauth.refresh(body.refresh_token)
@@ -231,7 +226,7 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     summary="Revoke an access or refresh token (RFC 7009)",
     status_code=204,
     response_class=Response,
-    responses=_errors(400, 422, 502, 503),
+    responses=outcome_responses(400, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
     await oauth.revoke(body.token)

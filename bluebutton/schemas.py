@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bluebutton.bundles import FHIR_JSON
 from bluebutton.connect import LfhEnvelope
 
 
@@ -82,3 +83,9 @@ class Userinfo(BaseModel):
     email: str | None = None
     iat: str | None = Field(default=None, description="When the user joined (ISO date and time)")
     patient: str | None = Field(default=None, description="The beneficiary's FHIR patient id")
+
+
+def outcome_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each a FHIR OperationOutcome."""
+    content = {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
+    return {code: {"description": "FHIR OperationOutcome", "content": content} for code in codes}

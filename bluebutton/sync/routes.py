@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
-from bluebutton.bundles import FHIR_JSON
 from bluebutton.errors import NotConfiguredError
 from bluebutton.oauth import TokenSet
+from bluebutton.schemas import outcome_responses
 from bluebutton.settings import Settings
 from bluebutton.sync import ledger, runs
 from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
@@ -27,17 +27,12 @@ from bluebutton.sync.service import SyncService, sync_off
 
 router = APIRouter(tags=["grants"])
 
-_api_key = APIKeyHeader(
+api_key = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,
     scheme_name="AdminApiKey",
     description="The operator key, BLUEBUTTON_ADMIN_API_KEY (for /bluebutton/grants and /bluebutton/runs).",
 )
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    content = {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
-    return {code: {"description": "FHIR OperationOutcome", "content": content} for code in codes}
 
 
 def require_sync(request: Request) -> SyncService:
@@ -47,22 +42,29 @@ def require_sync(request: Request) -> SyncService:
     return service
 
 
-def admin(request: Request, key: Annotated[str | None, Depends(_api_key)]) -> SyncService:
+def admin(request: Request, key: Annotated[str | None, Depends(api_key)]) -> SyncService:
     service = require_sync(request)
-    expected = cast(Settings, request.state.settings).admin_api_key
+    check_admin_key(
+        cast(Settings, request.state.settings),
+        key,
+        off="The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).",
+    )
+    return service
+
+
+def check_admin_key(settings: Settings, key: str | None, *, off: str) -> None:
+    """The operator key, compared in constant time; `off` says what to set when there is none."""
+    expected = settings.admin_api_key
     if expected is None:
-        raise NotConfiguredError(
-            "The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters)."
-        )
+        raise NotConfiguredError(off)
     if not key:
         raise AdminKeyError("No X-API-Key header: send 'X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>'.")
     if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
         raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
-    return service
 
 
 AdminDep = Annotated[SyncService, Depends(admin)]
-_COMMON = _errors(401, 404, 422, 503)
+_COMMON = outcome_responses(401, 404, 422, 503)
 
 
 @router.get("/bluebutton/grants", summary="List stored grants", responses=_COMMON)
@@ -87,7 +89,7 @@ async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> GrantInfo:
     "/bluebutton/grants/{grant_id}/sync",
     summary="Queue a run now (or get the one already waiting)",
     status_code=202,
-    responses=_errors(401, 404, 409, 422, 503),
+    responses=outcome_responses(401, 404, 409, 422, 503),
 )
 async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
     return RunQueued(run_id=await service.sync_now(grant_id))
@@ -117,7 +119,7 @@ async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> RecordList:
     summary="Disconnect: revoke at CMS, erase the tokens (runs and ledger stay)",
     status_code=204,
     response_class=Response,
-    responses=_errors(401, 404, 422, 502, 503),
+    responses=outcome_responses(401, 404, 422, 502, 503),
 )
 async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
     await service.disconnect(grant_id)
