@@ -116,3 +116,32 @@ def test_the_sandbox_has_no_import_cycle() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+HTTP_LAYER = {
+    "app.py",
+    "deps.py",
+    "routes.py",
+    "metrics_routes.py",
+    "sync/routes.py",
+    "console/routes.py",
+    "body_limit.py",
+    "headers.py",
+    "metrics.py",
+}
+
+
+@pytest.mark.parametrize("path", PRODUCT_FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_http_layer_imports_fastapi(path: Path) -> None:
+    """Everything else (clients, pipeline, stores, sync) can be used without a web framework."""
+    web = sorted(m for m in imported_modules(path) if m.split(".")[0] in {"fastapi", "starlette"})
+    if path.relative_to(PACKAGE).as_posix() not in HTTP_LAYER:
+        assert not web, f"{path.relative_to(ROOT)} imports {web}; only the HTTP layer may"
+
+
+def test_the_readme_layout_names_every_top_level_module_and_package() -> None:
+    layout = (ROOT / "README.md").read_text(encoding="utf-8").split("### Layout", 1)[1]
+    listed = {line.split()[0] for line in layout.splitlines() if line.startswith("      ") and line.strip()}
+    present = {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    present |= {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert present - listed == set(), "README's layout section misses these"
