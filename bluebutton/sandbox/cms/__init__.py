@@ -22,6 +22,7 @@ Modules (one concern each; imports only point down this list's dependencies, nev
     search.py       query schema, filters, paging links, Bundle assembly
     faults.py       latency, 429, 5xx, dropped connections, hostile `next` links, failing pages
     admin.py        `/_sandbox/...`: faults at run time, expire tokens/grants, reset, user info
+    counts.py       `/_sandbox/requests`: data and token requests seen (the benchmark's CMS calls)
     data.py         deterministic users, ids, claim lists and counts, the per-user cache
     beneficiary.py  Patient, Coverage and userinfo of a user
     claims.py       one ExplanationOfBenefit per claim type (valid R4 unless a defect is asked)
