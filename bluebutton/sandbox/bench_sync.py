@@ -60,6 +60,7 @@ WORKERS = ("worker-1", "worker-2")
 NEVER = "0 0 1 1 *"  # the sweep's cron in the workers: once a year, so only the rounds run
 ENROL_CONCURRENCY = 16
 WAIT_SECONDS = 3600.0
+TICKS = os.sysconf("SC_CLK_TCK")
 _ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
 
@@ -74,7 +75,13 @@ class Round:
     cms_requests: dict[str, int]
     posts: int
     bundles: int
+    entries_sent: int
     grants_posting: set[uuid.UUID]
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (own, children) s
+
+    def validation_cpu(self) -> float:
+        """CPU seconds of the workers' validation processes (their pool's children)."""
+        return sum(children for name, (_own, children) in self.cpu.items() if name in WORKERS)
 
     def validated(self, kinds: tuple[str, ...] = RESOURCE_TYPES) -> int:
         return sum(self.resources[k]["new"] + self.resources[k]["changed"] for k in kinds)
@@ -105,6 +112,32 @@ def _descendants(pid: int) -> list[int]:
             for child in (task / "children").read_text().split():
                 found += [int(child), *_descendants(int(child))]
     return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one live process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat
+
+
+def cpu_seconds(stack: Stack) -> dict[str, tuple[float, float]]:
+    """Per process of the stack: (its own CPU seconds, its live children's)."""
+    return {
+        name: (_cpu_seconds(p.pid), sum(_cpu_seconds(c) for c in _descendants(p.pid)))
+        for name, p in stack.processes.items()
+    }
+
+
+def cpu_used(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    return {
+        name: (own - before.get(name, (0.0, 0.0))[0], children - before.get(name, (0.0, 0.0))[1])
+        for name, (own, children) in after.items()
+    }
 
 
 def peak_rss_mb(stack: Stack) -> dict[str, float]:
@@ -211,6 +244,7 @@ async def run_round(
 ) -> Round:
     """A run of every grant through the workers; waits until no sync job is left."""
     (await admin.delete(f"{stack.cms_url}/_sandbox/requests")).raise_for_status()
+    cpu_before = cpu_seconds(stack)
     records_before = (await admin.get(f"{stack.connect_control_url}/_sandbox/records")).json()["count"]
     started = await _scalar(service, "SELECT clock_timestamp()")
     first_run = await _scalar(service, "SELECT coalesce(max(id), 0) FROM bluebutton_runs")
@@ -231,6 +265,7 @@ async def run_round(
         return bool(left == 0)
 
     await _until(no_job_left, "the round's runs")
+    cpu = cpu_used(cpu_before, cpu_seconds(stack))
     async with service.pool.connection() as connection:
         rows = await (
             await connection.execute(
@@ -253,7 +288,9 @@ async def run_round(
         cms_requests=cms_requests,
         posts=records_after - records_before,
         bundles=sum(len(r[4] or []) for r in rows),
+        entries_sent=sum(b["entry_count"] for r in rows for b in r[4] or []),
         grants_posting={r[0] for r in rows if r[4]},
+        cpu=cpu,
     )
 
 
@@ -266,11 +303,18 @@ async def add_new_claims(admin: httpx.AsyncClient, cms_url: str, users: list[int
 # ------------------------------------------------------------------------------ validator
 
 
-async def validator_speed(
-    settings: Settings, cms: CmsClient, sample: list[Enrolled]
-) -> tuple[int, int, float]:
-    """(entries, of them claims, seconds) for one validation process validating the sample's
-    resources type by type, as a run hands them over."""
+@dataclass
+class Speed:
+    entries: int
+    claims: int
+    seconds: float  # wall
+    cpu_seconds: float  # of the validation process: what it costs whatever else the machine runs
+    mode: str  # "fast" with the validation patches, "standard" without
+
+
+async def validator_speed(settings: Settings, cms: CmsClient, sample: list[Enrolled]) -> Speed:
+    """One validation process (the workers' own `Validator`) validating the sample's resources
+    type by type, as a run hands them over."""
     batches: list[list[bytes]] = []
     for enrolled in sample:
         for kind in RESOURCE_TYPES:
@@ -282,12 +326,16 @@ async def validator_speed(
     async with Validator(1, fast=settings.fast_validation) as validator:
         for batch in batches[: len(RESOURCE_TYPES)]:  # warm: a model's first use builds it
             await validator.validate(batch)
+        pool = _descendants(os.getpid())
+        cpu = sum(_cpu_seconds(p) for p in pool)
         started = time.perf_counter()
         for batch in batches:
             await validator.validate(batch)
         seconds = time.perf_counter() - started
+        cpu = sum(_cpu_seconds(p) for p in pool) - cpu
+        mode = validator.mode
     claims = sum(len(b) for i, b in enumerate(batches) if RESOURCE_TYPES[i % 3] == "ExplanationOfBenefit")
-    return sum(len(b) for b in batches), claims, seconds
+    return Speed(sum(len(b) for b in batches), claims, seconds, cpu, mode)
 
 
 # ------------------------------------------------------------------------------ the bench
@@ -391,6 +439,13 @@ async def _workers_up(service: SyncService) -> bool:
     return bool(count is not None and count >= len(WORKERS))
 
 
+def _cpu(r: Round) -> str:
+    return ", ".join(
+        f"{name} {own:.0f}" + (f" + {children:.0f} in its children" if children >= 0.5 else "")
+        for name, (own, children) in r.cpu.items()
+    )
+
+
 def _types(r: Round, key: str) -> str:
     return ", ".join(f"{k} {r.resources[k][key]}" for k in RESOURCE_TYPES)
 
@@ -399,11 +454,14 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
     first: Round = found["first"]
     second: Round = found["second"]
     changed: set[uuid.UUID] = found["changed"]
-    entries, claims, seconds = found["speed"]
+    speed: Speed = found["speed"]
     cores = os.cpu_count() or 1
     n = options.grants
     first_rate = first.validated() / first.seconds / cores
-    own_rate = entries / seconds
+    in_pool = first.validated() / max(first.validation_cpu(), 1e-9)
+    own_rate = speed.entries / max(speed.cpu_seconds, 1e-9)
+    sent = first.entries_sent + second.entries_sent
+    once = "yes" if sent == found["ledger_rows"] else "no"
     first_claims = first.validated(("ExplanationOfBenefit",))
     requests_2 = sum(second.cms_requests[k] for k in RESOURCE_TYPES)
     requests_1 = sum(first.cms_requests[k] for k in RESOURCE_TYPES)
@@ -418,29 +476,34 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
         f"  CMS requests {requests_1} ({requests_1 / n:.2f} per grant; token {first.cms_requests['token']}); "
         f"connect POSTs {first.posts} (Bundles recorded {first.bundles})",
         f"  validated {first.validated()} resources ({first_claims} claims): {first_rate:.0f} per second "
-        f"per core over the round; the validator alone on {entries} of the same resources "
-        f"({claims} claims, {options.sample} grants): {own_rate:.0f} per second "
-        f"on one core; ratio {first_rate / own_rate:.2f}",
+        f"per core (wall time x {cores} cores), {in_pool:.0f} per CPU second of the validation "
+        f"processes; the validator alone on {speed.entries} of the same resources ({speed.claims} "
+        f"claims, {options.sample} grants, validation {speed.mode}): {own_rate:.0f} per CPU second "
+        f"({speed.entries / speed.seconds:.0f} per wall second); ratios {first_rate / own_rate:.2f} "
+        f"and {in_pool / own_rate:.2f}",
+        f"  CPU seconds: {_cpu(first)} (PostgreSQL's not counted)",
         f"incremental round ({len(changed)} grants got {options.new_claims} new claims each): "
         f"{second.seconds:.1f} s, {n / second.seconds * 60:.0f} grants/min; runs {dict(second.statuses)}",
         f"  CMS requests {requests_2} ({requests_2 / n:.2f} per grant; Patient "
         f"{second.cms_requests['Patient']}, Coverage {second.cms_requests['Coverage']}, "
         f"ExplanationOfBenefit {second.cms_requests['ExplanationOfBenefit']}, token "
-        f"{second.cms_requests['token']})",
+        f"{second.cms_requests['token']}); CPU seconds: {_cpu(second)}",
         f"  connect POSTs {second.posts} from {len(second.grants_posting)} grants (only the grants "
         f"with new claims: {'yes' if only_new else 'NO'}); fetched: {_types(second, 'fetched')}; "
         f"validated {second.validated()} (new {second.resources['ExplanationOfBenefit']['new']}, "
         f"changed {second.validated() - sum(second.resources[k]['new'] for k in RESOURCE_TYPES)})",
-        f"  unchanged resources validated or sent again: {resent}"
-        f"; ledger rows {found['ledger_rows']} = resources stored once each",
+        f"  unchanged resources validated or sent again: {resent}; resources sent to connect in both "
+        f"rounds {sent}, ledger rows {found['ledger_rows']} (each sent once: "
+        f"{once})",
         f"database size: {found['database_bytes'] / 1e6:.1f} MB",
         "peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in found["rss"].items()),
         f"bench sync grants={n} claims={options.claims} rtt_ms={options.rtt_ms} "
         f"first_s={first.seconds:.1f} first_grants_per_min={n / first.seconds * 60:.0f} "
         f"incremental_s={second.seconds:.1f} incremental_cms_requests={requests_2} "
         f"incremental_posts={second.posts} only_new={'yes' if only_new else 'no'} "
-        f"validated_per_core_s={first_rate:.0f} validator_per_s={own_rate:.0f} "
-        f"db_mb={found['database_bytes'] / 1e6:.1f}",
+        f"validated_per_core_s={first_rate:.0f} validated_per_cpu_s={in_pool:.0f} "
+        f"validator_per_cpu_s={own_rate:.0f} "
+        f"db_mb={found['database_bytes'] / 1e6:.1f} resent={resent} sent_once={once}",
     ]
     return lines
 
