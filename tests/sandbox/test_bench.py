@@ -77,5 +77,7 @@ def test_bench_sync_runs_both_rounds_through_the_workers_and_sends_only_what_is_
     assert match["requests"] == "15"  # Patient, Coverage, ExplanationOfBenefit: one page each
     assert (match["posts"], match["only_new"], match["resent"], match["once"]) == ("3", "yes", "0", "yes")
     table = "\n".join(lines)
-    for label in ("first round:", "incremental round (3 grants", "database size:", "peak RSS: worker-1"):
+    for label in ("first round:", "incremental round (3 grants", "database size:", "CPU seconds:"):
         assert label in table
+    peaks = next(line for line in lines if line.startswith("peak RSS: "))
+    assert "worker-1 " in peaks and "worker-2 " in peaks
