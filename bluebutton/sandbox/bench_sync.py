@@ -61,6 +61,8 @@ NEVER = "0 0 1 1 *"  # the sweep's cron in the workers: once a year, so only the
 ENROL_CONCURRENCY = 16
 WAIT_SECONDS = 3600.0
 TICKS = os.sysconf("SC_CLK_TCK")
+# Worker settings the bench passes on from its environment (to try other sizes).
+TUNABLE = ("BLUEBUTTON_DATABASE_POOL_SIZE", "BLUEBUTTON_CMS_FETCH_CONCURRENCY")
 _ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
 
@@ -69,6 +71,7 @@ class Round:
     """One round of runs, measured from the database, the emulated CMS and the emulated connect."""
 
     seconds: float
+    deferred_seconds: float  # until every run was queued (workers start on the first at once)
     grants: int
     statuses: Counter[str]
     resources: dict[str, Counter[str]]
@@ -255,6 +258,7 @@ async def run_round(
             return await service.jobs.request_run(grant_id)
 
     await asyncio.gather(*(defer(g) for g in ids))
+    deferred = await _scalar(service, "SELECT clock_timestamp()")
 
     async def no_job_left() -> bool:
         left = await _scalar(
@@ -282,6 +286,7 @@ async def run_round(
     finished = max(r[2] for r in rows if r[2] is not None)
     return Round(
         seconds=(finished - started).total_seconds(),
+        deferred_seconds=(deferred - started).total_seconds(),
         grants=len({r[0] for r in rows}),
         statuses=Counter(r[1] for r in rows),
         resources=resources,
@@ -363,6 +368,7 @@ def worker_env(stack: Stack, database_url: str, token_keys: str, concurrency: in
         "BLUEBUTTON_SYNC_CONCURRENCY": str(concurrency),
         "BLUEBUTTON_SYNC_SWEEP_CRON": NEVER,
         "BLUEBUTTON_VALIDATION_WORKERS": "1",  # two workers, two cores
+        **{k: v for k, v in os.environ.items() if k in TUNABLE},
     }
 
 
@@ -471,7 +477,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
         f"bench sync: {n} grants x {options.claims} claims, {options.rtt_ms} ms added per CMS request, "
         f"2 worker processes x {options.concurrency} concurrent grants, {cores} cores",
         f"enrolment (emulator login + consent, code exchange, grant store): {found['enrol_seconds']:.1f} s",
-        f"first round: {first.seconds:.1f} s, {n / first.seconds * 60:.0f} grants/min; runs "
+        f"first round: {first.seconds:.1f} s, {n / first.seconds * 60:.0f} grants/min (all queued after "
+        f"{first.deferred_seconds:.1f} s); runs "
         f"{dict(first.statuses)}; new: {_types(first, 'new')}",
         f"  CMS requests {requests_1} ({requests_1 / n:.2f} per grant; token {first.cms_requests['token']}); "
         f"connect POSTs {first.posts} (Bundles recorded {first.bundles})",
@@ -483,7 +490,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
         f"and {in_pool / own_rate:.2f}",
         f"  CPU seconds: {_cpu(first)} (PostgreSQL's not counted)",
         f"incremental round ({len(changed)} grants got {options.new_claims} new claims each): "
-        f"{second.seconds:.1f} s, {n / second.seconds * 60:.0f} grants/min; runs {dict(second.statuses)}",
+        f"{second.seconds:.1f} s, {n / second.seconds * 60:.0f} grants/min (all queued after "
+        f"{second.deferred_seconds:.1f} s); runs {dict(second.statuses)}",
         f"  CMS requests {requests_2} ({requests_2 / n:.2f} per grant; Patient "
         f"{second.cms_requests['Patient']}, Coverage {second.cms_requests['Coverage']}, "
         f"ExplanationOfBenefit {second.cms_requests['ExplanationOfBenefit']}, token "
