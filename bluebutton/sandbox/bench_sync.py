@@ -423,6 +423,7 @@ async def measure(stack: Stack, options: Options, database_url: str) -> dict[str
         database_bytes = await _scalar(service, "SELECT pg_database_size(current_database())")
         ledger_rows = await _scalar(service, "SELECT count(*) FROM bluebutton_ledger")
         rss = peak_rss_mb(stack)
+        modes = [worker_validation_mode(stack, name) for name in WORKERS]
         for name in WORKERS:  # the validator sample below must not share the cores
             stack.processes[name].terminate()
         for name in WORKERS:
@@ -437,12 +438,20 @@ async def measure(stack: Stack, options: Options, database_url: str) -> dict[str
         "ledger_rows": int(ledger_rows),
         "rss": rss,
         "speed": speed,
+        "worker_modes": modes,
     }
 
 
 async def _workers_up(service: SyncService) -> bool:
     count = await _scalar(service, "SELECT count(*) FROM procrastinate_workers")
     return bool(count is not None and count >= len(WORKERS))
+
+
+def worker_validation_mode(stack: Stack, name: str) -> str:
+    """What the worker's validation pool ran: its log names a fallback to the unpatched library."""
+    assert stack.log_dir is not None
+    log = (stack.log_dir / f"{name}.log").read_text(errors="replace")
+    return "standard" if "validation speedups off" in log else "fast"
 
 
 def _cpu(r: Round) -> str:
@@ -482,7 +491,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
         f"{dict(first.statuses)}; new: {_types(first, 'new')}",
         f"  CMS requests {requests_1} ({requests_1 / n:.2f} per grant; token {first.cms_requests['token']}); "
         f"connect POSTs {first.posts} (Bundles recorded {first.bundles})",
-        f"  validated {first.validated()} resources ({first_claims} claims): {first_rate:.0f} per second "
+        f"  validated {first.validated()} resources ({first_claims} claims, validation "
+        f"{'/'.join(sorted(set(found['worker_modes'])))}): {first_rate:.0f} per second "
         f"per core (wall time x {cores} cores), {in_pool:.0f} per CPU second of the validation "
         f"processes; the validator alone on {speed.entries} of the same resources ({speed.claims} "
         f"claims, {options.sample} grants, validation {speed.mode}): {own_rate:.0f} per CPU second "
