@@ -6,12 +6,15 @@ user; pulls once with `return_cms` to size the Bundle; runs the pull several tim
 `/health`; then runs the naive pull in the same run (sequential `next` with `_count=10`, one-Bundle
 validation, sequential POSTs) and prints both. The connector's RSS is read from /proc: its peak
 over all pulls against its idle RSS before the first.
+
+`bench sync` runs the grant-keeping benchmark instead (`bench_sync.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -148,6 +151,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sync"]:  # `pipenv run bench sync`: grant keeping at scale (bench_sync.py)
+        from bluebutton.sandbox.bench_sync import main as sync_main
+
+        return sync_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--claims", type=int, default=150)
     parser.add_argument("--rtt-ms", type=int, default=100, help="latency the emulated CMS adds")

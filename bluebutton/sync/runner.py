@@ -3,8 +3,9 @@
 1. The access token is refreshed when it expires within `BLUEBUTTON_SYNC_REFRESH_MARGIN_SECONDS`;
    the rotated refresh token is committed before the new access token is used (CMS refresh
    tokens are single-use; the job lock keeps two runs of a grant from refreshing at once).
-2. Each granted type is pulled with the product's CMS client (paging, same-origin, retries),
-   narrowed by `_lastUpdated=ge<watermark>` after the first complete run.
+2. The granted types are pulled at once (a run waits for one CMS round trip, not one per type)
+   with the product's CMS client (paging, same-origin, retries), narrowed by
+   `_lastUpdated=ge<watermark>` after the first complete run.
 3. Entries the ledger already holds unchanged are dropped before validation; new and changed
    ones are validated by the product's workers; an invalid one is quarantined, never blocking the
    rest (the run is then `partial`).
@@ -19,6 +20,7 @@ be in connect without a ledger row, and is then sent again (connect cannot be as
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -95,6 +97,14 @@ class _Tokens:
         self.grant = grant
         self.current = ""
         self.refreshed = False
+        self._renewing = asyncio.Lock()  # the types pull at once; a 401 on two renews once
+
+    async def renew_after(self, refused: str) -> str:
+        """Renew after CMS refused `refused`, unless another type's pull already did."""
+        async with self._renewing:
+            if self.current != refused:
+                return self.current
+            return await self.renew()
 
     async def first(self) -> str:
         ctx, grant = self.ctx, self.grant
@@ -170,8 +180,7 @@ async def run_grant(ctx: SyncContext, grant_id: uuid.UUID, job_id: int) -> str:
         tokens = _Tokens(ctx, grant)
         await tokens.first()
         marks = await ledger.watermarks(ctx.pool, grant_id)
-        for kind in granted_types(grant.scopes):
-            await _pull_type(ctx, grant, kind, marks.get(kind), tokens, run_id, report)
+        await _pull_types(ctx, grant, marks, tokens, run_id, report)
     except GrantEndedError as e:
         await grants.end(ctx.pool, grant_id, e.state)  # type: ignore[arg-type]
         report.issues.append(e.issue.as_fhir())
@@ -245,14 +254,36 @@ async def _fetch(
         raw: list[bytes] = []
         mark: str | None = None
         first = True
+        token = tokens.current
         try:
-            async for page in ctx.cms.iter_pages(kind, params, tokens.current):
+            async for page in ctx.cms.iter_pages(kind, params, token):
                 if first:
                     mark, first = page.last_updated, False
                 raw += page.entries
             return raw, mark
         except CmsUnauthorizedError:
-            await tokens.renew()
+            await tokens.renew_after(token)
+
+
+async def _pull_types(
+    ctx: SyncContext, grant: Grant, marks: dict[str, str], tokens: _Tokens, run_id: int, report: Report
+) -> None:
+    """Every granted type at once: a run waits for one CMS round trip, not one per type. The
+    types share nothing but the token and the report; the first failure stops the others."""
+    kinds = granted_types(grant.scopes)
+    pulls = [
+        asyncio.create_task(_pull_type(ctx, grant, kind, marks.get(kind), tokens, run_id, report))
+        for kind in kinds
+    ]
+    try:
+        await asyncio.gather(*pulls)
+    except BaseException:
+        for pull in pulls:
+            pull.cancel()
+        await asyncio.gather(*pulls, return_exceptions=True)
+        raise
+    finally:  # the report lists the types in this order, whichever ended first
+        report.resources = {k: report.resources[k] for k in kinds if k in report.resources}
 
 
 async def _pull_type(
@@ -280,6 +311,10 @@ async def _pull_type(
         return
     counts = report.counts(kind)
     counts["fetched"] = len(raw)
+    if mark:
+        report.marks[kind] = mark  # kept only if the whole run is stored (run_grant)
+    if not raw:
+        return  # nothing since the watermark: no ledger lookup either
     entries: dict[str, Entry] = {}
     for index, item in enumerate(raw):
         try:
@@ -306,8 +341,6 @@ async def _pull_type(
             )
     await ledger.quarantine(ctx.pool, grant.id, kind, held, run_id)
     await _forward(ctx, grant.id, kind, valid, run_id)
-    if mark:
-        report.marks[kind] = mark
 
 
 async def _validate(

@@ -24,6 +24,7 @@ Modules (one concern each; imports only point down this list's dependencies, nev
     admin.py        `/_sandbox/...`: faults at run time, expire tokens/grants, claims, clock, reset
     clock.py        the emulated clock (real time plus an offset admin calls move forward)
     schedule.py     the weekly batches of new claims over emulated time
+    counts.py       `/_sandbox/requests`: data and token requests seen (the benchmark's CMS calls)
     data.py         deterministic users, ids, claim lists and counts, the per-user cache
     beneficiary.py  Patient, Coverage and userinfo of a user
     claims.py       one ExplanationOfBenefit per claim type (valid R4 unless a defect is asked)

@@ -10,6 +10,7 @@ from starlette.types import Receive, Scope, Send
 from bluebutton.sandbox.cms.admin import AdminApi
 from bluebutton.sandbox.cms.clock import EmulatedClock
 from bluebutton.sandbox.cms.config import CmsSandboxConfig
+from bluebutton.sandbox.cms.counts import RequestCountMiddleware, RequestCounts
 from bluebutton.sandbox.cms.data import CmsDataset
 from bluebutton.sandbox.cms.faults import RAW_SEND_KEY, FaultMiddleware, FaultState
 from bluebutton.sandbox.cms.fhir import FhirApi
@@ -38,16 +39,19 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     schedule = ClaimSchedule(clock(), config.weekly_claims)
     dataset = CmsDataset(config.claims_override, config.cached_users, schedule, clock)
     faults = FaultState(config.faults.model_copy())
+    counts = RequestCounts()
     routes = (
         OAuthApi(config, tokens).routes()
         + FhirApi(config, tokens, dataset, faults).routes()
         + AdminApi(tokens, dataset, faults, config.faults, clock).routes()
+        + counts.routes()
     )
     app = CmsApp(
         routes=routes,
         middleware=[
             # Outermost: CMS gzips on `Accept-Encoding: gzip` above 1 KB (bb2-api.md §5).
             Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6),
+            Middleware(RequestCountMiddleware, counts=counts),  # before faults: they count too
             Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms, sleep=config.sleep),
         ],
     )
@@ -56,4 +60,5 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     app.state.tokens = tokens
     app.state.dataset = dataset
     app.state.faults = faults
+    app.state.counts = counts
     return app
