@@ -26,16 +26,6 @@ EventType = Literal[
     "run.partial",
     "run.failed",
 ]
-EVENT_TYPES: tuple[EventType, ...] = (
-    "grant.created",
-    "grant.expiring",
-    "grant.expired",
-    "grant.revoked",
-    "grant.disconnected",
-    "run.succeeded",
-    "run.partial",
-    "run.failed",
-)
 
 # The sync worker's queue (bluebutton.sync.jobs.QUEUE): the worker that runs syncs delivers events.
 QUEUE = "bluebutton-sync"

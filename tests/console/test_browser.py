@@ -12,19 +12,17 @@ Screenshots of each step go to `test-artifacts/browser/` (gitignored).
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 from bluebutton.console.routes import HOME, SESSION_COOKIE
-from bluebutton.sandbox.stack import CERTS, Stack, StackConfig, free_port, start_stack, wait_ready
+from bluebutton.sandbox.stack import CERTS, Stack, StackConfig, free_port, wait_ready
 from bluebutton.sync.crypto import new_key
-from tests.e2e.harness import Harness
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, spki_pin
-from tests.sync.conftest import ADMIN_KEY, with_database
+from tests.e2e.harness import Harness, running_stack
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, Tab, approve_at_cms, spki_pin
+from tests.sync.conftest import ADMIN_KEY, fresh_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -59,14 +57,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def database(database_server: str) -> Iterator[str]:
-    name = f"bluebutton_console_{secrets.token_hex(6)}"
-    with psycopg.connect(database_server, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"'.encode())
-    try:
-        yield with_database(database_server, name)
-    finally:
-        with psycopg.connect(database_server, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with fresh_database(database_server, "bluebutton_console") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +78,8 @@ def stack(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         connector_env=sync_env,
         log_dir=log_dir,
     )
-    try:
-        running = start_stack(config)
-    except RuntimeError as e:
-        pytest.fail(f"the stack did not start: {e} (logs in {log_dir})", pytrace=False)
-    try:
+    with running_stack(config, lambda: f"(logs in {log_dir})") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -127,19 +113,10 @@ def sign_in(tab: Tab, base: str, key: str = ADMIN_KEY) -> None:
     page.click("#sign-in-button")
 
 
-def approve_at_cms(tab: Tab, user: int) -> None:
-    """On the emulated CMS pages: log in, share everything, allow."""
-    page = tab.page
-    page.wait_for_selector("#username")
-    tab.shoot("cms-login")
-    page.fill("#username", f"BBUser{user:05d}")
-    page.fill("#password", f"PW{user:05d}!")
-    page.click("#login")
-    page.wait_for_selector("#allow")
-    page.check("#share-all")
-    page.click("#allow")
-    page.wait_for_url("**/bluebutton/authorize_callback?**")
-    page.wait_for_selector("#kept-current")
+def enrol_at_cms(tab: Tab, user: int) -> None:
+    """Approve at CMS with sync=true: the callback page says the data will be kept current."""
+    approve_at_cms(tab, user)
+    tab.page.wait_for_selector("#kept-current")
     tab.shoot("enrolled")
 
 
@@ -165,7 +142,7 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     assert page.locator("header").evaluate("e => getComputedStyle(e).borderBottomStyle") == "solid"
 
     page.click("#connect")
-    approve_at_cms(tab, USER)
+    enrol_at_cms(tab, USER)
 
     page.goto(f"{stack.connector_url}{HOME}")
     row = page.locator("tr.grant")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bluebutton.sandbox.stack import Stack, StackConfig, start_stack
-from tests.e2e.harness import Harness
+from bluebutton.sandbox.stack import Stack, StackConfig
+from tests.e2e.harness import Harness, running_stack
 
 HERE = Path(__file__).resolve().parent
 LOG_DIR = pytest.StashKey[Path]()
@@ -69,14 +69,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         connector_env=CONNECTOR_ENV,
         log_dir=log_dir,
     )
-    try:
-        running = start_stack(config)
-    except RuntimeError as e:
-        pytest.fail(f"the stack did not start: {e}\n{_log_tails(log_dir)}", pytrace=False)
-    try:
+    with running_stack(config, lambda: f"\n{_log_tails(log_dir)}") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ to any other host fails the test before it is sent.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -14,9 +16,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+import pytest
 
 from bluebutton.sandbox.login import authorize, token_set
-from bluebutton.sandbox.stack import Stack, ca_context
+from bluebutton.sandbox.stack import Stack, StackConfig, ca_context, start_stack
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 CMS_PAGE_SIZE = 50  # what the connector asks for (CMS's maximum)
@@ -210,3 +213,17 @@ def outcome(response: httpx.Response) -> list[dict[str, Any]]:
 
 def diagnostics(response: httpx.Response) -> str:
     return "\n".join(issue.get("diagnostics", "") for issue in outcome(response))
+
+
+@contextmanager
+def running_stack(config: StackConfig, explain: Callable[[], str]) -> Iterator[Stack]:
+    """The emulated stack for a test module or session; a start-up failure fails the tests with
+    `explain()` (where the logs are) instead of an error in every test."""
+    try:
+        running = start_stack(config)
+    except RuntimeError as e:
+        pytest.fail(f"the stack did not start: {e} {explain()}", pytrace=False)
+    try:
+        yield running
+    finally:
+        running.stop()

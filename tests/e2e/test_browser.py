@@ -126,8 +126,8 @@ def tab(browser: Any, request: pytest.FixtureRequest) -> Iterator[Tab]:
         context.close()
 
 
-def log_in_and_approve(tab: Tab, user: int) -> str:
-    """On the emulated CMS pages: log in, share everything, allow; the token from the callback page."""
+def approve_at_cms(tab: Tab, user: int) -> None:
+    """On the emulated CMS pages: log in, share everything, allow; returns on the callback page."""
     page = tab.page
     page.wait_for_selector("#username")
     tab.shoot("cms-login")
@@ -139,6 +139,12 @@ def log_in_and_approve(tab: Tab, user: int) -> str:
     page.check("#share-all")
     page.click("#allow")
     page.wait_for_url("**/bluebutton/authorize_callback?**")
+
+
+def log_in_and_approve(tab: Tab, user: int) -> str:
+    """Approve at CMS; the token from the callback page."""
+    approve_at_cms(tab, user)
+    page = tab.page
     token = str(page.locator("#access-token").input_value())
     tab.shoot("callback")
     assert token

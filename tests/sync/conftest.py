@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,16 +46,23 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-@pytest.fixture
-def database_url(database_server: str) -> Iterator[str]:
-    name = f"bluebutton_test_{secrets.token_hex(6)}"
-    with psycopg.connect(database_server, autocommit=True) as connection:
+@contextmanager
+def fresh_database(server: str, prefix: str = "bluebutton_test") -> Iterator[str]:
+    """A new, empty database on `server`, dropped afterwards (connections forced closed)."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(server, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"'.encode())
     try:
-        yield with_database(database_server, name)
+        yield with_database(server, name)
     finally:
-        with psycopg.connect(database_server, autocommit=True) as connection:
+        with psycopg.connect(server, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+def database_url(database_server: str) -> Iterator[str]:
+    with fresh_database(database_server) as url:
+        yield url
 
 
 @pytest.fixture
