@@ -12,10 +12,10 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from bluebutton.app import create_app
 from bluebutton.outbound import redact_http_logs
 from bluebutton.settings import CERT_DIR, Settings, describe_error
 from bluebutton.sync import cli as sync_cli
+from bluebutton.web.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 logger = logging.getLogger("bluebutton")

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 import respx
 
-import bluebutton.pipeline
+import bluebutton.pull.pipeline
 from bluebutton.settings import Settings
 from tests.factories import CONNECT_ORIGIN, FHIR_BASE, SAMPLES_DIR, SMALL_LIMIT, cms_page, make_settings
 from tests.fakes import Connect, Deadlines, SleepRecorder
@@ -128,5 +128,5 @@ def load_sample(samples_dir: Path) -> Callable[[str], dict[str, Any]]:
 def deadlines(monkeypatch: pytest.MonkeyPatch) -> Deadlines:
     """The pull's deadline, made to pass when the test says (`pass_now`)."""
     recorder = Deadlines()
-    monkeypatch.setattr(bluebutton.pipeline, "deadline", recorder)
+    monkeypatch.setattr(bluebutton.pull.pipeline, "deadline", recorder)
     return recorder

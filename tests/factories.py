@@ -79,7 +79,7 @@ def make_patient(patient_id: str = PATIENT_ID, *, family: str = "Doe", given: st
             "profile": ["http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-Patient"],
         },
         "identifier": [
-            {"system": "https://bluebutton.cms.gov/resources/variables/bene_id", "value": patient_id}
+            {"system": "https://bluebutton.cms.client.gov/resources/variables/bene_id", "value": patient_id}
         ],
         "name": [{"use": "usual", "family": family, "given": [given]}],
         "gender": "female",
@@ -137,13 +137,13 @@ def make_eob(
         "id": eob_id(number, claim_type),
         "meta": {"lastUpdated": "2024-01-02T03:04:05.678-05:00"},
         "identifier": [
-            {"system": "https://bluebutton.cms.gov/resources/variables/clm_id", "value": str(number)}
+            {"system": "https://bluebutton.cms.client.gov/resources/variables/clm_id", "value": str(number)}
         ],
         "status": "active",
         "type": {
             "coding": [
                 {
-                    "system": "https://bluebutton.cms.gov/resources/codesystem/eob-type",
+                    "system": "https://bluebutton.cms.client.gov/resources/codesystem/eob-type",
                     "code": claim_type.upper(),
                 },
                 {"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"},
@@ -163,7 +163,7 @@ def make_eob(
                 "productOrService": {
                     "coding": [
                         {
-                            "system": "https://bluebutton.cms.gov/resources/codesystem/hcpcs",
+                            "system": "https://bluebutton.cms.client.gov/resources/codesystem/hcpcs",
                             "code": f"{99200 + i}",
                         }
                     ]

@@ -12,14 +12,14 @@ import orjson
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp
 
-from bluebutton.app import create_app
-from bluebutton.cms import CmsClient
-from bluebutton.connect import ConnectClient
-from bluebutton.idempotency_store import IdempotencyStore
+from bluebutton.cms.client import CmsClient
+from bluebutton.cms.pending import PendingStore
+from bluebutton.cms.search_page import Page
+from bluebutton.connect.client import ConnectClient
 from bluebutton.outbound import build_ssl_context
-from bluebutton.pending import PendingStore
-from bluebutton.search_page import Page
+from bluebutton.pull.idempotency_store import IdempotencyStore
 from bluebutton.settings import Settings
+from bluebutton.web.app import create_app
 from tests.factories import TOKEN, make_settings
 from tests.fakes import SleepRecorder
 

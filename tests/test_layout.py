@@ -57,7 +57,7 @@ def is_sandbox(module: str) -> bool:
 
 def test_the_product_modules_are_found() -> None:
     # Guards the two tests below against passing on an empty list.
-    assert {"bluebutton.app", "bluebutton.routes", "bluebutton.__main__"} <= set(PRODUCT_MODULES)
+    assert {"bluebutton.web.app", "bluebutton.web.routes.pull", "bluebutton.__main__"} <= set(PRODUCT_MODULES)
     assert not [m for m in PRODUCT_MODULES if is_sandbox(m)]
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import respx
 
-import bluebutton.pipeline
+import bluebutton.pull.pipeline
 from bluebutton.outbound import redact_http_logs
 from tests.factories import (
     AUTH,
@@ -156,7 +156,7 @@ async def test_no_token_or_payload_in_logs_on_success_and_every_error_path(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(bluebutton.pipeline, "split_entries", explode)
+    monkeypatch.setattr(bluebutton.pull.pipeline, "split_entries", explode)
     assert await fhir() == 500
 
     assert len(all_debug.records) >= 20  # the capture works: access lines, transfer lines, the 500

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bluebutton import validation_patches
 from bluebutton.__main__ import (
     LIMIT_CONCURRENCY,
     MAX_INCOMPLETE_EVENT_BYTES,
@@ -23,6 +22,7 @@ from bluebutton.__main__ import (
     main,
     startup_warnings,
 )
+from bluebutton.fhir import validation_patches
 from bluebutton.settings import Settings
 from tests.factories import CERTS, ROOT, make_settings
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from bluebutton.cms import CmsClient
-from bluebutton.connect import ConnectClient
-from bluebutton.fhir import Validator
-from bluebutton.oauth import OAuthClient
+from bluebutton.cms.client import CmsClient
+from bluebutton.cms.oauth import OAuthClient
+from bluebutton.connect.client import ConnectClient
+from bluebutton.fhir.validator import Validator
 from bluebutton.settings import Settings
 from bluebutton.sync.crypto import TokenCipher
 

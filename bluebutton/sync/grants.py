@@ -15,8 +15,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from bluebutton.cms.oauth import TokenSet
 from bluebutton.events import outbox
-from bluebutton.oauth import TokenSet
 from bluebutton.sync.crypto import TokenCipher
 
 GrantState = Literal["active", "failing", "expired", "revoked", "disconnected"]

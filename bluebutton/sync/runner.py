@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bluebutton.bundles import BundleHeader, split_entries
 from bluebutton.errors import (
     BlueButtonError,
     CmsForbiddenError,
@@ -41,7 +40,8 @@ from bluebutton.errors import (
     TransientUpstreamError,
     ValidationUnavailableError,
 )
-from bluebutton.query import PAGE_SIZE
+from bluebutton.fhir.bundles import BundleHeader, split_entries
+from bluebutton.pull.query import PAGE_SIZE
 from bluebutton.sync import grants, ledger, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError

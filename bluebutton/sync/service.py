@@ -19,12 +19,12 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from bluebutton.cms import CmsClient
-from bluebutton.connect import ConnectClient
+from bluebutton.cms.client import CmsClient
+from bluebutton.cms.oauth import OAuthClient, TokenSet
+from bluebutton.connect.client import ConnectClient
 from bluebutton.errors import NotConfiguredError
 from bluebutton.events.delivery import EventDelivery
-from bluebutton.fhir import Validator
-from bluebutton.oauth import OAuthClient, TokenSet
+from bluebutton.fhir.validator import Validator
 from bluebutton.outbound import build_ssl_context, redact_http_logs
 from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, runs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bluebutton.sandbox.stack import Stack, StackConfig
+from bluebutton.sandbox.tools.stack import Stack, StackConfig
 from tests.e2e.harness import Harness, running_stack
 
 HERE = Path(__file__).resolve().parent

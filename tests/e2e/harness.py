@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from bluebutton.sandbox.login import authorize, token_set
-from bluebutton.sandbox.stack import Stack, StackConfig, ca_context, start_stack
+from bluebutton.sandbox.tools.login import authorize, token_set
+from bluebutton.sandbox.tools.stack import Stack, StackConfig, ca_context, start_stack
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 CMS_PAGE_SIZE = 50  # what the connector asks for (CMS's maximum)

@@ -28,7 +28,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bluebutton.sandbox.stack import CERTS, ROOT, Stack
+from bluebutton.sandbox.tools.stack import CERTS, ROOT, Stack
 from tests.e2e.harness import LOOPBACK, Harness
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("healthy")]

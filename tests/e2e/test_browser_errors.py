@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bluebutton.sandbox.stack import Stack
+from bluebutton.sandbox.tools.stack import Stack
 from tests.e2e import test_browser
 from tests.e2e.test_browser import Tab, log_in_and_approve
 

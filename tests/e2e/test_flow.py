@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from bluebutton.sandbox.stack import ca_context, wait_ready
+from bluebutton.sandbox.tools.stack import ca_context, wait_ready
 from tests.e2e.harness import Harness, diagnostics, header_list, outcome
 
 pytestmark = pytest.mark.usefixtures("healthy")
@@ -593,7 +593,7 @@ def test_connect_rate_limit_is_absorbed_and_each_piece_stored_once(e2e: Harness)
 
 def run_login(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bluebutton.sandbox.login", *args],
+        [sys.executable, "-m", "bluebutton.sandbox.tools.login", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -23,7 +23,7 @@ LAST_LINE = re.compile(
 
 def test_bench_prints_its_table_and_a_machine_readable_last_line() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bluebutton.sandbox.bench", *TOY.split()],
+        [sys.executable, "-m", "bluebutton.sandbox.tools.bench", *TOY.split()],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -61,7 +61,7 @@ def test_bench_sync_runs_both_rounds_through_the_workers_and_sends_only_what_is_
     argv = [*SYNC_TOY.split(), *(["--database-url", database] if database else [])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEBUTTON_")}
     done = subprocess.run(
-        [sys.executable, "-m", "bluebutton.sandbox.bench", *argv],
+        [sys.executable, "-m", "bluebutton.sandbox.tools.bench", *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,

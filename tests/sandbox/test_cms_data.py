@@ -82,7 +82,7 @@ def test_generation_is_deterministic_and_stable_in_order():
 
 
 def test_claims_are_realistic_in_size():
-    # How fast they are generated is the benchmark's business (`python -m bluebutton.sandbox.bench`),
+    # How fast they are generated is the benchmark's business (`python -m bluebutton.sandbox.tools.bench`),
     # not a timed assert's.
     assert len([c.json() for c in generate_claims(4)]) == 200
     sizes = [len(c.json()) for n in range(20, 45) for c in generate_claims(n)]

@@ -709,7 +709,7 @@ async def test_type_filter():
         both = await cms.fhir(
             "ExplanationOfBenefit",
             token,
-            {"type": "https://bluebutton.cms.gov/resources/codesystem/eob-type|PDE, Carrier"},
+            {"type": "https://bluebutton.cms.client.gov/resources/codesystem/eob-type|PDE, Carrier"},
         )
         assert both.json()["total"] == totals["carrier"] + totals["pde"]
         for bad in ("carrier,nonsense", "", "Patient"):

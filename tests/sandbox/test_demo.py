@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from bluebutton.sandbox.cms.data import user_for_patient_id
-from bluebutton.sandbox.demo import SecretFileError, kept_secret
-from bluebutton.sandbox.stack import HOST, PortBusy, ca_context, check_ports_free, free_port
+from bluebutton.sandbox.tools.demo import SecretFileError, kept_secret
+from bluebutton.sandbox.tools.stack import HOST, PortBusy, ca_context, check_ports_free, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def test_demo_exits_1_naming_the_busy_port_and_starts_nothing(taken_port: int, t
     args += ["--connect-port", str(free_port()), "--db", str(tmp_path / "connect.sqlite3")]
     args += ["--data-dir", str(tmp_path / "data")]
     done = subprocess.run(
-        [sys.executable, "-m", "bluebutton.sandbox.demo", *args],
+        [sys.executable, "-m", "bluebutton.sandbox.tools.demo", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -123,11 +123,11 @@ def test_a_key_file_others_can_read_is_refused_saying_what_to_do(tmp_path: Path)
 
 
 class Demo:
-    """`python -m bluebutton.sandbox.demo` as a process; its output read as it comes."""
+    """`python -m bluebutton.sandbox.tools.demo` as a process; its output read as it comes."""
 
     def __init__(self, args: list[str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bluebutton.sandbox.demo", *args],
+            [sys.executable, "-m", "bluebutton.sandbox.tools.demo", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -206,7 +206,7 @@ def test_the_demo_keeps_grants_with_embedded_postgres_and_a_worker() -> None:
             enrol = demo.command_after("Enrol:").split()
             assert enrol[:4] == ["./scripts/run", "login", "BBUser00042", "--sync"]
             done = subprocess.run(
-                [sys.executable, "-m", "bluebutton.sandbox.login", *enrol[2:]],
+                [sys.executable, "-m", "bluebutton.sandbox.tools.login", *enrol[2:]],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import respx
 
-from bluebutton.oauth import TokenSet
+from bluebutton.cms.oauth import TokenSet
 from bluebutton.sandbox.cms.app import create_cms_app
 from bluebutton.sandbox.cms.config import CmsSandboxConfig
 from bluebutton.sandbox.cms.data import patient_id

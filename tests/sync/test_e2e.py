@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from bluebutton.sandbox.login import authorize
-from bluebutton.sandbox.stack import Stack, StackConfig, start_stack
+from bluebutton.sandbox.tools.login import authorize
+from bluebutton.sandbox.tools.stack import Stack, StackConfig, start_stack
 from bluebutton.sync.database import open_pool
 from bluebutton.sync.jobs import SyncJobs
 from tests.e2e.harness import Harness

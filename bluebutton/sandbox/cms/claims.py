@@ -2,7 +2,7 @@
 
 `build_claim` is pure: the same `random.Random` state and arguments give the same dict. It mirrors
 what CMS sends (see `../shared/bb2-samples/`): CMS variables as extensions and second codings under
-`https://bluebutton.cms.gov/resources/...`, a C4BB coding first, many line adjudications, and sizes
+`https://bluebutton.cms.client.gov/resources/...`, a C4BB coding first, many line adjudications, and sizes
 in the real range (a few KB for a drug event, tens of KB for carrier and institutional claims).
 
 Resources are valid R4 (`fhir.resources.R4B`) unless a `defect` is asked for; the defects are the
@@ -72,7 +72,7 @@ DEFECTS: Final = {
 
 _NPI_TYPE: Final = concept(coding(C4BB_ID_TYPE, "npi", "National Provider Identifier"))
 _UC_TYPE: Final = concept(coding(C4BB_ID_TYPE, "uc", "Unique Claim ID"))
-_CLAIM_GROUP: Final = "https://bluebutton.cms.gov/resources/identifier/claim-group"
+_CLAIM_GROUP: Final = "https://bluebutton.cms.client.gov/resources/identifier/claim-group"
 _DENIAL: Final = concept(coding(C4BB_ADJ_DISC, "denialreason", "Denial Reason"))
 _MEDICAL_CARE: Final = concept(
     coding("http://terminology.hl7.org/CodeSystem/ex-benefitcategory", "1", "Medical Care")

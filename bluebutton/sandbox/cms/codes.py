@@ -2,7 +2,7 @@
 
 Only vocabulary lives here (no randomness, no resources): the generator in `claims.py` and
 `data.py` picks from these tuples. The systems and variable names are the ones CMS's v2 (CARIN
-Blue Button) responses use (see `../shared/bb2-samples/`): `https://bluebutton.cms.gov/resources/...`
+Blue Button) responses use (see `../shared/bb2-samples/`): `https://bluebutton.cms.client.gov/resources/...`
 variables and code systems next to the C4BB and HL7 terminology systems. Codes are plausible, not a
 clinical data set.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-BB_VAR: Final = "https://bluebutton.cms.gov/resources/variables/"
-BB_CS: Final = "https://bluebutton.cms.gov/resources/codesystem/"
+BB_VAR: Final = "https://bluebutton.cms.client.gov/resources/variables/"
+BB_CS: Final = "https://bluebutton.cms.client.gov/resources/codesystem/"
 EOB_TYPE_SYSTEM: Final = BB_CS + "eob-type"
 ADJ_SYSTEM: Final = BB_CS + "adjudication"
 INFO_SYSTEM: Final = BB_CS + "information"

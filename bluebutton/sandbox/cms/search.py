@@ -9,7 +9,7 @@ Pure functions, no HTTP (`fhir.py` calls them). Rules from bb2-api.md §3.1/§3.
   `ge` prefix ("the _lastUpdated operator is not valid"); a bad date after a good prefix is BFD's
   400, relayed as "An error occurred contacting the upstream server:...";
 - `type` (EOB) is a case-insensitive comma list of claim types, bare or as
-  `https://bluebutton.cms.gov/resources/codesystem/eob-type|<code>`;
+  `https://bluebutton.cms.client.gov/resources/codesystem/eob-type|<code>`;
 - for a repeated single-valued parameter the last value wins (Django `QueryDict.dict()`).
 
 Date prefixes compare ranges the FHIR way: `ge2021-01-01` keeps anything from that day on, `gt`

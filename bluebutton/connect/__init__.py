@@ -1,0 +1,1 @@
+"""LinuxForHealth connect, the downstream: its client and the envelope it answers with."""

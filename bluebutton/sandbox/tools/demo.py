@@ -1,0 +1,184 @@
+"""`./scripts/run [flags]` (or `pipenv run demo`): the whole product offline — emulated CMS,
+emulated connect, the connector with grant keeping on an embedded PostgreSQL, and a sync worker.
+
+Everything listens on localhost over HTTPS with the `local-certs` CA; Ctrl-C stops it all. The
+ports are checked before anything starts: a busy one is named and the demo exits 1. The database
+(`<data dir>/postgres/`), the operator key and the token key live under `--data-dir` (`.data/`,
+ignored by git), the keys in files only their owner can read, so grants survive a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from bluebutton.sandbox.tools.stack import (
+    CA_FILE,
+    ROOT,
+    PortBusy,
+    StackConfig,
+    check_ports_free,
+    configured_ports,
+    start_stack,
+)
+from bluebutton.sync.crypto import new_key
+
+ADMIN_KEY_FILE = "admin-key"
+TOKEN_KEYS_FILE = "token-keys"  # noqa: S105 - a file name, not a secret
+
+BANNER = """
+bluebutton offline demo is running (Ctrl-C stops it)
+
+  connector (Swagger UI)   {connector}/docs
+  emulated Blue Button     {cms}          (client id bluebutton-sandbox-client)
+  emulated connect         {connect}      (records in {db})
+  trust this CA            {ca}
+
+Next steps
+  1. Open {connector}/bluebutton/authorize in a browser (trust the CA above, or accept the warning).
+  2. Log in as BBUser00042 / PW00042!  (any BBUser00000-BBUser29999, password PW + digits + !),
+     and choose what to share.
+  3. Copy the access token from the page you land on.
+  4. In {connector}/docs click Authorize, paste the token, then run
+     GET /bluebutton/fhir with resource_type=ExplanationOfBenefit.
+  5. Read a stored record back:
+     curl --cacert {ca} "{connect}/data?dataformat=FHIR-R4&partition=0&offset=0"
+
+Or without a browser (prints the token JSON; README "With curl" goes on from there):
+  ./scripts/run login BBUser00042 --connector {connector}
+
+Keep data current (PostgreSQL in {pgdata}, {workers} sync worker(s))
+  The operator key is in {key_file} (only you can read it); Swagger's Authorize takes it as AdminApiKey.
+  In a shell:  KEY=$(cat {key_file})
+  1. Enrol: open {connector}/bluebutton/authorize?sync=true in a browser, or
+       ./scripts/run login BBUser00042 --sync --connector {connector}
+     (prints grant_id and the first run's run_id; the worker runs it at once)
+  2. List grants:
+       curl --cacert {ca} -H "X-API-Key: $KEY" {connector}/bluebutton/grants
+  3. Watch a grant's runs (newest first), or one run:
+       curl --cacert {ca} -H "X-API-Key: $KEY" {connector}/bluebutton/grants/GRANT_ID/runs
+       curl --cacert {ca} -H "X-API-Key: $KEY" {connector}/bluebutton/runs/RUN_ID
+  4. Let a week pass on the emulated CMS (new claims arrive), then sync now; only they are sent:
+       curl --cacert {ca} -X POST -d '{{"advance_seconds": 604800}}' {cms}/_sandbox/clock
+       curl --cacert {ca} -X POST -H "X-API-Key: $KEY" {connector}/bluebutton/grants/GRANT_ID/sync
+"""
+
+
+class SecretFileError(RuntimeError):
+    """A key file others can read, or one that cannot be read or written."""
+
+
+def kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret in `path`, created (mode 0600) on first use; refused if group or others may read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise SecretFileError(
+                f"{path} is readable by others (mode {mode:04o}): run 'chmod 600 {path}', or delete it "
+                "to get a new one"
+            ) from None
+        value = path.read_text(encoding="ascii").strip()
+        if not value:
+            raise SecretFileError(f"{path} is empty: delete it to get a new one") from None
+        return value
+    value = make()
+    with os.fdopen(descriptor, "w", encoding="ascii") as out:
+        out.write(value + "\n")
+    return value
+
+
+def sync_env(data_dir: Path) -> dict[str, str]:
+    """Grant keeping for the connector and its workers: embedded PostgreSQL, keys kept in files."""
+    return {
+        "BLUEBUTTON_DATABASE_URL": "embedded",
+        "BLUEBUTTON_EMBEDDED_DATABASE_DIR": str(data_dir / "postgres"),
+        "BLUEBUTTON_TOKEN_KEYS": kept_secret(data_dir / TOKEN_KEYS_FILE, new_key),
+        "BLUEBUTTON_ADMIN_API_KEY": kept_secret(data_dir / ADMIN_KEY_FILE, lambda: secrets.token_urlsafe(32)),
+        "BLUEBUTTON_SYNC_WORKER": "off",  # the standalone workers run the jobs
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bluebutton.sandbox.tools.demo", description=__doc__)
+    parser.add_argument("--port", type=int, default=5200, help="connector port (default 5200)")
+    parser.add_argument("--cms-port", type=int, default=5300, help="emulated CMS port (default 5300)")
+    parser.add_argument("--connect-port", type=int, default=5000, help="emulated connect port (default 5000)")
+    parser.add_argument(
+        "--db", type=Path, default=ROOT / "connect-sandbox.sqlite3", help="connect's record store"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT / ".data",
+        help="grant keeping's PostgreSQL (postgres/) and key files (default .data)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="standalone sync workers (default 1)")
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must not be negative")
+    data_dir = args.data_dir.resolve()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    config = StackConfig(
+        cms_port=args.cms_port,
+        connect_port=args.connect_port,
+        connector_port=args.port,
+        connect_db=args.db,
+        workers=args.workers,
+    )
+    try:
+        check_ports_free(configured_ports(config))  # before any key file is written
+        config.connector_env = sync_env(data_dir)
+        stack = start_stack(config)
+    except PortBusy as e:
+        print(
+            f"demo: {e}. Is the demo already running? Stop it, or pick other ports "
+            "(--port, --cms-port, --connect-port; --help lists them).",
+            file=sys.stderr,
+        )
+        return 1
+    except (SecretFileError, OSError) as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # a child exited or never answered; its output is above
+        print(f"demo: could not start: {e}", file=sys.stderr)
+        return 1
+    try:
+        print(
+            BANNER.format(
+                connector=stack.connector_url,
+                cms=stack.cms_url,
+                connect=stack.connect_url,
+                db=stack.connect_db,
+                ca=CA_FILE,
+                pgdata=data_dir / "postgres",
+                workers=args.workers,
+                key_file=data_dir / ADMIN_KEY_FILE,
+            ),
+            flush=True,
+        )
+        while not stop.is_set():
+            if any(p.poll() is not None for p in stack.processes.values()):
+                print("demo: a process exited; stopping the others", file=sys.stderr)
+                return 1
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        print("demo: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

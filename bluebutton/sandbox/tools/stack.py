@@ -1,0 +1,256 @@
+"""The offline stack as real processes: emulated CMS, emulated connect and the connector, on loopback,
+plus any number of standalone sync workers (`python -m bluebutton worker`) beside the connector.
+
+Used by the one-command demo, the end-to-end tests and the benchmark, so all three run the same
+wiring: HTTPS everywhere with the `local-certs` CA trusted, and nothing listening beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[3]
+CERTS = ROOT / "local-certs"
+CA_FILE = CERTS / "ca.pem"
+CLIENT_ID = "bluebutton-sandbox-client"
+CLIENT_SECRET = "bluebutton-sandbox-secret"  # noqa: S105 - the emulator's documented demo secret
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class PortBusy(RuntimeError):
+    """A port the stack was told to use is taken: a child would fail to listen, while whatever
+    holds the port answered our readiness check in its place."""
+
+
+def check_ports_free(ports: Mapping[str, int]) -> None:
+    """Raise `PortBusy` naming the first of `ports` ({what: port}, 0 = any) that cannot be bound."""
+    for what, port in ports.items():
+        if not port:
+            continue
+        with socket.socket() as sock:
+            # The servers set SO_REUSEADDR too: a port left in TIME_WAIT is free, a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError as e:
+                raise PortBusy(f"port {port} ({what}) is already in use on {HOST}: {e.strerror}") from e
+
+
+def ca_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(CA_FILE))
+
+
+@dataclass
+class StackConfig:
+    cms_port: int = 0
+    connect_port: int = 0
+    connect_control_port: int = 0  # connect's `/_sandbox/...`, open while its `down` fault is on
+    connector_port: int = 0
+    connect_db: Path | None = None
+    cms_args: list[str] = field(default_factory=list)
+    connect_args: list[str] = field(default_factory=list)
+    connector_env: dict[str, str] = field(default_factory=dict)
+    workers: int = 0  # standalone sync workers, started once the connector answers, with its environment
+    log_dir: Path | None = None  # None: children write to our stdout/stderr
+    ready_seconds: float = 120.0  # a first start of the embedded PostgreSQL runs initdb
+
+
+@dataclass
+class Stack:
+    """Running processes and the URLs to reach them."""
+
+    cms_url: str
+    connect_url: str
+    connector_url: str
+    connect_control_url: str
+    connect_db: Path
+    log_dir: Path | None
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def launch(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.commands[name] = (args, env)
+        self.processes[name] = _spawn(name, args, env, self.log_dir)
+
+    def ready_url(self, name: str) -> str:
+        return {
+            "cms": f"{self.cms_url}/v2/fhir/metadata",
+            "connect": f"{self.connect_url}/status",
+            "connector": f"{self.connector_url}/health",
+        }[name]
+
+    def start_worker(self, name: str) -> None:
+        """A standalone sync worker with the connector's settings (database, keys, CMS, connect)."""
+        self.launch(name, ["-m", "bluebutton", "worker"], self.commands["connector"][1])
+
+    def restart(self, name: str) -> None:
+        """Stop one process and start it again with the same command (e.g. to prove persistence)."""
+        _stop(self.processes[name])
+        self.launch(name, *self.commands[name])
+        wait_ready(self.ready_url(name), self.processes[name])
+
+    def stop(self) -> None:
+        for process in reversed(self.processes.values()):
+            _stop(process)
+
+
+def connector_env(cms_url: str, connect_url: str, connector_url: str) -> dict[str, str]:
+    port = connector_url.rsplit(":", 1)[1]
+    return {
+        "BLUEBUTTON_CMS_BASE_URL": cms_url,
+        "BLUEBUTTON_LFH_URL": connect_url,
+        "BLUEBUTTON_CA_FILE": str(CA_FILE),
+        "BLUEBUTTON_CMS_CLIENT_ID": CLIENT_ID,
+        "BLUEBUTTON_CMS_CLIENT_SECRET": CLIENT_SECRET,
+        "BLUEBUTTON_CALLBACK_URL": f"https://localhost:{port}/bluebutton/authorize_callback",
+        "BLUEBUTTON_HOST": HOST,
+        "BLUEBUTTON_PORT": port,
+        "BLUEBUTTON_TLS": "true",
+    }
+
+
+def _base_env() -> dict[str, str]:
+    """Our environment without BLUEBUTTON_* settings, so only what we pass configures children."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEBUTTON_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    context = ca_context()
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, verify=context, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:g} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _spawn(
+    name: str, args: list[str], env: Mapping[str, str], log_dir: Path | None
+) -> subprocess.Popen[bytes]:
+    if log_dir is None:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(env))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / f"{name}.log").open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def configured_ports(config: StackConfig) -> dict[str, int]:
+    """The ports the stack was told to use, by what listens there (0 = any free one)."""
+    return {
+        "the connector": config.connector_port,
+        "the emulated CMS": config.cms_port,
+        "the emulated connect": config.connect_port,
+        "the emulated connect's controls": config.connect_control_port,
+    }
+
+
+def start_stack(config: StackConfig) -> Stack:
+    """Start the three processes and wait until each answers; `PortBusy` before starting any
+    when a configured port is taken."""
+    check_ports_free(configured_ports(config))
+    cms_port = config.cms_port or free_port()
+    connect_port = config.connect_port or free_port()
+    control_port = config.connect_control_port or free_port()
+    connector_port = config.connector_port or free_port()
+    cms_url = f"https://localhost:{cms_port}"
+    connect_url = f"https://localhost:{connect_port}"
+    connector_url = f"https://localhost:{connector_port}"
+    db = config.connect_db or (config.log_dir or ROOT) / "connect-sandbox.sqlite3"
+    env = _base_env()
+    callback = f"https://localhost:{connector_port}/bluebutton/authorize_callback"
+    control_url = f"https://localhost:{control_port}"
+    stack = Stack(cms_url, connect_url, connector_url, control_url, db, config.log_dir)
+    try:
+        stack.launch(
+            "cms",
+            [
+                "-m",
+                "bluebutton.sandbox.cms",
+                "--host",
+                HOST,
+                "--port",
+                str(cms_port),
+                "--client-id",
+                CLIENT_ID,
+                "--client-secret",
+                CLIENT_SECRET,
+                "--redirect-uri",
+                callback,
+                *config.cms_args,
+            ],
+            env,
+        )
+        stack.launch(
+            "connect",
+            [
+                "-m",
+                "bluebutton.sandbox.connect",
+                "--host",
+                HOST,
+                "--port",
+                str(connect_port),
+                "--control-port",
+                str(control_port),
+                "--db",
+                str(db),
+                *config.connect_args,
+            ],
+            env,
+        )
+        connector = {**env, **connector_env(cms_url, connect_url, connector_url), **config.connector_env}
+        stack.launch("connector", ["-m", "bluebutton"], connector)
+        for name, process in stack.processes.items():
+            wait_ready(stack.ready_url(name), process, config.ready_seconds)
+        # After the connector: it applied the migrations, and an embedded server is up to share.
+        for number in range(1, config.workers + 1):
+            stack.start_worker(f"worker-{number}")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@contextmanager
+def running_stack(config: StackConfig) -> Iterator[Stack]:
+    stack = start_stack(config)
+    try:
+        yield stack
+    finally:
+        stack.stop()
