@@ -101,3 +101,16 @@ def test_the_readme_links_lead_somewhere() -> None:
         assert path.exists(), target
         if anchor:
             assert anchor in anchors_of(path), f"{target}#{anchor}"
+
+
+def test_every_repository_path_the_docs_name_exists() -> None:
+    # Files move (the layout changed once already); a page naming a path that is gone misleads.
+    texts = [(ROOT / "README.md").read_text(encoding="utf-8")]
+    texts += [path.read_text(encoding="utf-8") for path in DOCS.glob("*.md")]
+    named = {
+        path.rstrip(".")
+        for text in texts
+        for path in re.findall(r"`((?:bluebutton|tests|scripts|local-certs)/[\w./-]*)", text)
+    }
+    assert len(named) > 20
+    assert sorted(path for path in named if not (ROOT / path).exists()) == []
