@@ -86,7 +86,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
 def test_run_script_help_is_the_commands(args: list[str], module: str, option: str) -> None:
     done = run_script(*args)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.{module}")
+    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.tools.{module}")
     assert option in done.stdout
 
 
