@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,8 +22,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from bluebutton.outbound import UpstreamClient
 
 QUEUE = "bluebutton-sync"  # shown at zero when no job exists
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -79,6 +78,10 @@ class Metrics:
         for outcome in ("2xx", "4xx", "429", "5xx", "timeout", "error"):
             self.bundles.labels(outcome)
 
+    def measure(self, upstream: str) -> Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]:
+        """What an upstream client wraps its transport in when it is built, so every call counts."""
+        return lambda inner: MeasuredTransport(inner, upstream, self)
+
     def render(self, database: list[Any] | None = None) -> bytes:
         text = generate_latest(self.registry)
         if database is not None:
@@ -95,7 +98,8 @@ def outcome_of(status: int) -> str:
 
 
 class MeasuredTransport(httpx.AsyncBaseTransport):
-    """Wraps a shared client's transport: every call is counted and timed, nothing else changes."""
+    """A shared client's transport, wrapped when the client is built: every call is counted and
+    timed, nothing else changes."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, upstream: str, metrics: Metrics) -> None:
         self.inner = inner
@@ -137,17 +141,6 @@ def _is_refresh(request: httpx.Request) -> bool:
         return b"grant_type=refresh_token" in request.content
     except httpx.RequestNotRead:
         return False
-
-
-def instrument(client: httpx.AsyncClient | UpstreamClient, upstream: str, metrics: Metrics) -> None:
-    """Count a shared client's calls (httpx offers no public way to wrap a built client's
-    transport; hooks never see a timeout). Instrumenting again rebinds, never double-counts."""
-    http = client if isinstance(client, httpx.AsyncClient) else client._client
-    current = http._transport
-    if isinstance(current, MeasuredTransport):
-        current.metrics, current.upstream = metrics, upstream
-        return
-    http._transport = MeasuredTransport(current, upstream, metrics)
 
 
 class HttpMetrics:

@@ -62,15 +62,30 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+Wrap = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+"""What a client's transport is wrapped in at construction (the metrics' counting transport)."""
+
+
 def build_client(
-    *, base_url: str, context: ssl.SSLContext, timeout: float, max_connections: int = 20
+    *,
+    base_url: str,
+    context: ssl.SSLContext,
+    timeout: float,
+    max_connections: int = 20,
+    wrap: Wrap | None = None,
 ) -> httpx.AsyncClient:
-    """A shared client for one upstream: explicit timeouts, no redirects (a token never follows)."""
+    """A shared client for one upstream: explicit timeouts, no redirects (a token never follows).
+
+    The transport is built here, TLS and pool limits with it, so that `wrap` (metrics) sees every
+    call without anyone touching the client's private attributes later."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(verify=context, limits=limits)
+    if wrap is not None:
+        transport = wrap(transport)
     return httpx.AsyncClient(
         base_url=base_url,
-        verify=context,
+        transport=transport,
         timeout=httpx.Timeout(timeout, connect=10.0),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )

@@ -38,6 +38,7 @@ from bluebutton.outbound import (
     Clock,
     Sleep,
     UpstreamClient,
+    Wrap,
     backoff_delay,
     build_client,
     read_error_body,
@@ -98,6 +99,7 @@ class CmsClient(UpstreamClient):
         settings: Settings,
         context: ssl.SSLContext,
         *,
+        wrap: Wrap | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
@@ -107,6 +109,7 @@ class CmsClient(UpstreamClient):
             context=context,
             timeout=settings.cms_timeout_seconds,
             max_connections=max(8, settings.cms_fetch_concurrency * 2),
+            wrap=wrap,
         )
         return cls(settings, http, sleep=sleep, clock=clock, wall_clock=wall_clock)
 

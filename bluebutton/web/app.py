@@ -22,17 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bluebutton import __version__
 from bluebutton.cms.client import CmsClient
-from bluebutton.cms.oauth import OAuthClient
-from bluebutton.cms.pending import PendingStore, open_pending_store
+from bluebutton.cms.pending import PendingStore
 from bluebutton.connect.client import ConnectClient, LfhEnvelope
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir.bundles import FHIR_JSON
 from bluebutton.fhir.validator import Validator
-from bluebutton.metrics import HttpMetrics, Metrics, instrument
-from bluebutton.outbound import build_ssl_context
+from bluebutton.metrics import HttpMetrics, Metrics
 from bluebutton.pull.idempotency import IdempotentTransfer
-from bluebutton.pull.idempotency_store import IdempotencyStore, open_idempotency_store
+from bluebutton.pull.idempotency_store import IdempotencyStore
 from bluebutton.pull.pipeline import Transfer
+from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
 from bluebutton.sync.service import open_sync
 from bluebutton.web.body_limit import TOKEN_BODY_ROUTES, BodyLimit
@@ -167,61 +166,47 @@ def create_app(
     pending: PendingStore | None = None,
     validator: Validator | None = None,
     idempotency: IdempotencyStore | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    """The app. The lifespan opens every resource not given here, and closes what it opened;
-    a resource passed in (tests pass clients on a virtual clock, or a store to inspect) stays its
-    caller's to close."""
+    """The app. The lifespan opens the composition root (`open_resources`) and grant keeping on
+    it; a resource passed in (tests pass clients on a virtual clock, or a store to inspect) stays
+    its caller's to close."""
 
-    metrics = Metrics()
+    metrics = metrics or Metrics()
+    overrides = Overrides(
+        metrics=metrics,
+        cms=cms,
+        connect=connect,
+        validator=validator,
+        pending=pending,
+        idempotency=idempotency,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        # One exit stack: a start-up that fails halfway closes what it had opened, in reverse.
         async with AsyncExitStack() as stack:
-            context = build_ssl_context(settings)
-            cms_client = cms
-            if cms_client is None:
-                cms_client = await stack.enter_async_context(CmsClient.create(settings, context))
-            connect_client = connect
-            if connect_client is None:
-                connect_client = await stack.enter_async_context(ConnectClient.create(settings, context))
-            pending_store = pending
-            if pending_store is None:
-                pending_store = open_pending_store(settings.state_store, settings.state_max_pending)
-                stack.push_async_callback(pending_store.aclose)
-            idempotency_store = idempotency
-            if idempotency_store is None:
-                idempotency_store = open_idempotency_store(settings.state_store)
-                stack.push_async_callback(idempotency_store.aclose)
-            validation = validator
-            if validation is None:
-                validation = Validator(settings.validation_workers, fast=settings.fast_validation)
-                await stack.enter_async_context(validation)
-            instrument(cms_client.http, "cms", metrics)
-            instrument(connect_client, "connect", metrics)
-            oauth = OAuthClient(settings, cms_client.http)
+            resources = await stack.enter_async_context(open_resources(settings, overrides))
             sync = None
             if settings.sync_enabled:
                 worker = settings.sync_worker == "embedded"
-                sync = await stack.enter_async_context(
-                    open_sync(settings, cms_client, oauth, connect_client, validation, worker=worker)
-                )
+                sync = await stack.enter_async_context(open_sync(resources, worker=worker))
             transfer = Transfer(
-                cms_client,
-                validation,
-                connect_client,
+                resources.cms,
+                resources.validator,
+                resources.connect,
                 settings.lfh_max_bundle_bytes,
                 settings.pull_timeout_seconds,
             )
+            idempotent = IdempotentTransfer(transfer, resources.idempotency, settings.idempotency_ttl_seconds)
             yield State(
                 settings=settings,
-                cms=cms_client,
-                connect=connect_client,
-                validator=validation,
-                oauth=oauth,
-                pending=pending_store,
+                cms=resources.cms,
+                connect=resources.connect,
+                validator=resources.validator,
+                oauth=resources.oauth,
+                pending=resources.pending,
                 transfer=transfer,
-                idempotent=IdempotentTransfer(transfer, idempotency_store, settings.idempotency_ttl_seconds),
+                idempotent=idempotent,
                 sync=sync,
             )
 

@@ -43,10 +43,9 @@ import psycopg
 
 from bluebutton.cms.client import CmsClient
 from bluebutton.cms.oauth import OAuthClient, new_pending_authorization
-from bluebutton.connect.client import ConnectClient
 from bluebutton.fhir.validator import Validator
-from bluebutton.outbound import build_ssl_context
 from bluebutton.pull.query import PAGE_SIZE
+from bluebutton.resources import Overrides, open_resources
 from bluebutton.sandbox.tools.stack import Stack, StackConfig, ca_context, running_stack
 from bluebutton.settings import Settings
 from bluebutton.sync import grants
@@ -384,16 +383,13 @@ def bench_settings(env: dict[str, str]) -> Settings:
 @asynccontextmanager
 async def open_bench_service(settings: Settings) -> AsyncIterator[tuple[SyncService, CmsClient]]:
     """The product's grant keeping without a worker: migrations, the grant store, deferring runs."""
-    context = build_ssl_context(settings)
-    async with contextlib.AsyncExitStack() as stack:
-        cms = await stack.enter_async_context(CmsClient.create(settings, context))
-        connect = await stack.enter_async_context(ConnectClient.create(settings, context))
-        validator = Validator(1)  # never entered: this process validates nothing in the rounds
-        oauth = OAuthClient(settings, cms.http)
-        service = await stack.enter_async_context(
-            open_sync(settings, cms, oauth, connect, validator, worker=False)
-        )
-        yield service, cms
+    # A validator never started: this process validates nothing in the rounds.
+    overrides = Overrides(validator=Validator(1))
+    async with (
+        open_resources(settings, overrides) as resources,
+        open_sync(resources, worker=False) as service,
+    ):
+        yield service, resources.cms
 
 
 async def measure(stack: Stack, options: Options, database_url: str) -> dict[str, Any]:
