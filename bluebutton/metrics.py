@@ -1,7 +1,7 @@
 """Prometheus metrics: the app's own counters and histograms, and grant keeping read at scrape.
 
-- HTTP: an ASGI middleware counts requests and times them by method, route *template* (never the
-  path as sent: it can hold an id) and status.
+- HTTP: requests by method, route *template* (never the path as sent: it can hold an id) and
+  status, counted and timed by the ASGI middleware in `web/http_metrics.py`.
 - Upstreams: a transport wrapper on the shared CMS and connect clients counts calls by outcome
   (2xx, 4xx, 429, 5xx, timeout, error) and times them to the response headers; it also counts
   refreshes (POSTs of `grant_type=refresh_token` to CMS's token endpoint) and Bundles POSTed to
@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 QUEUE = "bluebutton-sync"  # shown at zero when no job exists
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -141,35 +140,6 @@ def _is_refresh(request: httpx.Request) -> bool:
         return b"grant_type=refresh_token" in request.content
     except httpx.RequestNotRead:
         return False
-
-
-class HttpMetrics:
-    """ASGI middleware: requests by method, route template and status, and their duration."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            labels = (scope["method"], route, str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
 
 class _Fixed(Collector):
