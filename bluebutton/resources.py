@@ -24,7 +24,7 @@ from bluebutton.cms.pending import MemoryPendingStore, PendingStore, RedisPendin
 from bluebutton.connect.client import ConnectClient
 from bluebutton.fhir.validator import Validator
 from bluebutton.metrics import Metrics
-from bluebutton.outbound import build_ssl_context
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.pull.idempotency_store import (
     IdempotencyStore,
     MemoryIdempotencyStore,

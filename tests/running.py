@@ -17,7 +17,7 @@ from bluebutton.cms.pending import PendingStore
 from bluebutton.cms.search_page import Page
 from bluebutton.connect.client import ConnectClient
 from bluebutton.metrics import Metrics
-from bluebutton.outbound import build_ssl_context
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.pull.idempotency_store import IdempotencyStore
 from bluebutton.settings import Settings
 from bluebutton.web.app import create_app

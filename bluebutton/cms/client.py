@@ -34,17 +34,9 @@ from bluebutton.errors import (
     TransientUpstreamError,
 )
 from bluebutton.fhir.bundles import FHIR_JSON
-from bluebutton.outbound import (
-    Clock,
-    Sleep,
-    UpstreamClient,
-    Wrap,
-    backoff_delay,
-    build_client,
-    read_error_body,
-    release,
-    retry_after_seconds,
-)
+from bluebutton.outbound.client import UpstreamClient, Wrap, build_client
+from bluebutton.outbound.responses import read_error_body, release
+from bluebutton.outbound.retry import Clock, Sleep, backoff_delay, retry_after_seconds
 from bluebutton.settings import Settings
 
 # GETs are idempotent: these answers (and transport failures) are worth another try; they become

@@ -27,7 +27,9 @@ from bluebutton.errors import (
     ConnectTimeoutError,
     ConnectUnreachableError,
 )
-from bluebutton.outbound import Sleep, UpstreamClient, Wrap, build_client, read_error_body, release
+from bluebutton.outbound.client import UpstreamClient, Wrap, build_client
+from bluebutton.outbound.responses import read_error_body, release
+from bluebutton.outbound.retry import Sleep
 from bluebutton.settings import Settings
 
 CONNECT_ATTEMPTS = 3

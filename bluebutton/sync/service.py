@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from bluebutton.cms.oauth import TokenSet
 from bluebutton.errors import NotConfiguredError
 from bluebutton.events.delivery import EventDelivery
-from bluebutton.outbound import redact_http_logs
+from bluebutton.outbound.logs import redact_http_logs
 from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, runs

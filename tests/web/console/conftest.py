@@ -14,7 +14,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from bluebutton.metrics import Metrics
-from bluebutton.outbound import build_ssl_context
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.settings import Settings
 from bluebutton.web.app import create_app
 from bluebutton.web.console import routes as console_routes
