@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from bluebutton.outbound import redact_http_logs
+from bluebutton.outbound.logs import redact_http_logs
 from bluebutton.settings import CERT_DIR, Settings, describe_error
 from bluebutton.sync import cli as sync_cli
 from bluebutton.web.app import create_app

@@ -1,8 +1,8 @@
 """What a process opens for grant keeping, and the operations the API and the callback call.
 
-The web process opens it in its lifespan with the clients it already has (and, with
-`BLUEBUTTON_SYNC_WORKER=embedded`, runs a worker inside); `python -m bluebutton worker` opens the
-same with clients of its own. Any number of them share one database.
+Every process opens it on the resources of the composition root (`bluebutton.resources`): the web
+lifespan (with `BLUEBUTTON_SYNC_WORKER=embedded`, a worker inside), `python -m bluebutton worker`
+and the CLI through `open_standalone`, the benchmark. Any number of them share one database.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from bluebutton.cms.client import CmsClient
-from bluebutton.cms.oauth import OAuthClient, TokenSet
-from bluebutton.connect.client import ConnectClient
+from bluebutton.cms.oauth import TokenSet
 from bluebutton.errors import NotConfiguredError
 from bluebutton.events.delivery import EventDelivery
-from bluebutton.fhir.validator import Validator
-from bluebutton.outbound import build_ssl_context, redact_http_logs
+from bluebutton.outbound.logs import redact_http_logs
+from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, runs
 from bluebutton.sync.context import SyncContext
-from bluebutton.sync.crypto import TokenCipher, TokenKeyError
-from bluebutton.sync.database import open_pool, release_embedded, resolve_conninfo
+from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.errors import GrantNotFoundError, GrantNotSyncingError
 from bluebutton.sync.grants import SYNCING, Grant, GrantState
 from bluebutton.sync.jobs import SyncJobs
@@ -149,33 +146,24 @@ async def _check_schema(pool: AsyncConnectionPool) -> None:
 
 
 @asynccontextmanager
-async def open_sync(
-    settings: Settings,
-    cms: CmsClient,
-    oauth: OAuthClient,
-    connect: ConnectClient,
-    validator: Validator,
-    *,
-    worker: bool,
-) -> AsyncIterator[SyncService]:
-    """Pool, migrations, procrastinate and (optionally) a worker task, closed in reverse."""
-    assert settings.token_keys is not None
-    cipher = TokenCipher.from_setting(settings.token_keys.get_secret_value())
-    pool = await open_pool(await resolve_conninfo(settings), settings.database_pool_size)
+async def open_sync(context: SyncContext, *, worker: bool) -> AsyncIterator[SyncService]:
+    """Procrastinate on the root's pool, migrations (or a check of them), the event delivery and,
+    optionally, a worker task; closed in reverse. The pool itself stays the root's to close."""
+    settings = context.settings
     jobs = SyncJobs(settings)
     events = EventDelivery(settings, jobs.app)  # its tasks, on the same app and worker
-    events.pool = pool
+    events.pool = context.pool
     task: asyncio.Task[None] | None = None
     try:
-        await jobs.app.open_async(pool)
+        await jobs.app.open_async(context.pool)
         if settings.database_migrate:
-            await migrate(pool, jobs.app)
+            await migrate(context.pool, jobs.app)
         else:
-            await _check_schema(pool)
-        jobs.context = SyncContext(settings, pool, cipher, cms, oauth, connect, validator)
+            await _check_schema(context.pool)
+        jobs.context = context
         if worker:
             task = asyncio.create_task(jobs.run_worker(install_signal_handlers=False), name="sync-worker")
-        yield SyncService(jobs.context, jobs, events)
+        yield SyncService(context, jobs, events)
     finally:
         if task is not None:
             task.cancel()
@@ -183,25 +171,18 @@ async def open_sync(
                 await task
         await jobs.app.close_async()
         await events.aclose()
-        await pool.close()
-        await release_embedded(settings)
 
 
 @asynccontextmanager
-async def open_standalone(settings: Settings, *, worker: bool) -> AsyncIterator[SyncService]:
-    """Grant keeping with its own upstream clients, for the CLI and standalone workers."""
+async def open_standalone(
+    settings: Settings, *, worker: bool, overrides: Overrides | None = None
+) -> AsyncIterator[SyncService]:
+    """Grant keeping with the process's own resources, for the CLI and standalone workers."""
     if not settings.sync_enabled:
         raise sync_off()
     redact_http_logs()
-    context = build_ssl_context(settings)
-    async with contextlib.AsyncExitStack() as stack:
-        cms = await stack.enter_async_context(CmsClient.create(settings, context))
-        connect = await stack.enter_async_context(ConnectClient.create(settings, context))
-        validator = await stack.enter_async_context(
-            Validator(settings.validation_workers, fast=settings.fast_validation)
-        )
-        oauth = OAuthClient(settings, cms.http)
-        service = await stack.enter_async_context(
-            open_sync(settings, cms, oauth, connect, validator, worker=worker)
-        )
+    async with (
+        open_resources(settings, overrides) as resources,
+        open_sync(resources, worker=worker) as service,
+    ):
         yield service

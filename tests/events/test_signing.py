@@ -42,7 +42,7 @@ async def test_the_documented_receiver_verifies_what_the_sender_signs() -> None:
     import time
 
     from bluebutton.events.webhooks import WebhookSender
-    from bluebutton.outbound import build_ssl_context
+    from bluebutton.outbound.tls import build_ssl_context
     from tests.events.events import SECRET
     from tests.factories import ROOT, make_settings
 
