@@ -19,6 +19,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from bluebutton.__main__ import build_parser
 from bluebutton.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ WORKERS = {"connect": "worker", "sandbox": "worker-sandbox"}
 DATABASES = {"connect": "postgres", "sandbox": "postgres-sandbox"}
 POSTGRES_IMAGE = "postgres:18"
 IMAGE = "bluebutton:local"
+HEALTHCHECK = ["CMD", "python", "-m", "bluebutton", "healthcheck"]  # as in the Dockerfile
 
 # The images and tags of LinuxForHealth connect 0.42.0's docker-compose.yml.
 CONNECT_STACK = {
@@ -226,8 +228,10 @@ def test_connectors_and_emulators_have_healthchecks(services: dict[str, dict[str
     for name, service in services.items():
         if serves_http(name, service):
             test = service["healthcheck"]["test"]
-            assert test[:2] == ["CMD", "bluebutton-healthcheck"], name
-            probe = dict(arg[2:].split("=", 1) for arg in test[2:] if "=" in arg)
+            assert test[: len(HEALTHCHECK)] == HEALTHCHECK, name
+            arguments = test[len(HEALTHCHECK) :]
+            build_parser().parse_args(["healthcheck", *arguments])  # options the command knows
+            probe = dict(arg[2:].split("=", 1) for arg in arguments if "=" in arg)
             # An emulator's probe goes to the port it listens on; a connector's to BLUEBUTTON_PORT.
             assert probe.get("port", "5200") == flags(service).get("port", "5200"), name
 
