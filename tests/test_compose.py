@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 PROFILES = ("connect", "sandbox")
+ADD_ONS = ("monitoring",)  # started beside one of PROFILES (Prometheus and Grafana)
 CONNECTORS = {"connect": "bluebutton", "sandbox": "bluebutton-sandbox"}
 WORKERS = {"connect": "worker", "sandbox": "worker-sandbox"}
 DATABASES = {"connect": "postgres", "sandbox": "postgres-sandbox"}
@@ -143,7 +144,7 @@ def test_compose_file_parses(services: dict[str, dict[str, Any]]) -> None:
     assert set(CONNECT_STACK) | set(CONNECTORS.values()) <= set(services)
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", PROFILES + ADD_ONS)
 def test_docker_compose_accepts_the_file(profile: str, tmp_path: Path) -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
@@ -181,10 +182,10 @@ def test_docker_compose_accepts_the_file(profile: str, tmp_path: Path) -> None:
 def test_every_service_is_in_exactly_one_profile(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert len(service.get("profiles", [])) == 1, name
-        assert service["profiles"][0] in PROFILES, name
+        assert service["profiles"][0] in PROFILES + ADD_ONS, name
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", PROFILES + ADD_ONS)
 def test_profile_is_self_contained(services: dict[str, dict[str, Any]], profile: str) -> None:
     running = active(services, profile)
     for name in running:
