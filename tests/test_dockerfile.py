@@ -290,3 +290,12 @@ def test_the_image_health_check_passes_on_the_service_and_fails_once_it_stops(
     stopped = run_healthcheck(healthcheck, env, tmp_path)
     assert stopped.returncode == 1
     assert stopped.stderr.startswith("unhealthy: ") and "Traceback" not in stopped.stderr
+
+
+def test_ci_builds_the_image_and_runs_its_health_check() -> None:
+    # scripts/image-check does it with buildah (no Docker engine); CI runs it beside the suite.
+    assert "sh scripts/image-check" in (ROOT / ".ci" / "run").read_text()
+    script = (ROOT / "scripts" / "image-check").read_text()
+    assert "buildah build --isolation chroot --format docker" in script and "-f Dockerfile ." in script
+    # The health check and the command it runs are the image's own, read from its configuration.
+    assert 'c["Healthcheck"]["Test"]' in script and 'c["Cmd"]' in script
