@@ -177,7 +177,7 @@ def healthcheck_arguments(parser: argparse.ArgumentParser) -> None:
         "--cert", help="PEM file trusted as the server's certificate (chain) (default: BLUEBUTTON_TLS_CERT)"
     )
     parser.add_argument(
-        "--no-tls", action="store_true", help="probe plain HTTP (default: unless BLUEBUTTON_TLS is off)"
+        "--no-tls", action="store_true", help="probe plain HTTP (as when BLUEBUTTON_TLS=false)"
     )
     parser.add_argument(
         "--any-status", action="store_true", help="healthy on any HTTP answer below 500, not only 200"
