@@ -29,7 +29,7 @@ LOCAL_SUFFIXES = {".pyc", ".pyo", ".sqlite3", ".db"}
 
 
 def pipfile_requirements() -> dict[str, Requirement]:
-    """Pipfile's [packages] as requirements (`name = "spec"` or `{extras = [...], version = ...}`)."""
+    """Pipfile's [packages] as requirements (`name = "spec"` or `{extras, version, markers}`)."""
     packages = tomllib.loads((ROOT / "Pipfile").read_text(encoding="utf-8"))["packages"]
     found: dict[str, Requirement] = {}
     for name, spec in packages.items():
@@ -37,7 +37,8 @@ def pipfile_requirements() -> dict[str, Requirement]:
             spec = {"version": spec}
         extras = f"[{','.join(sorted(spec.get('extras', [])))}]" if spec.get("extras") else ""
         version = "" if spec.get("version", "*") == "*" else spec["version"]
-        found[canonicalize_name(name)] = Requirement(f"{name}{extras}{version}")
+        markers = f"; {spec['markers']}" if spec.get("markers") else ""
+        found[canonicalize_name(name)] = Requirement(f"{name}{extras}{version}{markers}")
     return found
 
 
