@@ -19,17 +19,20 @@ import pytest
 import yaml
 from cryptography import x509
 
+from bluebutton.__main__ import build_parser
 from bluebutton.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 PROFILES = ("connect", "sandbox")
+ADD_ONS = ("monitoring",)  # started beside one of PROFILES (Prometheus and Grafana)
 CONNECTORS = {"connect": "bluebutton", "sandbox": "bluebutton-sandbox"}
 WORKERS = {"connect": "worker", "sandbox": "worker-sandbox"}
 DATABASES = {"connect": "postgres", "sandbox": "postgres-sandbox"}
 POSTGRES_IMAGE = "postgres:18"
 IMAGE = "bluebutton:local"
+HEALTHCHECK = ["CMD", "python", "-m", "bluebutton", "healthcheck"]  # as in the Dockerfile
 
 # The images and tags of LinuxForHealth connect 0.42.0's docker-compose.yml.
 CONNECT_STACK = {
@@ -141,7 +144,7 @@ def test_compose_file_parses(services: dict[str, dict[str, Any]]) -> None:
     assert set(CONNECT_STACK) | set(CONNECTORS.values()) <= set(services)
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", PROFILES + ADD_ONS)
 def test_docker_compose_accepts_the_file(profile: str, tmp_path: Path) -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
@@ -179,10 +182,10 @@ def test_docker_compose_accepts_the_file(profile: str, tmp_path: Path) -> None:
 def test_every_service_is_in_exactly_one_profile(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert len(service.get("profiles", [])) == 1, name
-        assert service["profiles"][0] in PROFILES, name
+        assert service["profiles"][0] in PROFILES + ADD_ONS, name
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", PROFILES + ADD_ONS)
 def test_profile_is_self_contained(services: dict[str, dict[str, Any]], profile: str) -> None:
     running = active(services, profile)
     for name in running:
@@ -226,8 +229,10 @@ def test_connectors_and_emulators_have_healthchecks(services: dict[str, dict[str
     for name, service in services.items():
         if serves_http(name, service):
             test = service["healthcheck"]["test"]
-            assert test[:2] == ["CMD", "bluebutton-healthcheck"], name
-            probe = dict(arg[2:].split("=", 1) for arg in test[2:] if "=" in arg)
+            assert test[: len(HEALTHCHECK)] == HEALTHCHECK, name
+            arguments = test[len(HEALTHCHECK) :]
+            build_parser().parse_args(["healthcheck", *arguments])  # options the command knows
+            probe = dict(arg[2:].split("=", 1) for arg in arguments if "=" in arg)
             # An emulator's probe goes to the port it listens on; a connector's to BLUEBUTTON_PORT.
             assert probe.get("port", "5200") == flags(service).get("port", "5200"), name
 

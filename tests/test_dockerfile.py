@@ -1,44 +1,39 @@
 """Dockerfile and .dockerignore: locked dependencies, non-root, no secrets, a real health check.
 
-The health-check script is embedded in the Dockerfile (a heredoc); it is extracted here and run
-against local HTTPS servers, so what the container runs is what is tested.
+The image's HEALTHCHECK command is read from the Dockerfile and run against the service started as
+the image's CMD starts it, so what the container runs is what is tested (the probe's TLS cases are
+in tests/test_healthcheck.py).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
-import socket
 import ssl
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import certifi
 import pytest
 
 from bluebutton.settings import Settings
+from tests.test_main import free_port, service_env, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 CERT = ROOT / "local-certs" / "server.pem"
 KEY = ROOT / "local-certs" / "server.key"
-HEALTHCHECK = "/usr/local/bin/bluebutton-healthcheck"
 
 
 @dataclass
 class Instruction:
     keyword: str
     args: str
-    heredoc: str | None = None
 
 
 def parse(text: str) -> list[Instruction]:
-    """Dockerfile instructions, with line continuations joined and heredoc bodies attached."""
+    """Dockerfile instructions, with line continuations joined."""
     lines = text.splitlines()
     instructions: list[Instruction] = []
     i = 0
@@ -51,13 +46,7 @@ def parse(text: str) -> list[Instruction]:
             line = line[:-1].rstrip() + " " + lines[i].strip()
             i += 1
         keyword, _, args = line.partition(" ")
-        instruction = Instruction(keyword.upper(), args.strip())
-        marker = re.search(r"<<-?'?\"?(\w+)", args)
-        if marker:
-            end = lines.index(marker.group(1), i)
-            instruction.heredoc = "\n".join(lines[i:end]) + "\n"
-            i = end + 1
-        instructions.append(instruction)
+        instructions.append(Instruction(keyword.upper(), args.strip()))
     return instructions
 
 
@@ -73,15 +62,6 @@ def flagless(args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def instructions() -> list[Instruction]:
     return parse(DOCKERFILE.read_text())
-
-
-@pytest.fixture(scope="module")
-def script(instructions: list[Instruction], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    [copy] = [i for i in instructions if i.heredoc and i.args.endswith(HEALTHCHECK)]
-    assert "--chmod=0755" in copy.args
-    path = tmp_path_factory.mktemp("healthcheck") / "bluebutton-healthcheck"
-    path.write_text(copy.heredoc or "")
-    return path
 
 
 # --- the image ----------------------------------------------------------------------------------
@@ -110,7 +90,7 @@ def test_dependencies_come_from_the_lock_file_only(instructions: list[Instructio
 def test_copy_sources_exist_and_are_in_the_build_context(instructions: list[Instruction]) -> None:
     sources = []
     for ins in instructions:
-        if ins.keyword in ("COPY", "ADD") and ins.heredoc is None and "--from=" not in ins.args:
+        if ins.keyword in ("COPY", "ADD") and "--from=" not in ins.args:
             sources += flagless(ins.args)[:-1]
     assert sources == ["Pipfile", "Pipfile.lock", "bluebutton/"]
     for source in sources:
@@ -131,12 +111,33 @@ def test_exposes_the_service_port(instructions: list[Instruction]) -> None:
     assert exposed == [str(port)]
 
 
+def exec_form(instructions: list[Instruction], keyword: str) -> list[str]:
+    """The JSON array of the final stage's CMD, or of its HEALTHCHECK's CMD."""
+    [args] = [i.args for i in final_stage(instructions) if i.keyword == keyword]
+    command: list[str] = json.loads(args[args.index("[") :])
+    return command
+
+
 def test_healthcheck_and_command(instructions: list[Instruction]) -> None:
-    stage = final_stage(instructions)
-    [health] = [i.args for i in stage if i.keyword == "HEALTHCHECK"]
-    assert health.endswith('CMD ["bluebutton-healthcheck"]')
-    [cmd] = [i.args for i in stage if i.keyword == "CMD"]
-    assert cmd == '["python", "-m", "bluebutton"]'
+    assert exec_form(instructions, "HEALTHCHECK") == ["python", "-m", "bluebutton", "healthcheck"]
+    assert exec_form(instructions, "CMD") == ["python", "-m", "bluebutton"]
+    # The exec form runs no shell, and `python -m` finds the package in the working directory.
+    [workdir] = [i.args for i in final_stage(instructions) if i.keyword == "WORKDIR"]
+    assert workdir == "/app" and "COPY bluebutton/ ./bluebutton/" in [
+        f"{i.keyword} {i.args}" for i in final_stage(instructions)
+    ]
+
+
+def test_the_dependency_step_builds_nkeys_alone_from_source(instructions: list[Instruction]) -> None:
+    # nkeys (nats-py[nkeys]) is published as a source archive only: with --only-binary=:all: alone,
+    # pip finds no distribution and the build stops (issue 19). Everything else stays a wheel.
+    [install] = [
+        c for i in instructions if i.keyword == "RUN" for c in i.args.split("&&") if "-r requirements" in c
+    ]
+    assert "--only-binary=:all:" in install.split()
+    assert [w for w in install.split() if w.startswith("--no-binary")] == ["--no-binary=nkeys"]
+    locked = json.loads((ROOT / "Pipfile.lock").read_text())["default"]
+    assert "nkeys" in locked
 
 
 def test_env_defaults_suit_a_container(instructions: list[Instruction]) -> None:
@@ -237,107 +238,67 @@ def test_dockerignore_keeps(path: str) -> None:
     assert not dockerignored(path)
 
 
-# --- the health-check script --------------------------------------------------------------------
+# --- the health check, run as the container runs it ---------------------------------------------
 
 
-class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/health" else 404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def image_env(instructions: list[Instruction], **overrides: str) -> dict[str, str]:
+    """The final stage's BLUEBUTTON_* ENV defaults, with this host's paths and ports swapped in."""
+    declared = " ".join(i.args for i in final_stage(instructions) if i.keyword == "ENV")
+    env = {k: v for k, v in re.findall(r"(BLUEBUTTON_\w+)=(\S+)", declared)}
+    env.update(overrides)
+    return service_env(**{k.removeprefix("BLUEBUTTON_"): v for k, v in env.items()})
 
 
-def _serve(tls: bool) -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    if tls:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(CERT, KEY)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-@pytest.fixture(scope="module")
-def https_port() -> Iterator[int]:
-    yield from _serve(tls=True)
-
-
-@pytest.fixture(scope="module")
-def http_port() -> Iterator[int]:
-    yield from _serve(tls=False)
-
-
-def probe(script: Path, *args: str, **env: str) -> int:
-    environ = {"PATH": os.environ.get("PATH", ""), "BLUEBUTTON_TLS_CERT": str(CERT), **env}
-    result = subprocess.run(
-        [sys.executable, str(script), *args],
-        env=environ,
+def run_healthcheck(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
     )
-    return result.returncode
 
 
-def test_healthcheck_reads_the_environment(script: Path, https_port: int) -> None:
-    assert probe(script, BLUEBUTTON_PORT=str(https_port)) == 0
-
-
-@pytest.mark.parametrize(
-    ("args", "env", "expected"),
-    [
-        pytest.param([], {}, 0, id="served-chain-as-anchor"),
-        pytest.param([f"--cert={ROOT / 'local-certs' / 'ca.pem'}"], {}, 0, id="issuing-ca"),
-        pytest.param(["--cert=LEAF"], {}, 0, id="leaf-only-anchor"),
-        pytest.param([f"--cert={certifi.where()}"], {}, 1, id="untrusted-certificate"),
-        pytest.param(["--server-name=example.org"], {}, 1, id="name-not-in-certificate"),
-        pytest.param(
-            [],
-            {"BLUEBUTTON_CALLBACK_URL": "https://connect-sandbox:5200/cb"},
-            0,
-            id="callback-host-in-certificate",
-        ),
-        pytest.param(
-            [],
-            {"BLUEBUTTON_CALLBACK_URL": "https://example.org/cb"},
-            1,
-            id="callback-host-not-in-certificate",
-        ),
-        pytest.param(["--path=/missing"], {}, 1, id="not-200"),
-        pytest.param(["--path=/missing", "--any-status"], {}, 0, id="any-status"),
-        pytest.param(["--no-tls"], {}, 1, id="plain-http-to-https"),
-    ],
-)
-def test_healthcheck_verifies_tls(
-    script: Path,
-    https_port: int,
-    tmp_path: Path,
-    args: list[str],
-    env: dict[str, str],
-    expected: int,
+@pytest.mark.slow
+def test_the_image_health_check_passes_on_the_service_and_fails_once_it_stops(
+    instructions: list[Instruction], tmp_path: Path
 ) -> None:
-    leaf = tmp_path / "leaf.pem"
-    pem = CERT.read_text()
-    leaf.write_text(pem[: pem.index("-----END CERTIFICATE-----") + 26])
-    args = [a.replace("LEAF", str(leaf)) for a in args]
-    assert probe(script, f"--port={https_port}", *args, **env) == expected
+    port = free_port()
+    env = image_env(
+        instructions,
+        BLUEBUTTON_HOST="127.0.0.1",  # loopback only here; the image listens on all interfaces
+        BLUEBUTTON_PORT=str(port),
+        BLUEBUTTON_TLS_CERT=str(CERT),
+        BLUEBUTTON_TLS_KEY=str(KEY),
+        BLUEBUTTON_VALIDATION_WORKERS="1",
+    )
+    healthcheck, cmd = exec_form(instructions, "HEALTHCHECK"), exec_form(instructions, "CMD")
+    assert cmd[0] == healthcheck[0] == "python"
+    with (tmp_path / "server.log").open("wb") as log:
+        # An empty working directory: no developer .env; PYTHONPATH stands in for WORKDIR /app.
+        server = subprocess.Popen(
+            [sys.executable, *cmd[1:]], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            context = ssl.create_default_context(cafile=str(CERT))
+            assert wait_for_health(f"https://127.0.0.1:{port}/health", context, server).status_code == 200
+            healthy = run_healthcheck(healthcheck, env, tmp_path)
+            assert healthy.returncode == 0, healthy.stderr
+            assert healthy.stdout.strip() == "healthy: GET /health -> 200"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    stopped = run_healthcheck(healthcheck, env, tmp_path)
+    assert stopped.returncode == 1
+    assert stopped.stderr.startswith("unhealthy: ") and "Traceback" not in stopped.stderr
 
 
-def test_healthcheck_without_tls(script: Path, http_port: int) -> None:
-    assert probe(script, BLUEBUTTON_PORT=str(http_port), BLUEBUTTON_TLS="false") == 0
-
-
-def test_healthcheck_nothing_listening(script: Path) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        assert probe(script, f"--port={unused.getsockname()[1]}") == 1
+def test_ci_builds_the_image_and_runs_its_health_check() -> None:
+    # scripts/image-check does it with buildah (no Docker engine); CI runs it beside the suite.
+    assert "sh scripts/image-check" in (ROOT / ".ci" / "run").read_text()
+    script = (ROOT / "scripts" / "image-check").read_text()
+    assert "buildah build --isolation chroot --format docker" in script and "-f Dockerfile ." in script
+    # The health check and the command it runs are the image's own, read from its configuration.
+    assert 'c["Healthcheck"]["Test"]' in script and 'c["Cmd"]' in script

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bluebutton.__main__ import (
+    COMMANDS,
     LIMIT_CONCURRENCY,
     MAX_INCOMPLETE_EVENT_BYTES,
     TIMEOUT_KEEP_ALIVE_SECONDS,
@@ -139,9 +140,26 @@ def test_help_prints_every_command_and_where_settings_come_from(capsys: pytest.C
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m bluebutton")
-    for command in ("serve", "migrate", "worker", "keygen", "rotate-keys"):
-        assert command in out
+    assert set(COMMANDS) == {"serve", "migrate", "worker", "keygen", "rotate-keys", "healthcheck"}
+    for command in COMMANDS:
+        assert f"    {command}" in out
     assert "BLUEBUTTON_" in out
+
+
+def test_help_needs_no_installed_package() -> None:
+    # `-S`: no site-packages, as with a system Python outside the project's environment (issue 19:
+    # it failed with "No module named 'uvicorn'"). The commands import what they need when run.
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-S", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    assert run("-c", "import uvicorn").returncode != 0  # the condition holds
+    for argv in (["--help"], ["healthcheck", "--help"]):
+        done = run("-m", "bluebutton", *argv)
+        assert done.returncode == 0, done.stderr
+        assert "usage: python -m bluebutton" in done.stdout
+    assert "rotate-keys" in run("-m", "bluebutton", "--help").stdout
 
 
 def test_a_command_has_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:

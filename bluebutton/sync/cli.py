@@ -1,4 +1,5 @@
-"""`python -m bluebutton migrate | worker | keygen | rotate-keys`: grant keeping from the shell."""
+"""`python -m bluebutton migrate | worker | rotate-keys`: grant keeping from the shell (the command
+list and `--help` are `bluebutton.__main__.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,7 @@ import asyncio
 import sys
 
 from bluebutton.settings import Settings
-from bluebutton.sync.crypto import TokenCipher, new_key
-
-COMMANDS = ("migrate", "worker", "keygen", "rotate-keys")
-USAGE = """usage: python -m bluebutton [serve | migrate | worker | keygen | rotate-keys]
-
-  serve        run the web service (the default)
-  migrate      apply the database schema (procrastinate's and ours) and exit
-  worker       run a standalone sync worker (any number, on any machine, one database)
-  keygen       print a new key for BLUEBUTTON_TOKEN_KEYS
-  rotate-keys  re-encrypt every stored token under the first key of BLUEBUTTON_TOKEN_KEYS
-"""
+from bluebutton.sync.crypto import TokenCipher
 
 
 async def _migrate(settings: Settings) -> int:
@@ -59,16 +50,23 @@ async def _rotate(settings: Settings) -> int:
     return 0
 
 
-def run(command: str, settings: Settings | None) -> int:
-    if command == "keygen":
-        print(new_key())
-        return 0
-    if settings is None or not settings.sync_enabled:
+def _sync_enabled(settings: Settings) -> bool:
+    if not settings.sync_enabled:
         print(
             "bluebutton: set BLUEBUTTON_DATABASE_URL (postgresql://... or embedded) and "
             "BLUEBUTTON_TOKEN_KEYS first",
             file=sys.stderr,
         )
-        return 2
-    action = {"migrate": _migrate, "worker": _worker, "rotate-keys": _rotate}[command]
-    return asyncio.run(action(settings))
+    return settings.sync_enabled
+
+
+def migrate(settings: Settings) -> int:
+    return asyncio.run(_migrate(settings)) if _sync_enabled(settings) else 2
+
+
+def worker(settings: Settings) -> int:
+    return asyncio.run(_worker(settings)) if _sync_enabled(settings) else 2
+
+
+def rotate_keys(settings: Settings) -> int:
+    return asyncio.run(_rotate(settings)) if _sync_enabled(settings) else 2
