@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.resource import Resource
 
-from bluebutton.fhir.bundles import BundleHeader
+from bluebutton.fhir.bundles import BundleHeader, connect_size
 from bluebutton.fhir.r4_types import R4_RESOURCE_TYPES
 from bluebutton.fhir.validator import (
     MAX_ISSUES,
@@ -289,6 +290,14 @@ async def test_validator_reports_in_entry_order(thread_validator: Validator) -> 
     problems = await thread_validator.validate(_mixed(27, bad))
     assert [p[0] for p in problems] == sorted(bad)
     assert [p[1] for p in problems] == [f"ExplanationOfBenefit/{eob_id(n)}" for n in sorted(bad)]
+
+
+async def test_check_measures_each_entry_as_connect_will_store_it(thread_validator: Validator) -> None:
+    entries = _mixed(23, {5})
+    pretty = [json.dumps(orjson.loads(e), indent=2).encode() for e in entries]
+    problems, sizes = await thread_validator.check(pretty)
+    assert [p[0] for p in problems] == [5]
+    assert sizes == [connect_size(e) for e in entries]  # in entry order, whatever the layout
 
 
 class CountingExecutor(ThreadPoolExecutor):
