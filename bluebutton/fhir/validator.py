@@ -13,7 +13,9 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -176,11 +178,12 @@ WORKER_NICENESS = 10
 
 
 def _init_worker(fast: bool) -> None:
-    """Worker initializer: yield the CPU to the service's event loop, and warm the models.
+    """Worker initializer: end with the service, yield the CPU to its event loop, warm the models.
 
     Validation saturates every core it gets; a lower priority keeps the event loop (health
     checks, other requests, the pages still arriving) answering promptly meanwhile.
     """
+    _end_with_parent()
     os.nice(WORKER_NICENESS)
     if fast and not validation_patches.install():
         logger.warning(
@@ -190,6 +193,29 @@ def _init_worker(fast: bool) -> None:
         )
     for model in MODELS.values():
         model.model_fields  # noqa: B018
+
+
+def _end_with_parent() -> None:
+    """Exit as soon as the process that started the pool is gone, however it died.
+
+    A worker's parent is the forkserver, not the service, and nothing else ends it: it waits on
+    queues it also holds the write end of, and it keeps the forkserver's "alive" pipe and the
+    resource tracker's pipe open, so those two never see their EOF either; a SIGKILLed service
+    left all three behind. multiprocessing gives each child a sentinel, a pipe whose write end
+    only the service holds: it reads as ready (EOF) the moment the service is gone. A daemon
+    thread waits on it and ends the worker; the forkserver and the tracker then see their EOF and
+    exit on their own. In a process not started by multiprocessing there is nothing to watch.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)  # nothing to flush: an unfinished validation has no one left to answer
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 ValidationMode = Literal["fast", "standard"]

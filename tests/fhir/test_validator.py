@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +33,7 @@ from bluebutton.fhir.validator import (
     validate_shell,
 )
 from tests.factories import (
+    ROOT,
     cms_page,
     compact,
     entry_for,
@@ -39,6 +44,7 @@ from tests.factories import (
     make_patient,
     make_resources,
 )
+from tests.processes import command, descendants, running, wait_gone
 
 
 def r4_errors(resource: dict[str, Any]) -> list[dict[str, Any]]:
@@ -383,3 +389,32 @@ async def test_a_dead_worker_fails_one_pull_and_the_pool_is_replaced() -> None:
         assert validator._executor is not pool
     finally:
         validator.close()
+
+
+def test_no_validation_process_outlives_a_sigkilled_holder() -> None:
+    """The forkserver, the resource tracker and the pool workers end when the process holding
+    the Validator is SIGKILLed (nothing can run in it to shut them down)."""
+    started: list[int] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.fhir.holder"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the tracker's "leaked semaphore" notice after the kill
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "ready"
+            started = descendants(holder.pid)
+            assert len(started) >= 4, [command(pid) for pid in started]  # tracker, forkserver, 2 workers
+
+            holder.kill()
+            holder.wait()
+
+            left = wait_gone(started, seconds=60)
+            assert left == [], [command(pid) for pid in left]
+        finally:
+            holder.kill()
+            for pid in started:
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)
