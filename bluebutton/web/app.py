@@ -37,6 +37,7 @@ from bluebutton.settings import Settings
 from bluebutton.sync.service import open_sync
 from bluebutton.web.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.web.console import routes as console_routes
+from bluebutton.web.console.sessions import open_console_sessions
 from bluebutton.web.error_page import BROWSER_PATHS, error_page, wants_html
 from bluebutton.web.headers import SecurityHeaders
 from bluebutton.web.routes import grants as sync_routes
@@ -193,6 +194,8 @@ def create_app(
             if idempotency_store is None:
                 idempotency_store = open_idempotency_store(settings.state_store)
                 stack.push_async_callback(idempotency_store.aclose)
+            console_sessions = open_console_sessions(settings.state_store)
+            stack.push_async_callback(console_sessions.aclose)
             validation = validator
             if validation is None:
                 validation = Validator(settings.validation_workers, fast=settings.fast_validation)
@@ -223,6 +226,7 @@ def create_app(
                 transfer=transfer,
                 idempotent=IdempotentTransfer(transfer, idempotency_store, settings.idempotency_ttl_seconds),
                 sync=sync,
+                console_sessions=console_sessions,
             )
 
     app = FastAPI(

@@ -13,6 +13,7 @@ from bluebutton.pull.idempotency import IdempotentTransfer
 from bluebutton.pull.pipeline import Transfer
 from bluebutton.settings import Settings
 from bluebutton.sync.service import SyncService
+from bluebutton.web.console.sessions import ConsoleSessions
 
 
 class State(TypedDict):
@@ -25,3 +26,4 @@ class State(TypedDict):
     transfer: Transfer
     idempotent: IdempotentTransfer  # the transfer behind an Idempotency-Key
     sync: SyncService | None  # None: no BLUEBUTTON_DATABASE_URL, grant keeping off
+    console_sessions: ConsoleSessions  # signed-in console sessions and unused sign-in forms

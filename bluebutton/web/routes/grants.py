@@ -32,6 +32,7 @@ from bluebutton.web.grant_schemas import (
     RunQueued,
 )
 from bluebutton.web.schemas import outcome_responses
+from bluebutton.web.throttle import admin_key_guard
 
 router = APIRouter(tags=["grants"])
 
@@ -52,11 +53,12 @@ def require_sync(request: Request) -> SyncService:
 
 def admin(request: Request, key: Annotated[str | None, Depends(api_key)]) -> SyncService:
     service = require_sync(request)
-    check_admin_key(
-        cast(Settings, request.state.settings),
-        key,
-        off="The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).",
-    )
+    with admin_key_guard(request, key):
+        check_admin_key(
+            cast(Settings, request.state.settings),
+            key,
+            off="The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).",
+        )
     return service
 
 
@@ -72,7 +74,7 @@ def check_admin_key(settings: Settings, key: str | None, *, off: str) -> None:
 
 
 AdminDep = Annotated[SyncService, Depends(admin)]
-_COMMON = outcome_responses(401, 404, 422, 503)
+_COMMON = outcome_responses(401, 404, 422, 429, 503)
 
 
 @router.get("/bluebutton/grants", summary="List stored grants", responses=_COMMON)
@@ -97,7 +99,7 @@ async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> GrantInfo:
     "/bluebutton/grants/{grant_id}/sync",
     summary="Queue a run now (or get the one already waiting)",
     status_code=202,
-    responses=outcome_responses(401, 404, 409, 422, 503),
+    responses=outcome_responses(401, 404, 409, 422, 429, 503),
 )
 async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
     return RunQueued(run_id=await service.sync_now(grant_id))
@@ -127,7 +129,7 @@ async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> RecordList:
     summary="Disconnect: revoke at CMS, erase the tokens (runs and ledger stay)",
     status_code=204,
     response_class=Response,
-    responses=outcome_responses(401, 404, 422, 502, 503),
+    responses=outcome_responses(401, 404, 422, 429, 502, 503),
 )
 async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
     await service.disconnect(grant_id)

@@ -13,6 +13,7 @@ from bluebutton.sync.grants import STATES
 from bluebutton.sync.service import SyncService
 from bluebutton.web.routes.grants import api_key, check_admin_key
 from bluebutton.web.schemas import outcome_responses
+from bluebutton.web.throttle import admin_key_guard
 
 router = APIRouter(tags=["operations"])
 
@@ -20,12 +21,13 @@ router = APIRouter(tags=["operations"])
 def _scraper(request: Request, key: Annotated[str | None, Depends(api_key)]) -> None:
     settings = cast(Settings, request.state.settings)
     if not settings.metrics_public:
-        check_admin_key(
-            settings,
-            key,
-            off="/metrics is protected by the operator key: set BLUEBUTTON_ADMIN_API_KEY (at least 32 "
-            "characters), or BLUEBUTTON_METRICS_PUBLIC=true for a scraper inside a private network.",
-        )
+        with admin_key_guard(request, key):
+            check_admin_key(
+                settings,
+                key,
+                off="/metrics is protected by the operator key: set BLUEBUTTON_ADMIN_API_KEY (at least 32 "
+                "characters), or BLUEBUTTON_METRICS_PUBLIC=true for a scraper inside a private network.",
+            )
 
 
 @router.get(
@@ -35,7 +37,7 @@ def _scraper(request: Request, key: Annotated[str | None, Depends(api_key)]) -> 
     dependencies=[Depends(_scraper)],
     responses={
         200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
-        **outcome_responses(401, 503),
+        **outcome_responses(401, 429, 503),
     },
 )
 async def metrics(request: Request) -> Response:
