@@ -35,6 +35,7 @@ from bluebutton.pull.idempotency_store import IdempotencyStore, open_idempotency
 from bluebutton.pull.pipeline import Transfer
 from bluebutton.settings import Settings
 from bluebutton.sync.service import open_sync
+from bluebutton.web.allow import allowed_methods
 from bluebutton.web.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.web.console import routes as console_routes
 from bluebutton.web.console.sessions import open_console_sessions
@@ -109,7 +110,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
         return outcome([_unparseable_body(str(exc.detail))], 400)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-    return outcome([Issue(str(exc.detail), code)], exc.status_code, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request)) is not None:
+        headers["Allow"] = allowed
+    return outcome([Issue(str(exc.detail), code)], exc.status_code, headers)
 
 
 class RequestLog:
