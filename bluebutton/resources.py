@@ -71,6 +71,7 @@ class Resources:
     pending: PendingStore
     idempotency: IdempotencyStore
     database: Database | None
+    redis: aioredis.Redis | None  # the one Redis client (BLUEBUTTON_STATE_STORE), for the web's stores
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -104,7 +105,7 @@ async def open_resources(settings: Settings, overrides: Overrides | None = None)
             connect = await stack.enter_async_context(
                 ConnectClient.create(settings, tls, wrap=metrics.measure("connect"))
             )
-        pending, idempotency = await _open_stores(settings, given, stack)
+        pending, idempotency, redis = await _open_stores(settings, given, stack)
         validator = given.validator
         if validator is None:
             validator = Validator(settings.validation_workers, fast=settings.fast_validation)
@@ -121,26 +122,27 @@ async def open_resources(settings: Settings, overrides: Overrides | None = None)
             pending=pending,
             idempotency=idempotency,
             database=database,
+            redis=redis,
         )
 
 
 async def _open_stores(
     settings: Settings, given: Overrides, stack: AsyncExitStack
-) -> tuple[PendingStore, IdempotencyStore]:
+) -> tuple[PendingStore, IdempotencyStore, aioredis.Redis | None]:
     """`BLUEBUTTON_STATE_STORE`: `memory`, or a Redis URL whose one client both stores share."""
     pending, idempotency = given.pending, given.idempotency
-    if pending is not None and idempotency is not None:
-        return pending, idempotency
     if settings.state_store == "memory":
         return (
             pending or MemoryPendingStore(max_pending=settings.state_max_pending),
             idempotency or MemoryIdempotencyStore(),
+            None,
         )
     client = aioredis.from_url(settings.state_store, socket_timeout=5, socket_connect_timeout=5)
     stack.push_async_callback(client.aclose)
     return (
         pending or RedisPendingStore(client, max_pending=settings.state_max_pending),
         idempotency or RedisIdempotencyStore(client),
+        client,
     )
 
 

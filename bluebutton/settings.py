@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bluebutton.fhir.bundles import MAX_BUNDLE_BYTES
+
 CERT_DIR = Path(__file__).resolve().parent.parent / "local-certs"
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "postgres"
 
@@ -85,6 +87,17 @@ class Settings(BaseSettings):
         if url.query or url.fragment:
             raise ValueError("give a base URL without a query or fragment")
         return url
+
+    @field_validator("lfh_max_bundle_bytes")
+    @classmethod
+    def _fits_one_connect_record(cls, value: int) -> int:
+        if value > MAX_BUNDLE_BYTES:
+            raise ValueError(
+                f"BLUEBUTTON_LFH_MAX_BUNDLE_BYTES={value} is more than {MAX_BUNDLE_BYTES}: connect "
+                "stores a Bundle base64-encoded (4/3 of its JSON) in one Kafka record of at most "
+                "999,964 bytes with its envelope, and answers 500 to anything larger"
+            )
+        return value
 
     @field_validator("cms_api_version", mode="before")
     @classmethod

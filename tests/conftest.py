@@ -9,8 +9,10 @@ shared (each app owns a process pool); tests that need other settings open their
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,31 @@ import respx
 
 import bluebutton.pull.pipeline
 from bluebutton.settings import Settings
+from tests import processes
 from tests.factories import CONNECT_ORIGIN, FHIR_BASE, SAMPLES_DIR, SMALL_LIMIT, cms_page, make_settings
 from tests.fakes import Connect, Deadlines, SleepRecorder
 from tests.running import CMS_TIME, CONNECT_TIME, open_client
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    processes.mark_session()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No process a test started may outlive the session: wait a little for stragglers (a
+    killed service's helpers end on their own, promptly), then fail the run and end the rest."""
+    left = processes.wait_gone(processes.leftovers(), seconds=30)
+    if not left:
+        return
+    listing = "\n".join(f"  {pid}: {processes.command(pid)}" for pid in left)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    session.config.get_terminal_writer().line(
+        f"\n{len(left)} process(es) started by the tests were still running (now killed):\n{listing}",
+        red=True,
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,7 +13,9 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +32,7 @@ from fhir.resources.R4B.patient import Patient
 
 from bluebutton.errors import Issue, ValidationUnavailableError
 from bluebutton.fhir import validation_patches
+from bluebutton.fhir.bundles import connect_size
 from bluebutton.fhir.r4_types import R4_RESOURCE_TYPES
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,8 @@ MAX_ISSUES = 500
 
 # (entry index, "Type/id", FHIRPath-like element path, message)
 Problem = tuple[int, str, str, str]
+# The problems of some entries, and each entry's `connect_size`, in entry order.
+Checked = tuple[list[Problem], list[int]]
 
 
 def _model_for(resource_type: object) -> type[Any] | None:
@@ -90,13 +95,30 @@ class EntriesNotJsonError(ValueError):
     """The entries passed the fetch's syntax check but are not JSON after all (bad UTF-8, say)."""
 
 
-def validate_entries(payload: bytes, first_index: int) -> list[Problem]:
-    """Validate a JSON array of Bundle entries; runs in a worker process."""
+def _load(payload: bytes) -> list[Any]:
     try:
-        entries = orjson.loads(payload)
+        entries: list[Any] = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
         # The message is orjson's position and reason; it never quotes the data.
         raise EntriesNotJsonError(str(e)) from None
+    return entries
+
+
+def validate_entries(payload: bytes, first_index: int) -> list[Problem]:
+    """Validate a JSON array of Bundle entries; runs in a worker process."""
+    return _validate(_load(payload), first_index)
+
+
+def check_entries(payload: bytes, first_index: int) -> Checked:
+    """`validate_entries`, plus each entry's size as connect will store it (`connect_size`),
+    measured here while the entries are parsed anyway, off the event loop; runs in a worker."""
+    entries = _load(payload)
+    problems = _validate(entries, first_index)
+    # connect's record depends only on the parsed values, which orjson writes back compactly.
+    return problems, [connect_size(orjson.dumps(entry)) for entry in entries]
+
+
+def _validate(entries: list[Any], first_index: int) -> list[Problem]:
     problems: list[Problem] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -156,11 +178,12 @@ WORKER_NICENESS = 10
 
 
 def _init_worker(fast: bool) -> None:
-    """Worker initializer: yield the CPU to the service's event loop, and warm the models.
+    """Worker initializer: end with the service, yield the CPU to its event loop, warm the models.
 
     Validation saturates every core it gets; a lower priority keeps the event loop (health
     checks, other requests, the pages still arriving) answering promptly meanwhile.
     """
+    _end_with_parent()
     os.nice(WORKER_NICENESS)
     if fast and not validation_patches.install():
         logger.warning(
@@ -170,6 +193,29 @@ def _init_worker(fast: bool) -> None:
         )
     for model in MODELS.values():
         model.model_fields  # noqa: B018
+
+
+def _end_with_parent() -> None:
+    """Exit as soon as the process that started the pool is gone, however it died.
+
+    A worker's parent is the forkserver, not the service, and nothing else ends it: it waits on
+    queues it also holds the write end of, and it keeps the forkserver's "alive" pipe and the
+    resource tracker's pipe open, so those two never see their EOF either; a SIGKILLed service
+    left all three behind. multiprocessing gives each child a sentinel, a pipe whose write end
+    only the service holds: it reads as ready (EOF) the moment the service is gone. A daemon
+    thread waits on it and ends the worker; the forkserver and the tracker then see their EOF and
+    exit on their own. In a process not started by multiprocessing there is nothing to watch.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)  # nothing to flush: an unfinished validation has no one left to answer
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 ValidationMode = Literal["fast", "standard"]
@@ -225,8 +271,8 @@ class Validator:
     ) -> None:
         self.close()
 
-    def submit(self, entry_bytes: Sequence[bytes], first_index: int) -> asyncio.Future[list[Problem]]:
-        """Start validating consecutive entries (JSON bytes each) from `first_index` on.
+    def submit(self, entry_bytes: Sequence[bytes], first_index: int) -> asyncio.Future[Checked]:
+        """Start checking consecutive entries (JSON bytes each) from `first_index` on.
 
         A pool whose worker died (killed, out of memory) refuses all work; it is replaced here so
         one crash fails one request, not every later one.
@@ -234,22 +280,20 @@ class Validator:
         payload = b"[" + b",".join(entry_bytes) + b"]"
         loop = asyncio.get_running_loop()
         try:
-            return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
+            return loop.run_in_executor(self._executor, check_entries, payload, first_index)
         except BrokenProcessPool:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = self._new_pool()
-            return loop.run_in_executor(self._executor, validate_entries, payload, first_index)
+            return loop.run_in_executor(self._executor, check_entries, payload, first_index)
 
-    def submit_chunks(
-        self, entry_bytes: Sequence[bytes], first_index: int
-    ) -> list[asyncio.Future[list[Problem]]]:
+    def submit_chunks(self, entry_bytes: Sequence[bytes], first_index: int) -> list[asyncio.Future[Checked]]:
         """Validate in chunks small enough to keep every worker busy, a few at a time."""
         return [
             asyncio.ensure_future(self._check(entry_bytes[at : at + CHUNK_ENTRIES], first_index + at))
             for at in range(0, len(entry_bytes), CHUNK_ENTRIES)
         ]
 
-    async def _check(self, entry_bytes: Sequence[bytes], first_index: int) -> list[Problem]:
+    async def _check(self, entry_bytes: Sequence[bytes], first_index: int) -> Checked:
         async with self._window:
             try:
                 return await self.submit(entry_bytes, first_index)
@@ -261,5 +305,9 @@ class Validator:
 
     async def validate(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> list[Problem]:
         """Validate entries in chunks spread over the workers; problems in entry order."""
+        return (await self.check(entry_bytes, first_index))[0]
+
+    async def check(self, entry_bytes: Sequence[bytes], first_index: int = 0) -> Checked:
+        """`validate`, plus each entry's `connect_size` for `split_entries` (entry order)."""
         results = await asyncio.gather(*self.submit_chunks(entry_bytes, first_index))
-        return [problem for chunk in results for problem in chunk]
+        return [p for problems, _ in results for p in problems], [n for _, sizes in results for n in sizes]

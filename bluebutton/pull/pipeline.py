@@ -19,8 +19,8 @@ from bluebutton.connect.client import ConnectClient
 from bluebutton.errors import BundleInvalidError, CmsProtocolError, ConnectError, Issue
 from bluebutton.fhir.bundles import FHIR_JSON, BundleHeader, split_entries
 from bluebutton.fhir.validator import (
+    Checked,
     EntriesNotJsonError,
-    Problem,
     Validator,
     problems_to_issues,
     validate_shell,
@@ -49,6 +49,7 @@ class Pulled:
     header: BundleHeader
     pages: int
     timings: dict[str, float] = field(default_factory=dict)
+    sizes: list[int] | None = None  # each entry's `connect_size`, measured by the validation workers
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
     """Fetch every page and validate each entry, starting on a page as soon as it arrives."""
     started = time.perf_counter()
     entries: list[bytes] = []
-    checks: list[asyncio.Future[list[Problem]]] = []
+    checks: list[asyncio.Future[Checked]] = []
+    sizes: list[int] = []
     pages = 0
     try:
         async for page in cms.iter_pages(query.resource_type, query.cms_params(), token):
@@ -77,8 +79,9 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
         header = BundleHeader.fresh(total=len(entries))
         problems = validate_shell(header.as_dict())
         try:
-            for chunk in await asyncio.gather(*checks):
-                problems += chunk
+            for chunk_problems, chunk_sizes in await asyncio.gather(*checks):
+                problems += chunk_problems
+                sizes += chunk_sizes
         except EntriesNotJsonError as e:
             raise CmsProtocolError("Blue Button answered 200 with a body that is not JSON") from e
     finally:
@@ -102,6 +105,7 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
         header,
         pages,
         {"fetch": fetched - started, "validate": validated - fetched},
+        sizes,
     )
 
 
@@ -114,7 +118,8 @@ async def forward(pulled: Pulled, connect: ConnectClient, limit: int, progress: 
     if not todo:  # an earlier attempt under the same Idempotency-Key stored all of them
         progress.forwarding = True
         return
-    pieces = split_entries([pulled.entries[index] for index in todo], limit, pulled.header)
+    sizes = None if pulled.sizes is None else [pulled.sizes[index] for index in todo]
+    pieces = split_entries([pulled.entries[index] for index in todo], limit, pulled.header, sizes)
     progress.planned = [(todo[piece.start], piece.stop - piece.start) for piece in pieces]
     progress.forwarding = True
     for piece in pieces:

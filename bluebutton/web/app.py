@@ -30,6 +30,7 @@ from bluebutton.web.request_log import RequestLog
 from bluebutton.web.routes import grants, oauth, pull
 from bluebutton.web.routes import metrics as scrape
 from bluebutton.web.schemas import ForwardedBundles, OperationOutcome
+from bluebutton.web.sessions import open_console_sessions
 from bluebutton.web.state import State
 
 
@@ -73,7 +74,10 @@ def create_app(
                 settings.pull_timeout_seconds,
             )
             idempotent = IdempotentTransfer(transfer, resources.idempotency, settings.idempotency_ttl_seconds)
-            yield State(resources=resources, idempotent=idempotent, sync=sync)
+            console_sessions = open_console_sessions(resources.redis)
+            yield State(
+                resources=resources, idempotent=idempotent, sync=sync, console_sessions=console_sessions
+            )
 
     app = FastAPI(
         title="bluebutton",

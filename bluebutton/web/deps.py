@@ -25,7 +25,9 @@ from bluebutton.resources import Resources
 from bluebutton.settings import Settings
 from bluebutton.sync.errors import AdminKeyError
 from bluebutton.sync.service import SyncService, sync_off
+from bluebutton.web.sessions import ConsoleSessions
 from bluebutton.web.state import State
+from bluebutton.web.throttle import admin_key_guard
 
 # RFC 6750 §2.1 b64token.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -71,6 +73,10 @@ def get_metrics(request: Request) -> Metrics:
     return get_resources(request).metrics
 
 
+def get_console_sessions(request: Request) -> ConsoleSessions:
+    return app_state(request)["console_sessions"]
+
+
 def get_idempotent(request: Request) -> IdempotentTransfer:
     return app_state(request)["idempotent"]
 
@@ -96,22 +102,24 @@ api_key = APIKeyHeader(
 )
 
 
-def check_admin_key(settings: Settings, key: str | None, *, off: str) -> None:
-    """The operator key, compared in constant time; `off` says what to set when there is none."""
-    expected = settings.admin_api_key
+def check_admin_key(request: Request, key: str | None, *, off: str) -> None:
+    """The operator key, compared in constant time, wrong keys throttled per client (429 past a
+    small budget); `off` says what to set when there is none."""
+    expected = get_settings(request).admin_api_key
     if expected is None:
         raise NotConfiguredError(off)
     if not key:
         raise AdminKeyError("No X-API-Key header: send 'X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>'.")
-    if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
+    with admin_key_guard(request, key):
+        if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
+            raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
 
 
 def admin(request: Request, key: Annotated[str | None, Depends(api_key)]) -> SyncService:
     """The operator API's guard: grant keeping on (else 503), then the operator key."""
     service = require_sync(request)
     check_admin_key(
-        get_settings(request),
+        request,
         key,
         off="The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).",
     )
@@ -148,6 +156,7 @@ BearerTokenDep = Annotated[str, Depends(bearer_token)]
 OAuthDep = Annotated[OAuthClient, Depends(get_oauth)]
 PendingDep = Annotated[PendingStore, Depends(get_pending)]
 IdempotentDep = Annotated[IdempotentTransfer, Depends(get_idempotent)]
+ConsoleSessionsDep = Annotated[ConsoleSessions, Depends(get_console_sessions)]
 CmsDep = Annotated[CmsClient, Depends(get_cms)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SyncDep = Annotated[SyncService | None, Depends(get_sync)]

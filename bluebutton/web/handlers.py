@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bluebutton.errors import BlueButtonError, Issue
 from bluebutton.fhir.bundles import FHIR_JSON
+from bluebutton.web.allow import allowed_methods
 from bluebutton.web.error_page import BROWSER_PATHS, error_page, wants_html
 
 
@@ -68,7 +69,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
         return outcome([_unparseable_body(str(exc.detail))], 400)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-    return outcome([Issue(str(exc.detail), code)], exc.status_code, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request)) is not None:
+        headers["Allow"] = allowed  # every method of the path, not only the first route's
+    return outcome([Issue(str(exc.detail), code)], exc.status_code, headers)
 
 
 def add_exception_handlers(app: FastAPI) -> None:

@@ -7,9 +7,11 @@ from typing import TypedDict
 from bluebutton.pull.idempotency import IdempotentTransfer
 from bluebutton.resources import Resources
 from bluebutton.sync.service import SyncService
+from bluebutton.web.sessions import ConsoleSessions
 
 
 class State(TypedDict):
     resources: Resources
     idempotent: IdempotentTransfer  # the one-shot transfer behind an Idempotency-Key
     sync: SyncService | None  # None: no BLUEBUTTON_DATABASE_URL, grant keeping off
+    console_sessions: ConsoleSessions  # signed-in console sessions and unused sign-in forms

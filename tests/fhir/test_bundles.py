@@ -12,12 +12,21 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.bundle import Bundle, BundleEntry
+from pydantic import ValidationError
 
 from bluebutton.errors import EntryTooLargeError
-from bluebutton.fhir.bundles import BundleHeader, connect_size, split_entries
+from bluebutton.fhir.bundles import (
+    CONNECT_RECORD_BYTES,
+    MAX_BUNDLE_BYTES,
+    BundleHeader,
+    connect_size,
+    split_entries,
+)
+from bluebutton.outbound.client import USER_AGENT
 from bluebutton.sandbox.connect.app import ConnectSandboxConfig, create_connect_app
-from tests.factories import compact, entry_for, eob_with_entry_size, make_eob, make_patient
+from bluebutton.sandbox.connect.reserialise import connect_json
+from tests.factories import compact, entry_for, eob_with_entry_size, make_eob, make_patient, make_settings
 
 
 def entries_of_sizes(sizes: list[int]) -> list[bytes]:
@@ -25,9 +34,21 @@ def entries_of_sizes(sizes: list[int]) -> list[bytes]:
 
 
 def overhead() -> int:
-    """Bytes of a wrapped Bundle besides its entries and their commas (measured, not asked)."""
-    one = compact(entry_for(make_eob(1)))
-    return len(BundleHeader.fresh(1).wrap([one])) - len(one)
+    """`connect_size` of a wrapped Bundle besides its entries and the ", " between them."""
+    return BundleHeader.fresh(1).connect_overhead()
+
+
+def stored_size(body: bytes) -> int:
+    """Independent of the product: the JSON connect 0.42.0 stores for `body`, as the emulator
+    re-serialises it (typed by the validated model)."""
+    parsed = orjson.loads(body)
+    return len(connect_json(Bundle.model_validate(parsed), parsed))
+
+
+def stored_entry_size(entry: bytes) -> int:
+    """The same for one entry (its JSON inside the stored Bundle)."""
+    parsed = orjson.loads(entry)
+    return len(connect_json(BundleEntry.model_validate(parsed), parsed))
 
 
 def min_pieces(sizes: list[int], limit: int, head: int) -> int:
@@ -35,7 +56,7 @@ def min_pieces(sizes: list[int], limit: int, head: int) -> int:
     best = [0] + [10**9] * len(sizes)
     for stop in range(1, len(sizes) + 1):
         for start in range(stop):
-            size = head + sum(sizes[start:stop]) + (stop - start - 1)
+            size = head + sum(sizes[start:stop]) + 2 * (stop - start - 1)
             if size <= limit:
                 best[stop] = min(best[stop], best[start] + 1)
     return best[-1]
@@ -78,7 +99,8 @@ def _check_pieces(entries: list[bytes], limit: int, merged: BundleHeader) -> lis
     pieces = split_entries(entries, limit, merged)
     bundles = [orjson.loads(piece.body) for piece in pieces]
     for piece, bundle in zip(pieces, bundles, strict=True):
-        assert len(piece.body) <= limit
+        sizes = [connect_size(e) for e in entries[piece.start : piece.stop]]
+        assert stored_size(piece.body) <= overhead() + sum(sizes) + 2 * (len(sizes) - 1) <= limit
         assert bundle["resourceType"] == "Bundle"
         assert bundle["type"] == "searchset"
         assert bundle["entry"] == [orjson.loads(e) for e in entries[piece.start : piece.stop]]
@@ -100,9 +122,12 @@ def test_two_entries_per_piece() -> None:
 
 def test_a_piece_may_be_exactly_the_limit() -> None:
     entries = entries_of_sizes([4000] * 4)
-    limit = overhead() + 4000 + 1 + 4000
+    sizes = [connect_size(e) for e in entries]
+    limit = overhead() + sizes[0] + 2 + sizes[1]
+    assert sizes[2] + sizes[3] <= sizes[0] + sizes[1]
     pieces = split_entries(entries, limit, BundleHeader.fresh(4))
-    assert [len(p.body) for p in pieces] == [limit, limit]
+    assert [(p.start, p.stop) for p in pieces] == [(0, 2), (2, 4)]
+    assert split_entries(entries, limit - 1, BundleHeader.fresh(4))[0].stop == 1
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -112,7 +137,7 @@ def test_as_few_pieces_as_fit(seed: int) -> None:
     limit = rng.choice([10_000, 12_345, 20_000])
     entries = entries_of_sizes(sizes)
     bundles = _check_pieces(entries, limit, BundleHeader.fresh(len(entries)))
-    assert len(bundles) == min_pieces(sizes, limit, overhead())
+    assert len(bundles) == min_pieces([connect_size(e) for e in entries], limit, overhead())
 
 
 @pytest.mark.parametrize(
@@ -133,31 +158,40 @@ def test_an_entry_too_big_alone_is_refused(sizes: list[int], index: int) -> None
 
 
 def test_an_entry_that_just_fits_alone_is_sent_alone() -> None:
-    biggest = 10_000 - overhead()
-    entries = entries_of_sizes([2000, biggest, 2000])
-    bundles = _check_pieces(entries, 10_000, BundleHeader.fresh(3))
+    entries = entries_of_sizes([2000, 9000, 2000])
+    limit = overhead() + connect_size(entries[1])
+    bundles = _check_pieces(entries, limit, BundleHeader.fresh(3))
     assert [len(b["entry"]) for b in bundles] == [1, 1, 1]
+    with pytest.raises(EntryTooLargeError):
+        split_entries(entries, limit - 1, BundleHeader.fresh(3))
 
 
-# --- sizes as connect stores them (json.dumps with ASCII escapes) ---------------------------------------
+def test_sizes_measured_elsewhere_are_used_as_given() -> None:
+    entries = entries_of_sizes([2000] * 4)
+    pieces = split_entries(entries, 10_000, BundleHeader.fresh(4), sizes=[6000, 6000, 6000, 6000])
+    assert [(p.start, p.stop) for p in pieces] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    with pytest.raises(ValueError, match="3 sizes for 4 entries"):
+        split_entries(entries, 10_000, BundleHeader.fresh(4), sizes=[1, 2, 3])
 
 
-def as_connect_writes(body: bytes) -> int:
-    """Independent of the product: Python's json with its default ASCII escapes (what connect
-    re-serialises with), compact separators so only the escapes differ from what was sent."""
-    return len(json.dumps(json.loads(body), separators=(",", ":")))
+# --- sizes as connect stores them (re-serialised by fhir.resources 6.4.0 and json.dumps) ---------------
 
 
-ALPHABET = 'aZ09 -."\\\n\t\x01\x7fé\u00ff\u0100€\u4e2d\uffff😀\U0010ffff'
+ALPHABET = 'aZ09 -."\\\n\t\x01\x7fé\u00ff\u0100€\u4e2d\uffff😀\U0010ffff:,[]{}'
+
+
+def _bound_is_tight(entry: bytes) -> None:
+    """connect_size never falls short of what connect stores, and exceeds it by little."""
+    stored = stored_entry_size(entry)
+    assert stored <= connect_size(entry) <= stored * 1.03 + 40
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_connect_size_is_the_ascii_escaped_length(seed: int) -> None:
+def test_connect_size_bounds_what_connect_stores_for_any_text(seed: int) -> None:
     rng = random.Random(seed)
-    for _ in range(50):
-        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(0, 200)))
-        entry = compact(entry_for(make_patient(family=text, given=text[::-1])))
-        assert connect_size(entry) == as_connect_writes(entry), text
+    for _ in range(40):
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(3, 200)))
+        _bound_is_tight(compact(entry_for(make_patient(family=text, given=text[::-1]))))
 
 
 @pytest.mark.parametrize(
@@ -170,14 +204,68 @@ def test_connect_size_is_the_ascii_escaped_length(seed: int) -> None:
     ],
 )
 def test_connect_size_per_character(text: str, growth: int) -> None:
-    entry = compact(entry_for(make_patient(family=text)))
-    assert connect_size(entry) - len(entry) == growth
+    def size(family: str) -> int:
+        return connect_size(compact(entry_for(make_patient(family="Smith" + family))))
+
+    assert size(text) - size("a" * len(text.encode())) == growth
 
 
 def test_escapes_already_in_the_bytes_count_as_they_stand() -> None:
     escaped = json.dumps(entry_for(make_patient(family="é" * 10)), separators=(",", ":")).encode()
     assert escaped.isascii()
-    assert connect_size(escaped) == len(escaped) == as_connect_writes(escaped)
+    assert connect_size(escaped) == connect_size(compact(entry_for(make_patient(family="é" * 10))))
+
+
+def test_layout_does_not_matter_separators_are_counted_as_connect_writes_them() -> None:
+    resource = make_eob(3)
+    compact_entry = compact(entry_for(resource))
+    pretty = json.dumps(entry_for(resource), indent=4).encode()
+    spaced = json.dumps(entry_for(resource)).encode()  # already ", " and ": "
+    assert connect_size(compact_entry) == connect_size(pretty) == connect_size(spaced)
+    assert connect_size(compact_entry) >= len(spaced)
+    _bound_is_tight(compact_entry)
+
+
+def _with_extensions(values: list[dict[str, Any]]) -> bytes:
+    resource = make_patient()
+    resource["extension"] = [{"url": f"http://x/{n}", **value} for n, value in enumerate(values)]
+    return compact(entry_for(resource))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param({"valueDecimal": 2}, id="integer-decimal"),
+        pytest.param({"valueDecimal": 0.978}, id="decimal"),
+        pytest.param({"valueDecimal": 1e15}, id="exponent"),
+        pytest.param({"valueDecimal": 12345678901234567}, id="17-digits"),
+        pytest.param({"valueDecimal": "1e15"}, id="decimal-as-text"),
+        pytest.param({"valueDecimal": "12345678901234567"}, id="digits-as-text"),
+        pytest.param({"valueInteger": 1e9}, id="integer-as-exponent"),
+        pytest.param({"valueBoolean": 0}, id="boolean-as-number"),
+        pytest.param({"valueBoolean": "n"}, id="boolean-as-letter"),
+        pytest.param({"valueBoolean": "no"}, id="boolean-as-word"),
+        pytest.param({"valueDateTime": "2024-03-01T10:00:00.1Z"}, id="date-time"),
+        pytest.param({"valueInstant": "2024-03-01T10:00:00Z"}, id="instant"),
+        pytest.param({"valueTime": "10:00:00.1"}, id="time"),
+        pytest.param({"valueBase64Binary": "QUJD" * 50}, id="base64"),
+        pytest.param({"valueUuid": "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"}, id="uuid"),
+    ],
+)
+def test_connect_size_bounds_every_value_connect_rewrites(value: dict[str, Any]) -> None:
+    entry = _with_extensions([value] * 20)
+    assert stored_entry_size(entry) <= connect_size(entry)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"2", b"1e15", b"1E+15", b"-0", b"1.5e-7", b"12345678901234567", b"123456789012345678.5"],
+)
+def test_connect_size_bounds_number_literals_as_sent(literal: bytes) -> None:
+    # orjson would write these back differently, so they are spliced into the bytes as CMS may send them.
+    entry = _with_extensions([{"valueDecimal": 7.25}] * 10).replace(b"7.25", literal)
+    assert stored_entry_size(entry) <= connect_size(entry)
+    assert stored_entry_size(entry) > len(json.dumps(orjson.loads(entry))) or literal == b"1.5e-7"
 
 
 def test_pieces_fit_as_connect_stores_them_not_as_sent() -> None:
@@ -191,7 +279,7 @@ def test_pieces_fit_as_connect_stores_them_not_as_sent() -> None:
 
     assert [(p.start, p.stop) for p in pieces] == [(n, n + 1) for n in range(6)]
     for piece in pieces:
-        assert as_connect_writes(piece.body) <= limit
+        assert stored_size(piece.body) <= limit
         assert orjson.loads(piece.body)["entry"] == [
             orjson.loads(e) for e in entries[piece.start : piece.stop]
         ]
@@ -217,8 +305,8 @@ def test_an_entry_that_fits_sent_but_not_stored_is_refused_by_type_and_id() -> N
 
 
 def test_a_refused_entry_quotes_only_a_well_formed_type_and_id() -> None:
-    resource = {**make_patient(), "id": "x" * 65 + '"<script>'}
-    entry = compact(entry_for(resource)) + b" " * 20_000
+    resource = {**make_patient(family="x" * 20_000), "id": "x" * 65 + '"<script>'}
+    entry = compact(entry_for(resource))
     with pytest.raises(EntryTooLargeError) as refused:
         split_entries([entry], 10_000, BundleHeader.fresh(1))
     assert "entry 0 (Patient/?)" in refused.value.message
@@ -247,3 +335,72 @@ async def test_every_piece_of_accented_patients_is_stored_by_the_connect_emulato
 
     assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
     assert records["count"] == 6
+
+
+def adversarial_entry(number: int) -> bytes:
+    """Valid FHIR where connect's record grows most: integer decimals (`2` → `2.0`), exponents,
+    times in UTC with milliseconds, booleans given as numbers, non-ASCII text of every width."""
+    resource = make_patient(f"adv-{number}", family="Müller–東京😀" * 40, given="Ærø" * 40)
+    resource["extension"] = [_adversarial_extension(n) for n in range(400)]
+    return compact(entry_for(resource))
+
+
+def _adversarial_extension(n: int) -> dict[str, Any]:
+    kinds: list[dict[str, Any]] = [
+        {"valueDecimal": n % 3},
+        {"valueDecimal": "1e15"},
+        {"valueDateTime": "2024-03-01T10:00:00.1Z"},
+        {"valueBoolean": 0},
+        {"valueQuantity": {"value": n, "unit": "é"}},
+    ]
+    return {"url": f"http://x/{n}", **kinds[n % 5]}
+
+
+async def _post_all(db: Path, bodies: list[bytes]) -> tuple[list[httpx.Response], list[int]]:
+    app = create_connect_app(ConnectSandboxConfig(db=db, rate_limit=0))
+    headers = {"Content-Type": "application/fhir+json", "User-Agent": USER_AGENT}
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
+    ):
+        answers = [await client.post("/fhir/Bundle", content=body, headers=headers) for body in bodies]
+        records = (await client.get("/_sandbox/records")).json()["records"]
+    return answers, [r["bytes"] for r in records]
+
+
+async def test_adversarial_pieces_at_the_largest_allowed_limit_are_all_stored(tmp_path: Path) -> None:
+    """The largest setting allowed (MAX_BUNDLE_BYTES) never draws connect's 500, however much
+    connect's re-serialisation grows the data; sized as sent, the same data is refused."""
+    entries = [adversarial_entry(n) for n in range(60)]
+    stored = sum(stored_entry_size(e) for e in entries)
+    assert stored > 1.25 * sum(len(e) for e in entries)  # connect writes it a quarter larger
+
+    pieces = split_entries(entries, MAX_BUNDLE_BYTES, BundleHeader.fresh(len(entries)))
+    answers, record_bytes = await _post_all(tmp_path / "sized.sqlite3", [p.body for p in pieces])
+
+    assert [a.status_code for a in answers] == [200] * len(pieces), [a.text[:200] for a in answers]
+    assert len(pieces) >= 3
+    assert max(record_bytes) <= CONNECT_RECORD_BYTES
+    assert max(record_bytes) > 0.9 * CONNECT_RECORD_BYTES  # the bound costs this data 5 %, not more
+
+    # Sized by the bytes sent (what connect_size counted before), the same limit draws the 500.
+    as_sent = split_entries(
+        entries, MAX_BUNDLE_BYTES, BundleHeader.fresh(len(entries)), [len(e) for e in entries]
+    )
+    refused, _ = await _post_all(tmp_path / "as-sent.sqlite3", [p.body for p in as_sent])
+    assert 500 in [a.status_code for a in refused]
+
+
+async def test_default_limit_pieces_of_claims_are_all_stored(tmp_path: Path) -> None:
+    entries = entries_of_sizes([30_000] * 50)
+    pieces = split_entries(entries, 600_000, BundleHeader.fresh(len(entries)))
+    answers, _ = await _post_all(tmp_path / "connect.sqlite3", [p.body for p in pieces])
+    assert [a.status_code for a in answers] == [200] * len(pieces)
+    for piece in pieces:
+        assert stored_size(piece.body) <= 600_000
+
+
+def test_the_setting_cannot_exceed_one_connect_record() -> None:
+    assert make_settings(lfh_max_bundle_bytes=MAX_BUNDLE_BYTES).lfh_max_bundle_bytes == 747_750
+    with pytest.raises(ValidationError, match=r"BLUEBUTTON_LFH_MAX_BUNDLE_BYTES=747751 is more than 747750"):
+        make_settings(lfh_max_bundle_bytes=MAX_BUNDLE_BYTES + 1)

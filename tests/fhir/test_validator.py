@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +22,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.resource import Resource
 
-from bluebutton.fhir.bundles import BundleHeader
+from bluebutton.fhir.bundles import BundleHeader, connect_size
 from bluebutton.fhir.r4_types import R4_RESOURCE_TYPES
 from bluebutton.fhir.validator import (
     MAX_ISSUES,
@@ -28,6 +33,7 @@ from bluebutton.fhir.validator import (
     validate_shell,
 )
 from tests.factories import (
+    ROOT,
     cms_page,
     compact,
     entry_for,
@@ -38,6 +44,7 @@ from tests.factories import (
     make_patient,
     make_resources,
 )
+from tests.processes import command, descendants, running, wait_gone
 
 
 def r4_errors(resource: dict[str, Any]) -> list[dict[str, Any]]:
@@ -291,6 +298,14 @@ async def test_validator_reports_in_entry_order(thread_validator: Validator) -> 
     assert [p[1] for p in problems] == [f"ExplanationOfBenefit/{eob_id(n)}" for n in sorted(bad)]
 
 
+async def test_check_measures_each_entry_as_connect_will_store_it(thread_validator: Validator) -> None:
+    entries = _mixed(23, {5})
+    pretty = [json.dumps(orjson.loads(e), indent=2).encode() for e in entries]
+    problems, sizes = await thread_validator.check(pretty)
+    assert [p[0] for p in problems] == [5]
+    assert sizes == [connect_size(e) for e in entries]  # in entry order, whatever the layout
+
+
 class CountingExecutor(ThreadPoolExecutor):
     """Records how many tasks were handed over and not yet finished, at most."""
 
@@ -374,3 +389,32 @@ async def test_a_dead_worker_fails_one_pull_and_the_pool_is_replaced() -> None:
         assert validator._executor is not pool
     finally:
         validator.close()
+
+
+def test_no_validation_process_outlives_a_sigkilled_holder() -> None:
+    """The forkserver, the resource tracker and the pool workers end when the process holding
+    the Validator is SIGKILLed (nothing can run in it to shut them down)."""
+    started: list[int] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.fhir.holder"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the tracker's "leaked semaphore" notice after the kill
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "ready"
+            started = descendants(holder.pid)
+            assert len(started) >= 4, [command(pid) for pid in started]  # tracker, forkserver, 2 workers
+
+            holder.kill()
+            holder.wait()
+
+            left = wait_gone(started, seconds=60)
+            assert left == [], [command(pid) for pid in left]
+        finally:
+            holder.kill()
+            for pid in started:
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)

@@ -473,6 +473,8 @@ async def test_faults_start_at_the_configured_values(client: httpx.AsyncClient) 
         "validate": True,
         "rate_limit": 0,
         "throttle_next": 0,
+        "null_location_share": 0.0,
+        "null_location_next": 0,
     }
 
 
@@ -689,3 +691,127 @@ def test_cli_reads_the_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch
 def test_cli_refuses_bad_values(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)
+
+
+# --- connect's re-serialisation, its Kafka callback race, duplicate counts --------------------
+
+
+def a_typed_bundle() -> dict[str, Any]:
+    """Every element kind connect 0.42.0 writes differently from what it got."""
+    observation = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "meta": {"lastUpdated": "2024-03-01T10:00:00.978Z"},
+        "status": "final",
+        "code": {"text": "Größe 東京😀"},
+        "effectiveDateTime": "2024-03-01",
+        "issued": "2024-03-01T10:00:00-05:00",
+        "valueQuantity": {"value": 2, "unit": "cm"},
+        "extension": [
+            {"url": "http://x/decimal", "valueDecimal": 0.978},
+            {"url": "http://x/exponent", "valueDecimal": 1e15},
+            {"url": "http://x/text-decimal", "valueDecimal": "1.50"},
+            {"url": "http://x/partial", "valueDateTime": "2024-03"},
+            {"url": "http://x/time", "valueTime": "10:00:00.1"},
+            {"url": "http://x/binary", "valueBase64Binary": "QUJD"},
+            {"url": "http://x/boolean", "valueBoolean": True},
+            {"url": "http://x/integer", "valueInteger": 7},
+            {"url": "http://x/uuid", "valueUuid": "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"},
+        ],
+    }
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": observation}]}
+
+
+async def test_data_is_the_body_as_connect_reserialises_it(client: httpx.AsyncClient) -> None:
+    response = await client.post("/fhir/Bundle", json=a_typed_bundle())
+
+    assert response.status_code == 200
+    stored = base64.b64decode(response.json()["data"]).decode("ascii")
+    expected = (
+        '{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+        '{"resourceType": "Observation", "id": "o1", '
+        '"meta": {"lastUpdated": "2024-03-01T10:00:00.978000+00:00"}, "status": "final", '
+        '"code": {"text": "Gr\\u00f6\\u00dfe \\u6771\\u4eac\\ud83d\\ude00"}, '
+        '"effectiveDateTime": "2024-03-01", "issued": "2024-03-01T10:00:00-05:00", '
+        '"valueQuantity": {"value": 2.0, "unit": "cm"}, "extension": ['
+        '{"url": "http://x/decimal", "valueDecimal": 0.978}, '
+        '{"url": "http://x/exponent", "valueDecimal": 1000000000000000.0}, '
+        '{"url": "http://x/text-decimal", "valueDecimal": 1.5}, '
+        '{"url": "http://x/partial", "valueDateTime": "2024-03"}, '
+        '{"url": "http://x/time", "valueTime": "10:00:00.100000"}, '
+        '{"url": "http://x/binary", "valueBase64Binary": "UVVKRA=="}, '
+        '{"url": "http://x/boolean", "valueBoolean": true}, '
+        '{"url": "http://x/integer", "valueInteger": 7}, '
+        '{"url": "http://x/uuid", "valueUuid": "c757873d-ec9a-4326-a141-556f43239520"}]}}]}'
+    )
+    assert stored == expected
+    record = (await client.get("/_sandbox/records")).json()["records"][0]
+    assert record["bytes"] == len(json.dumps((await client.get("/data", params=_location(response))).json()))
+
+
+def _location(response: httpx.Response) -> dict[str, str]:
+    topic, partition, offset = response.json()["data_record_location"].split(":")
+    return {"dataformat": topic, "partition": partition, "offset": offset}
+
+
+async def test_without_validation_data_is_only_json_dumps(make_app: Callable[..., ConnectSandboxApp]) -> None:
+    sent = a_typed_bundle()
+    async with serve(make_app(validate=False)) as client:
+        response = await client.post("/fhir/Bundle", json=sent)
+    assert base64.b64decode(response.json()["data"]) == json.dumps(sent).encode()
+
+
+async def test_a_stored_post_can_be_answered_without_its_location(client: httpx.AsyncClient) -> None:
+    await client.put("/_sandbox/faults", json={"null_location_next": 1})
+
+    raced = await client.post("/fhir/Bundle", json=a_bundle())
+    located = await client.post("/fhir/Bundle", json=a_bundle())
+
+    assert raced.status_code == 200
+    envelope = raced.json()
+    assert (envelope["status"], envelope["data_record_location"]) == (None, None)
+    records = (await client.get("/_sandbox/records")).json()["records"]
+    assert [r["uuid"] for r in records] == [envelope["uuid"], located.json()["uuid"]]
+    assert located.json()["data_record_location"] == "FHIR-R4:0:1"
+    assert (await client.get("/_sandbox/faults")).json()["null_location_next"] == 0
+
+
+@pytest.mark.parametrize(
+    ("share", "located"), [pytest.param(1.0, 0, id="all"), pytest.param(0.0, 5, id="none")]
+)
+async def test_null_location_share_from_the_config(
+    make_app: Callable[..., ConnectSandboxApp], share: float, located: int
+) -> None:
+    async with serve(make_app(null_location_share=share)) as client:
+        answers = [(await client.post("/fhir/Bundle", json=a_bundle())).json() for _ in range(5)]
+        assert await record_count(client) == 5
+    assert sum(a["data_record_location"] is not None for a in answers) == located
+    assert sum(a["status"] == "success" for a in answers) == located
+
+
+def test_null_location_share_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_args(["--null-location-share", "0.05"]).null_location_share == 0.05
+    monkeypatch.setenv("BLUEBUTTON_SANDBOX_CONNECT_NULL_LOCATION_SHARE", "0.25")
+    assert parse_args([]).null_location_share == 0.25
+    with pytest.raises(SystemExit):
+        parse_args(["--null-location-share", "1.5"])
+    with pytest.raises(ValueError, match="null_location_share"):
+        ConnectSandboxConfig(null_location_share=-0.1)
+
+
+async def test_entries_counts_what_was_stored_twice(client: httpx.AsyncClient) -> None:
+    second = a_bundle()
+    second["entry"].append({"resource": {"resourceType": "Patient", "id": "p2"}})
+    for body in (a_bundle(), second):
+        assert (await client.post("/fhir/Bundle", json=body)).status_code == 200
+    await client.post("/fhir/Bundle", json={"resourceType": "Bundle", "type": "collection", "entry": [{}]})
+
+    entries = (await client.get("/_sandbox/entries")).json()
+    assert entries == {
+        "stored": 3,
+        "distinct": 2,
+        "duplicates": {"Patient/p1": 2},
+        "counts": {"Patient/p1": 2, "Patient/p2": 1},
+    }
+    await client.delete("/_sandbox/records")
+    assert (await client.get("/_sandbox/entries")).json()["stored"] == 0

@@ -221,3 +221,20 @@ async def test_socket_chunked_body_answered_413_at_the_cap(settings: Settings) -
 
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"code":"too-costly"' in answer
+
+
+@pytest.mark.parametrize("path", [pytest.param(REFRESH, id="refresh"), pytest.param(REVOKE, id="revoke")])
+async def test_socket_whole_1_mb_body_answered_413_not_reset(settings: Settings, path: str) -> None:
+    """A client that sends its whole 1 MB body before reading gets the 413: the server reads the
+    rest before answering (closing on unread data would reset the connection, and the answer with it)."""
+    body = b'{"token": "' + b"x" * 1_000_000 + b'"}'
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    async with serve(settings) as port:
+        answers = [await exchange(port, head, body) for _ in range(3)]
+
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+        assert b'"code":"too-costly"' in answer

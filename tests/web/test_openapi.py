@@ -80,3 +80,8 @@ def test_the_example_patient_is_one_of_the_demo(document: dict[str, Any]) -> Non
     assert user_for_patient_id(example) is not None
     assert example in patient["description"]
     assert "-20140000008325" not in patient["description"]
+
+
+@pytest.mark.parametrize("path", ["/bluebutton/refresh", "/bluebutton/revoke"])
+def test_token_routes_document_their_413(document: dict[str, Any], path: str) -> None:
+    assert "413" in document["paths"][path]["post"]["responses"]

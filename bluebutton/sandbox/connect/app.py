@@ -10,9 +10,13 @@ cases included, because a permissive fake would hide exactly the bugs we need to
 - connect's checks, in order: unknown type 404 `/<type> not found` (case-sensitive, any
   fhir.resources model name), `resourceType` missing or different 422, invalid FHIR **500** with
   pydantic's error text (input values left out).
-- Success is 200 with the 17-field envelope; `data` is the body re-serialised with `json.dumps`
-  defaults, base64; `data_record_location` is `FHIR-R4:0:<offset>`; `transmission_attributes` are
-  the headers minus `authorization` and `*password*`, `*pwd*`, `*token*`.
+- Success is 200 with the 17-field envelope; `data` is the body re-serialised as connect does
+  (`reserialise.py`: `json.dumps` defaults, decimals as floats, times by `isoformat`, ...), base64;
+  `data_record_location` is `FHIR-R4:0:<offset>`; `transmission_attributes` are the headers minus
+  `authorization` and `*password*`, `*pwd*`, `*token*`.
+- connect's Kafka callback race (§7): with `--null-location-share` (or the `null_location_share`
+  and `null_location_next` switches) a stored POST is answered 200 with `status` and
+  `data_record_location` null; the record is stored and the answer carries its `uuid`.
 - The Kafka record limit (§6): a record needs its JSON plus 36 bytes of Kafka framing within
   `max_record_bytes` (librdkafka's `message.max.bytes`, 1,000,000), which reproduces the measured
   boundary: envelopes of 999,964 bytes stored, 999,965 refused with 500 `Object of type Bundle is not
@@ -27,7 +31,8 @@ cases included, because a permissive fake would hide exactly the bugs we need to
 
 Deviations, all harmless to the connector: FHIR validation uses fhir.resources 8 `R4B` (connect pins
 6.4.0, R4), so type names added in R4B are accepted and error texts differ in wording; `data` keeps
-the posted key order and values where connect re-serialises the validated model; `ipfs_uri` is null
+the posted key order where connect writes FHIR's (same size), and with validation off it is only
+`json.dumps` of the body (no model to type decimals and times); `ipfs_uri` is null
 (no IPFS); `/data` takes 5 s and a Kafka error on nothing, here it is an immediate 404; `--no-tls`
 serves plain HTTP (connect itself is HTTPS only), for the benchmark.
 
@@ -49,6 +54,8 @@ service port is down:
   next N `POST /fhir` answers are the limiter's 429, nothing stored, whatever the clock: how tests
   meet a 429 without racing the one-second window).
 - `GET /_sandbox/records`: `{"count": n, "records": [{"offset", "uuid", "bytes"}]}`;
+  `GET /_sandbox/entries`: the stored entries by `Type/id`, `{"stored", "distinct", "duplicates":
+  {ref: n > 1}, "counts": {ref: n}}` (what was stored twice);
   `DELETE /_sandbox/records`: delete them all (`{"deleted": n}`); offsets are never reused.
 
 Run it with `python -m bluebutton.sandbox.connect` (HTTPS with local-certs by default); every flag
@@ -59,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,9 +87,10 @@ from starlette.types import Receive, Scope, Send
 from bluebutton.sandbox.connect.config import KAFKA_RECORD_OVERHEAD, ConnectSandboxConfig
 from bluebutton.sandbox.connect.contract import (
     ConnectError,
+    connect_data,
     detail,
     encode_data,
-    fhir_validation_text,
+    entry_references,
     field_errors,
     is_fhir_type,
     missing,
@@ -109,10 +118,15 @@ class _Sandbox:
         self.store = RecordStore(config.db)
         self.faults = self._startup_faults()
         self.limiter = FixedWindowLimiter(config.rate_limit, clock)
+        self.random = random.Random()  # noqa: S311 - a fault draw, not a secret
         self.port: ServicePort | None = None  # set when served on real sockets (listener.py)
 
     def _startup_faults(self, **changes: Any) -> Faults:
-        start = {"validate": self.config.validate, "rate_limit": self.config.rate_limit}
+        start = {
+            "validate": self.config.validate,
+            "rate_limit": self.config.rate_limit,
+            "null_location_share": self.config.null_location_share,
+        }
         return Faults.model_validate({**start, **changes})
 
     def _check_rate(self, request: Request) -> None:
@@ -145,10 +159,8 @@ class _Sandbox:
         if body.get("resourceType") != resource_type:
             found = body.get("resourceType")
             raise detail(422, f"resource type {found} in request does not match url /{resource_type}")
-        if self.faults.fhir_validation:
-            problem = await anyio.to_thread.run_sync(fhir_validation_text, resource_type, body)
-            if problem is not None:
-                raise detail(500, problem)  # connect's `except Exception` turns it into a 500
+        validate = self.faults.fhir_validation
+        text = await anyio.to_thread.run_sync(lambda: connect_data(resource_type, body, validate=validate))
 
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         record_uuid = str(uuid.uuid4())
@@ -157,7 +169,7 @@ class _Sandbox:
             lfh_id=self.config.lfh_id,
             resource_type=resource_type,
             created=created,
-            data=encode_data(body),
+            data=encode_data(text),
             attributes=transmission_attributes(request),
         )
         record = json.dumps(envelope).encode()  # pydantic v1 `.json()`: default separators
@@ -165,13 +177,16 @@ class _Sandbox:
         if too_big or self.faults.storage_fails():
             raise detail(500, KAFKA_FAILURE_DETAIL)
         store_started = time.perf_counter()
-        offset = await anyio.to_thread.run_sync(self.store.append, record_uuid, record)
+        references = entry_references(body)
+        offset = await anyio.to_thread.run_sync(self.store.append, record_uuid, record, references)
         finished = time.perf_counter()
+        located = not self.faults.loses_location(self.random)
         return JSONResponse(
             {
                 **envelope,
-                "status": "success",
-                "data_record_location": f"{TOPIC}:{PARTITION}:{offset}",
+                # connect's Kafka callback race (lfh-connect.md §7): stored, answered without it.
+                "status": "success" if located else None,
+                "data_record_location": f"{TOPIC}:{PARTITION}:{offset}" if located else None,
                 "elapsed_storage_time": finished - store_started,
                 "elapsed_total_time": finished - started,
             }
@@ -256,6 +271,13 @@ class _Sandbox:
         summaries = await anyio.to_thread.run_sync(self.store.summaries)
         return JSONResponse({"count": len(summaries), "records": [asdict(s) for s in summaries]})
 
+    async def entries_endpoint(self, request: Request) -> Response:
+        counts = await anyio.to_thread.run_sync(self.store.entry_counts)
+        twice = {reference: n for reference, n in counts.items() if n > 1}
+        return JSONResponse(
+            {"stored": sum(counts.values()), "distinct": len(counts), "duplicates": twice, "counts": counts}
+        )
+
 
 class ConnectSandboxApp(Starlette):
     """Starlette plus the control port's scope and the `down` switch, both checked before any
@@ -329,6 +351,7 @@ def create_connect_app(
         Route("/status", sandbox.get_status, methods=["GET"]),
         Route(ADMIN_PREFIX + "faults", sandbox.faults_endpoint, methods=["GET", "PUT"]),
         Route(ADMIN_PREFIX + "records", sandbox.records_endpoint, methods=["GET", "DELETE"]),
+        Route(ADMIN_PREFIX + "entries", sandbox.entries_endpoint, methods=["GET"]),
     ]
     handlers = {HTTPException: _http_exception, ConnectError: _connect_error}
     return ConnectSandboxApp(sandbox, routes=routes, exception_handlers=handlers, lifespan=lifespan)

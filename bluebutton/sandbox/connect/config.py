@@ -37,6 +37,7 @@ class ConnectSandboxConfig:
     rate_limit: int = 10
     max_record_bytes: int = 1_000_000
     validate: bool = True
+    null_location_share: float = 0.0  # share of stored POSTs answered without a location (§7)
     lfh_id: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class ConnectSandboxConfig:
                 raise ValueError("control_port must differ from port")
         if self.rate_limit < 0:
             raise ValueError(f"rate_limit must be >= 0, got {self.rate_limit}")
+        if not 0.0 <= self.null_location_share <= 1.0:
+            raise ValueError(f"null_location_share must be 0-1, got {self.null_location_share}")
         if self.max_record_bytes <= KAFKA_RECORD_OVERHEAD:
             raise ValueError(f"max_record_bytes must be > {KAFKA_RECORD_OVERHEAD}")
 
@@ -96,6 +99,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ConnectSandboxConfig:
         "--max-record-bytes", type=int, default=env("MAX_RECORD_BYTES", defaults.max_record_bytes)
     )
     parser.add_argument("--no-validate", action="store_true", default=_env_flag("NO_VALIDATE"))
+    parser.add_argument(
+        "--null-location-share",
+        type=float,
+        default=env("NULL_LOCATION_SHARE", defaults.null_location_share),
+        help="share (0-1) of stored POSTs answered 200 without data_record_location, like connect's "
+        "Kafka callback race",
+    )
     parser.add_argument("--lfh-id", default=env("LFH_ID", defaults.lfh_id))
     args = parser.parse_args(argv)
     try:
@@ -110,6 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ConnectSandboxConfig:
             rate_limit=args.rate_limit,
             max_record_bytes=args.max_record_bytes,
             validate=not args.no_validate,
+            null_location_share=args.null_location_share,
             lfh_id=args.lfh_id,
         )
     except ValueError as e:

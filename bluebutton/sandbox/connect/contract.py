@@ -17,8 +17,10 @@ from typing import Any
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+
+from bluebutton.sandbox.connect.reserialise import connect_json
 
 DATA_FORMAT = "FHIR-R4"
 
@@ -105,23 +107,49 @@ def is_fhir_type(name: str) -> bool:
     return True
 
 
-def fhir_validation_text(resource_type: str, body: dict[str, Any]) -> str | None:
-    """Validate `body`; None when valid, else pydantic-v1-style text without input values.
+def validate_fhir(resource_type: str, body: dict[str, Any]) -> tuple[BaseModel | None, str | None]:
+    """Validate `body`: the model when valid, else pydantic-v1-style text without input values.
 
     CPU-bound for big bundles: call it from a worker thread.
     """
     try:
-        get_fhir_model_class(resource_type).model_validate(body)
+        return get_fhir_model_class(resource_type).model_validate(body), None
     except ValidationError as e:
-        return _format_errors(e.title, e.errors(include_url=False, include_input=False))
+        return None, _format_errors(e.title, e.errors(include_url=False, include_input=False))
     except LookupError:
         # fhir.resources raises KeyError for an unknown nested resourceType; its text holds the input.
         nested = {"loc": ("__root__",), "msg": "unknown resource type", "type": "lookup"}
-        return _format_errors(resource_type, [nested])
+        return None, _format_errors(resource_type, [nested])
     except (TypeError, ValueError) as e:
         other = {"loc": ("__root__",), "msg": type(e).__name__, "type": "value_error"}
-        return _format_errors(resource_type, [other])
-    return None
+        return None, _format_errors(resource_type, [other])
+
+
+def connect_data(resource_type: str, body: dict[str, Any], *, validate: bool) -> str:
+    """The JSON connect stores for a valid `body` (`reserialise.py`); invalid FHIR is connect's
+    500. Without validation there is no model to type the elements, so the body is only written
+    with `json.dumps` defaults (smaller than connect's record when it holds decimals or times).
+
+    CPU-bound for big bundles: call it from a worker thread.
+    """
+    if not validate:
+        return json.dumps(body)
+    model, problem = validate_fhir(resource_type, body)
+    if model is None:
+        raise detail(500, problem or "invalid")  # connect's `except Exception` turns it into a 500
+    return connect_json(model, body)
+
+
+def entry_references(body: dict[str, Any]) -> list[str]:
+    """`Type/id` of each entry's resource in a Bundle (the resource itself otherwise), for the
+    test controls that count what was stored twice."""
+    entries = body.get("entry") if body.get("resourceType") == "Bundle" else [{"resource": body}]
+    references = []
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            references.append(f"{resource.get('resourceType')}/{resource.get('id')}")
+    return references
 
 
 def _format_errors(title: str, errors: Iterable[Any]) -> str:
@@ -144,9 +172,9 @@ def transmission_attributes(request: Request) -> dict[str, str] | None:
     return kept or None
 
 
-def encode_data(body: dict[str, Any]) -> str:
-    """`data`: the JSON re-serialised like connect (default separators, ASCII escapes), base64."""
-    return base64.b64encode(json.dumps(body).encode()).decode()
+def encode_data(text: str) -> str:
+    """`data`: the JSON connect re-serialised (`reserialise.py`; ASCII only), base64."""
+    return base64.b64encode(text.encode()).decode()
 
 
 def stored_envelope(

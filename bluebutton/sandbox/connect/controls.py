@@ -8,6 +8,7 @@ by `request["path"]`), so `/fhir/Bundle`, `/data` and `/status` each get their o
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,18 @@ class Faults(BaseModel):
     # The next N `POST /fhir` answers are the rate limiter's 429 whatever the clock says, so a test
     # can meet connect's 429 without racing its one-second window.
     throttle_next: int = Field(default=0, ge=0)
+    # connect's Kafka callback race (lfh-connect.md §7): this share of stored POSTs, and the next
+    # `null_location_next` whatever the share, are answered 200 with `status` and
+    # `data_record_location` null although the record is stored (its `uuid` is in the answer).
+    null_location_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    null_location_next: int = Field(default=0, ge=0)
+
+    def loses_location(self, draw: random.Random) -> bool:
+        """Decide whether this stored POST is answered without its location."""
+        if self.null_location_next > 0:
+            self.null_location_next -= 1
+            return True
+        return self.null_location_share > 0 and draw.random() < self.null_location_share
 
     def throttles(self) -> bool:
         """Decide whether this POST is refused with 429, consuming one `throttle_next` unit."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,12 @@ CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- Kafka offset + 1 (SQLite's sequence starts at 1)
     uuid TEXT NOT NULL,
     record BLOB NOT NULL                   -- the envelope exactly as stored, JSON bytes
-)
+);
+CREATE TABLE IF NOT EXISTS entries (      -- `Type/id` of each stored entry, for duplicate counts
+    record_id INTEGER NOT NULL,
+    reference TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_reference ON entries (reference)
 """
 
 
@@ -53,18 +59,40 @@ class RecordStore:
             # for a 10-15 ms checkpoint.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
             self._conn = conn
         return self._conn
 
-    def append(self, record_uuid: str, record: bytes) -> int:
-        """Store one record and return its offset."""
+    def append(self, record_uuid: str, record: bytes, references: Sequence[str] = ()) -> int:
+        """Store one record and the `Type/id` of its entries; return its offset."""
         with self._lock:
-            cursor = self._connection().execute(
-                "INSERT INTO records (uuid, record) VALUES (?, ?)", (record_uuid, record)
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO records (uuid, record) VALUES (?, ?)", (record_uuid, record)
+                )
+                record_id = cursor.lastrowid
+                assert record_id is not None
+                conn.executemany(
+                    "INSERT INTO entries (record_id, reference) VALUES (?, ?)",
+                    [(record_id, reference) for reference in references],
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return record_id - 1
+
+    def entry_counts(self) -> dict[str, int]:
+        """How many stored records hold each `Type/id`."""
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute("SELECT reference, count(*) FROM entries GROUP BY reference ORDER BY reference")
+                .fetchall()
             )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid - 1
+        return {reference: count for reference, count in rows}
 
     def get(self, offset: int) -> bytes | None:
         with self._lock:
@@ -87,7 +115,9 @@ class RecordStore:
     def clear(self) -> int:
         """Delete every record; the offset sequence carries on. Returns how many were deleted."""
         with self._lock:
-            return self._connection().execute("DELETE FROM records").rowcount
+            conn = self._connection()
+            conn.execute("DELETE FROM entries")
+            return conn.execute("DELETE FROM records").rowcount
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,9 @@ from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
 from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, render, totals
 from bluebutton.web.console.session import SESSION_SECONDS, SIGN_IN_SECONDS, Session, SessionSigner, same_key
-from bluebutton.web.deps import SettingsDep, SyncDep
+from bluebutton.web.deps import ConsoleSessionsDep, SettingsDep, SyncDep
+from bluebutton.web.sessions import ConsoleSessions
+from bluebutton.web.throttle import AdminKeyThrottledError, client_of, throttle_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +63,17 @@ class Console:
     settings: Settings
     service: SyncService | None
     signer: SessionSigner | None
+    sessions: ConsoleSessions
     now: float
 
-    def session(self) -> Session | None:
+    async def session(self) -> Session | None:
+        """The signed-in session: a valid signed cookie whose id is still listed (not signed out)."""
         if self.signer is None:
             return None
-        return self.signer.verify("session", self.request.cookies.get(SESSION_COOKIE), self.now)
+        session = self.signer.verify("session", self.request.cookies.get(SESSION_COOKIE), self.now)
+        if session is None or not await self.sessions.alive("session", session.id):
+            return None
+        return session
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html, headers = render(template, **{"home": HOME, "refresh": False, "signed_in": False, **context})
@@ -80,9 +87,11 @@ class Console:
             return self.page("not_configured.html", 503, missing=SYNC_SETTINGS)
         return None
 
-    def sign_in_form(self, status: int = 200, error: str | None = None) -> HTMLResponse:
+    async def sign_in_form(self, status: int = 200, error: str | None = None) -> HTMLResponse:
+        """A fresh form: its cookie and CSRF token serve one sign-in (its id is listed until used)."""
         assert self.signer is not None
         value, pre = self.signer.issue("sign-in", self.now, SIGN_IN_SECONDS)
+        await self.sessions.add("sign-in", pre.id, SIGN_IN_SECONDS)
         response = self.page("sign_in.html", status, csrf=self.signer.csrf_token(pre), error=error)
         _set_cookie(response, SIGN_IN_COOKIE, value, SIGN_IN_SECONDS)
         return response
@@ -92,11 +101,12 @@ def console(
     request: Request,
     settings: SettingsDep,
     service: SyncDep,
+    sessions: ConsoleSessionsDep,
     clock: Annotated[Callable[[], float], Depends(get_clock)],
 ) -> Console:
     key = settings.admin_api_key
     signer = SessionSigner(key.get_secret_value()) if key is not None else None
-    return Console(request, settings, service, signer, clock())
+    return Console(request, settings, service, signer, sessions, clock())
 
 
 ConsoleDep = Annotated[Console, Depends(console)]
@@ -109,12 +119,13 @@ class Operator:
     service: SyncService
     csrf: str
     now: datetime
+    session: Session
 
 
 def _operator(console: Console, session: Session) -> Operator:
     assert console.service is not None and console.signer is not None
     return Operator(
-        console.service, console.signer.csrf_token(session), datetime.fromtimestamp(console.now, UTC)
+        console.service, console.signer.csrf_token(session), datetime.fromtimestamp(console.now, UTC), session
     )
 
 
@@ -124,7 +135,7 @@ async def posted(console: ConsoleDep) -> Operator:
         raise NotConfiguredError("The console is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).")
     if console.service is None:
         raise sync_off()
-    session = console.session()
+    session = await console.session()
     if session is None:
         raise ConsoleSignInError(f"Not signed in to the console, or the session ended: sign in at {HOME}.")
     token = (await console.request.form()).get("csrf")
@@ -149,8 +160,8 @@ def _see(location: str) -> RedirectResponse:
     return RedirectResponse(location, status_code=303, headers={"Cache-Control": "no-store"})
 
 
-def _signed_in(console: Console) -> Operator | None:
-    session = console.session()
+async def _signed_in(console: Console) -> Operator | None:
+    session = await console.session()
     if session is None or console.service is None:
         return None
     return _operator(console, session)
@@ -160,9 +171,9 @@ def _signed_in(console: Console) -> Operator | None:
 async def home(console: ConsoleDep) -> Response:
     if (off := console.off_page()) is not None:
         return off
-    operator = _signed_in(console)
+    operator = await _signed_in(console)
     if operator is None:
-        return console.sign_in_form()
+        return await console.sign_in_form()
     listed = await operator.service.grants_json(None, LIST_LIMIT)
     for grant in listed:
         grant["days_left"] = days_left(grant["access_grant_expiration"], operator.now)
@@ -188,16 +199,33 @@ async def sign_in(
     form = await console.request.form()
     pre = console.signer.verify("sign-in", console.request.cookies.get(SIGN_IN_COOKIE), console.now)
     token = form.get("csrf")
-    if pre is None or not console.signer.csrf_ok(pre, token if isinstance(token, str) else None):
-        return console.sign_in_form(
-            403, "This sign-in form expired or was not sent by this console: sign in again."
+    if (
+        pre is None
+        or not console.signer.csrf_ok(pre, token if isinstance(token, str) else None)
+        or not await console.sessions.take("sign-in", pre.id)  # each form serves one sign-in
+    ):
+        return await console.sign_in_form(
+            403, "This sign-in form expired, was used already or was not sent by this console: sign in again."
         )
-    key = form.get("key")
-    if not isinstance(key, str) or not same_key(key, console.settings.admin_api_key.get_secret_value()):
-        logger.warning("console sign-in refused: wrong admin key")
-        await pause(WRONG_KEY_DELAY)
-        return console.sign_in_form(401, "That is not the admin key (BLUEBUTTON_ADMIN_API_KEY). Try again.")
-    value, _ = console.signer.issue("session", console.now, SESSION_SECONDS)
+    try:
+        attempt = throttle_of(console.request).admit(client_of(console.request))
+    except AdminKeyThrottledError as e:
+        refused = await console.sign_in_form(429, e.message)
+        refused.headers.update(e.headers)
+        return refused
+    try:
+        key = form.get("key")
+        if not isinstance(key, str) or not same_key(key, console.settings.admin_api_key.get_secret_value()):
+            logger.warning("console sign-in refused: wrong admin key")
+            await pause(WRONG_KEY_DELAY)  # still counted as being checked: a burst cannot outrun it
+            attempt.failed()
+            return await console.sign_in_form(
+                401, "That is not the admin key (BLUEBUTTON_ADMIN_API_KEY). Try again."
+            )
+    finally:
+        attempt.finished()
+    value, session = console.signer.issue("session", console.now, SESSION_SECONDS)
+    await console.sessions.add("session", session.id, SESSION_SECONDS)
     response = _see(HOME)
     _set_cookie(response, SESSION_COOKIE, value, SESSION_SECONDS)
     response.delete_cookie(SIGN_IN_COOKIE, path=HOME, secure=True, httponly=True, samesite="strict")
@@ -206,7 +234,9 @@ async def sign_in(
 
 
 @router.post(f"{HOME}/sign-out")
-async def sign_out(operator: PostedDep) -> Response:
+async def sign_out(operator: PostedDep, console: ConsoleDep) -> Response:
+    # Off the list first: the cookie, even a copy taken elsewhere, no longer signs anyone in.
+    await console.sessions.take("session", operator.session.id)
     response = _see(HOME)
     response.delete_cookie(SESSION_COOKIE, path=HOME, secure=True, httponly=True, samesite="strict")
     return response
@@ -214,7 +244,7 @@ async def sign_out(operator: PostedDep) -> Response:
 
 @router.get(f"{HOME}/grants/{{grant_id}}")
 async def grant_page(grant_id: uuid.UUID, console: ConsoleDep, queued: int | None = None) -> Response:
-    operator = _signed_in(console)
+    operator = await _signed_in(console)
     if operator is None:
         return _see(HOME)
     grant = await operator.service.grant_json(grant_id)
@@ -238,7 +268,7 @@ async def grant_page(grant_id: uuid.UUID, console: ConsoleDep, queued: int | Non
 
 @router.get(f"{HOME}/runs/{{run_id}}")
 async def run_page(run_id: int, console: ConsoleDep) -> Response:
-    operator = _signed_in(console)
+    operator = await _signed_in(console)
     if operator is None:
         return _see(HOME)
     row = await runs.get(operator.service.pool, run_id)
@@ -259,7 +289,7 @@ async def sync_now(grant_id: uuid.UUID, operator: PostedDep) -> Response:
 
 @router.get(f"{HOME}/grants/{{grant_id}}/disconnect")
 async def confirm_disconnect(grant_id: uuid.UUID, console: ConsoleDep) -> Response:
-    operator = _signed_in(console)
+    operator = await _signed_in(console)
     if operator is None:
         return _see(HOME)
     grant = await operator.service.grant_json(grant_id)

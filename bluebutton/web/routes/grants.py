@@ -28,7 +28,7 @@ from bluebutton.web.schemas import outcome_responses
 
 router = APIRouter(tags=["grants"])
 
-_COMMON = outcome_responses(401, 404, 422, 503)
+_COMMON = outcome_responses(401, 404, 422, 429, 503)
 
 
 @router.get("/bluebutton/grants", summary="List stored grants", responses=_COMMON)
@@ -53,7 +53,7 @@ async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> GrantInfo:
     "/bluebutton/grants/{grant_id}/sync",
     summary="Queue a run now (or get the one already waiting)",
     status_code=202,
-    responses=outcome_responses(401, 404, 409, 422, 503),
+    responses=outcome_responses(401, 404, 409, 422, 429, 503),
 )
 async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
     return RunQueued(run_id=await service.sync_now(grant_id))
@@ -83,7 +83,7 @@ async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> RecordList:
     summary="Disconnect: revoke at CMS, erase the tokens (runs and ledger stay)",
     status_code=204,
     response_class=Response,
-    responses=outcome_responses(401, 404, 422, 502, 503),
+    responses=outcome_responses(401, 404, 422, 429, 502, 503),
 )
 async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
     await service.disconnect(grant_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from bluebutton.metrics import CONTENT_TYPE, read_database
@@ -13,10 +13,10 @@ from bluebutton.web.schemas import outcome_responses
 router = APIRouter(tags=["operations"])
 
 
-def _scraper(settings: SettingsDep, key: ApiKeyDep) -> None:
+def _scraper(request: Request, settings: SettingsDep, key: ApiKeyDep) -> None:
     if not settings.metrics_public:
         check_admin_key(
-            settings,
+            request,
             key,
             off="/metrics is protected by the operator key: set BLUEBUTTON_ADMIN_API_KEY (at least 32 "
             "characters), or BLUEBUTTON_METRICS_PUBLIC=true for a scraper inside a private network.",
@@ -30,7 +30,7 @@ def _scraper(settings: SettingsDep, key: ApiKeyDep) -> None:
     dependencies=[Depends(_scraper)],
     responses={
         200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
-        **outcome_responses(401, 503),
+        **outcome_responses(401, 429, 503),
     },
 )
 async def metrics(metrics: MetricsDep, sync: SyncDep) -> Response:

@@ -126,7 +126,7 @@ async def authorize_callback(
     tags=["oauth"],
     summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
     response_model=TokenResponse,
-    responses=outcome_responses(400, 401, 422, 502, 503),
+    responses=outcome_responses(400, 401, 413, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     tokens = await oauth.refresh(body.refresh_token)
@@ -139,7 +139,7 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     summary="Revoke an access or refresh token (RFC 7009)",
     status_code=204,
     response_class=Response,
-    responses=outcome_responses(400, 422, 502, 503),
+    responses=outcome_responses(400, 413, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
     await oauth.revoke(body.token)
