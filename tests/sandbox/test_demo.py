@@ -4,6 +4,7 @@ with grant keeping on its embedded PostgreSQL and a worker, driven by its banner
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -123,7 +124,11 @@ def test_a_key_file_others_can_read_is_refused_saying_what_to_do(tmp_path: Path)
 
 
 class Demo:
-    """`python -m bluebutton.sandbox.tools.demo` as a process; its output read as it comes."""
+    """`python -m bluebutton.sandbox.tools.demo` as a process; its output read as it comes.
+
+    It runs in a session of its own, as in a terminal, so `interrupt` is a real Ctrl-C: SIGINT to
+    its whole process group, and every process of that session can be found afterwards.
+    """
 
     def __init__(self, args: list[str]) -> None:
         self.process = subprocess.Popen(
@@ -133,6 +138,7 @@ class Demo:
             stderr=subprocess.STDOUT,
             text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("BLUEBUTTON_")},
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -155,14 +161,62 @@ class Demo:
         index = next(i for i, line in enumerate(self.lines) if label in line)
         return self.lines[index + 1].strip()
 
+    def interrupt(self) -> int:
+        """Ctrl-C in the demo's terminal: SIGINT to its process group; its exit code."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+        return self._finish()
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+        return self._finish()
+
+    def _finish(self) -> int:
         code = self.process.wait(timeout=120)
         self._reader.join(timeout=10)
         assert self.process.stdout is not None
         self.process.stdout.close()
         return code
+
+    def kill_session(self) -> None:
+        """Whatever a failed test left of the demo's session goes (processes are not left behind)."""
+        for pid in session_processes(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not self.process.stdout.closed:  # type: ignore[union-attr]
+            self._finish()
+
+
+def session_processes(session: int) -> list[int]:
+    """Live (not zombie) processes of a session, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, sid = fields[0], int(fields[3])
+        if sid == session and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def postgres_of(data: Path) -> list[int]:
+    """PostgreSQL processes serving `<data>/postgres` (they may run in a session of their own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(data / "postgres").encode() in command:
+            found.append(int(entry.name))
+    return found
 
 
 def _shell(line: str, key_file: Path) -> Any:
@@ -239,3 +293,62 @@ def test_the_demo_keeps_grants_with_embedded_postgres_and_a_worker() -> None:
     assert demo.lines[-1] == "demo: stopped"
     check_ports_free({f"demo {flag}": port for flag, port in ports.items()})  # every child is gone
     assert not postgres_left  # the last process using the embedded PostgreSQL stopped it
+
+
+def _enrol(demo: Demo) -> tuple[str, int]:
+    """The banner's enrol command, run as printed: (grant id, first run id)."""
+    enrol = demo.command_after("Enrol:").split()
+    assert enrol[:4] == ["./scripts/run", "login", "BBUser00042", "--sync"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bluebutton.sandbox.tools.login", *enrol[2:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    enrolled = json.loads(done.stdout)
+    return enrolled["grant_id"], enrolled["run_id"]
+
+
+def _finished_run(client: httpx.Client, connector: str, key: str, run_id: int) -> dict[str, Any]:
+    """The run once the demo's worker is done with it (or after five minutes, as it then is)."""
+    deadline = time.monotonic() + 300
+    while True:
+        run: dict[str, Any] = client.get(
+            f"{connector}/bluebutton/runs/{run_id}", headers={"X-API-Key": key}
+        ).json()
+        if run["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.5)
+
+
+def _demo_args(data: Path, ports: dict[str, int]) -> list[str]:
+    args = [str(a) for pair in ports.items() for a in pair]
+    return [*args, "--db", str(data / "connect.sqlite3"), "--data-dir", str(data)]
+
+
+def _assert_stopped_cleanly(demo: Demo, code: int, data: Path) -> None:
+    """Exit 0, `demo: stopped` last, no traceback, nothing of the demo left running."""
+    output = "\n".join(demo.lines)
+    assert code == 0, output[-4000:]
+    assert demo.lines[-1] == "demo: stopped"
+    assert "Traceback" not in output, output[-4000:]
+    assert "a process exited" not in output
+    assert session_processes(demo.process.pid) == []
+    assert postgres_of(data) == []
+    assert not (data / "postgres" / "postmaster.pid").exists()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_stops_every_process_without_a_traceback() -> None:
+    data = Path(tempfile.mkdtemp(prefix="bluebutton-demo-"))
+    ports = {"--port": free_port(), "--cms-port": free_port(), "--connect-port": free_port()}
+    demo = Demo(_demo_args(data, ports))
+    try:
+        demo.wait_for("/_sandbox/clock")
+        assert postgres_of(data) != []
+        _assert_stopped_cleanly(demo, demo.interrupt(), data)
+    finally:
+        demo.kill_session()
+        shutil.rmtree(data, ignore_errors=True)

@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # a child exited or never answered; its output is above
         print(f"demo: could not start: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while starting: `start_stack` stopped what it had started
+        print("demo: stopped", flush=True)
+        return 0
     try:
         print(
             BANNER.format(
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C must not cut the stop short and leave a child (or PostgreSQL) running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         print("demo: stopped", flush=True)
     return 0

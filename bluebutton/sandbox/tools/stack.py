@@ -162,12 +162,21 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _spawn(
     name: str, args: list[str], env: Mapping[str, str], log_dir: Path | None
 ) -> subprocess.Popen[bytes]:
+    """A child in a process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group)
+    reaches only us, and `Stack.stop` ends each child in order with SIGTERM. Were the children in our
+    group, each would see the SIGINT at once: KeyboardInterrupt tracebacks in their process pools,
+    the emulators torn down mid-request, and a child gone before we noticed the Ctrl-C."""
     if log_dir is None:
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(env))
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(env), process_group=0)
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
         )
 
 
