@@ -352,3 +352,39 @@ def test_ctrl_c_stops_every_process_without_a_traceback() -> None:
     finally:
         demo.kill_session()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_a_kept_grant_refreshes_after_ctrl_c_and_a_restart() -> None:
+    data = Path(tempfile.mkdtemp(prefix="bluebutton-demo-"))
+    ports = {"--port": free_port(), "--cms-port": free_port(), "--connect-port": free_port()}
+    connector = f"https://localhost:{ports['--port']}"
+    cms = f"https://localhost:{ports['--cms-port']}"
+    demo = Demo(_demo_args(data, ports))
+    try:
+        demo.wait_for("/_sandbox/clock")
+        key = (data / "admin-key").read_text().strip()
+        grant_id, run_id = _enrol(demo)
+        with httpx.Client(verify=ca_context(), timeout=30.0) as client:
+            assert _finished_run(client, connector, key, run_id)["status"] == "succeeded"
+            # A week passes on the emulated CMS: the access token expires, new claims arrive.
+            moved = client.post(f"{cms}/_sandbox/clock", json={"advance_seconds": 604_800})
+            assert moved.json()["weeks"] == 1
+        _assert_stopped_cleanly(demo, demo.interrupt(), data)
+
+        demo = Demo(_demo_args(data, ports))
+        demo.wait_for("/_sandbox/clock")
+        with httpx.Client(verify=ca_context(), timeout=30.0) as client:
+            assert client.get(f"{cms}/_sandbox/clock").json()["weeks"] == 1  # the clock kept
+            queued = client.post(f"{connector}/bluebutton/grants/{grant_id}/sync", headers={"X-API-Key": key})
+            assert queued.status_code == 202, queued.text
+            run = _finished_run(client, connector, key, queued.json()["run_id"])
+            assert run["status"] == "succeeded", run  # was `revoked`: CMS forgot the refresh token
+            assert run["resources"]["ExplanationOfBenefit"]["new"] > 0  # that week's claims
+            assert client.get(f"{cms}/_sandbox/stats").json()["token_calls"] == {"refresh_token": 1}
+            grant = client.get(f"{connector}/bluebutton/grants/{grant_id}", headers={"X-API-Key": key}).json()
+            assert grant["state"] == "active"
+        _assert_stopped_cleanly(demo, demo.interrupt(), data)
+    finally:
+        demo.kill_session()
+        shutil.rmtree(data, ignore_errors=True)

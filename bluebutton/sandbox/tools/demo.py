@@ -3,8 +3,9 @@ emulated connect, the connector with grant keeping on an embedded PostgreSQL, an
 
 Everything listens on localhost over HTTPS with the `local-certs` CA; Ctrl-C stops it all. The
 ports are checked before anything starts: a busy one is named and the demo exits 1. The database
-(`<data dir>/postgres/`), the operator key and the token key live under `--data-dir` (`.data/`,
-ignored by git), the keys in files only their owner can read, so grants survive a restart.
+(`<data dir>/postgres/`), the operator key, the token key and the emulated CMS's state (its tokens,
+grants, clock and added claims: `cms-state.json`) live under `--data-dir` (`.data/`, ignored by
+git), in files only their owner can read, so kept grants go on refreshing after a restart.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bluebutton.sync.crypto import new_key
 
 ADMIN_KEY_FILE = "admin-key"
 TOKEN_KEYS_FILE = "token-keys"  # noqa: S105 - a file name, not a secret
+CMS_STATE_FILE = "cms-state.json"
 
 BANNER = """
 bluebutton offline demo is running (Ctrl-C stops it)
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         connector_port=args.port,
         connect_db=args.db,
         workers=args.workers,
+        cms_args=["--state", str(data_dir / CMS_STATE_FILE)],
     )
     try:
         check_ports_free(configured_ports(config))  # before any key file is written
