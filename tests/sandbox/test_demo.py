@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from bluebutton.sandbox.cms.data import user_for_patient_id
-from bluebutton.sandbox.tools.demo import SecretFileError, kept_secret
+from bluebutton.sandbox.tools.demo import DataDirBusy, SecretFileError, kept_secret, lock_data_dir
 from bluebutton.sandbox.tools.stack import HOST, PortBusy, ca_context, check_ports_free, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +123,18 @@ def test_a_key_file_others_can_read_is_refused_saying_what_to_do(tmp_path: Path)
         kept_secret(path, lambda: "unused")
 
 
+def test_a_data_dir_is_held_by_one_demo_at_a_time(tmp_path: Path) -> None:
+    held = lock_data_dir(tmp_path / "data")
+    try:
+        assert (tmp_path / "data" / "demo.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(DataDirBusy, match=rf"^another demo \(pid {os.getpid()}\) is using .*--data-dir"):
+            lock_data_dir(tmp_path / "data")
+        lock_data_dir(tmp_path / "other")  # another directory is free
+    finally:
+        os.close(held)
+    os.close(lock_data_dir(tmp_path / "data"))  # free again once its holder let go
+
+
 class Demo:
     """`python -m bluebutton.sandbox.tools.demo` as a process; its output read as it comes.
 
@@ -179,9 +191,10 @@ class Demo:
         self.process.stdout.close()
         return code
 
-    def kill_session(self) -> None:
-        """Whatever a failed test left of the demo's session goes (processes are not left behind)."""
-        for pid in session_processes(self.process.pid):
+    def kill_session(self, data: Path | None = None) -> None:
+        """Whatever a failed test left of the demo's session (and of the PostgreSQL serving `data`)
+        goes: no process is left behind."""
+        for pid in session_processes(self.process.pid) + (postgres_of(data) if data else []):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if not self.process.stdout.closed:  # type: ignore[union-attr]
@@ -341,16 +354,33 @@ def _assert_stopped_cleanly(demo: Demo, code: int, data: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_ctrl_c_stops_every_process_without_a_traceback() -> None:
+def test_ctrl_c_stops_every_process_without_a_traceback_and_a_second_demo_is_refused() -> None:
     data = Path(tempfile.mkdtemp(prefix="bluebutton-demo-"))
     ports = {"--port": free_port(), "--cms-port": free_port(), "--connect-port": free_port()}
     demo = Demo(_demo_args(data, ports))
     try:
         demo.wait_for("/_sandbox/clock")
         assert postgres_of(data) != []
+
+        # As the busy-port message suggests: other ports, the same data directory.
+        others = {"--port": free_port(), "--cms-port": free_port(), "--connect-port": free_port()}
+        second = Demo(_demo_args(data, others))
+        try:
+            code = second.process.wait(timeout=120)
+        finally:
+            second.kill_session()  # had it started, nothing of it stays
+        assert code == 1
+        assert second.lines == [
+            f"demo: another demo (pid {demo.process.pid}) is using {data.resolve()}; stop it, or give this "
+            "one its own --data-dir (and --db)"
+        ]
+        check_ports_free({f"second demo {flag}": port for flag, port in others.items()})  # nothing started
+        with httpx.Client(verify=ca_context(), timeout=30.0) as client:  # the first is untouched
+            assert client.get(f"https://localhost:{ports['--port']}/health").status_code == 200
+        assert demo.process.poll() is None
         _assert_stopped_cleanly(demo, demo.interrupt(), data)
     finally:
-        demo.kill_session()
+        demo.kill_session(data)
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -386,5 +416,5 @@ def test_a_kept_grant_refreshes_after_ctrl_c_and_a_restart() -> None:
             assert grant["state"] == "active"
         _assert_stopped_cleanly(demo, demo.interrupt(), data)
     finally:
-        demo.kill_session()
+        demo.kill_session(data)
         shutil.rmtree(data, ignore_errors=True)

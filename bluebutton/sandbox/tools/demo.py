@@ -5,12 +5,14 @@ Everything listens on localhost over HTTPS with the `local-certs` CA; Ctrl-C sto
 ports are checked before anything starts: a busy one is named and the demo exits 1. The database
 (`<data dir>/postgres/`), the operator key, the token key and the emulated CMS's state (its tokens,
 grants, clock and added claims: `cms-state.json`) live under `--data-dir` (`.data/`, ignored by
-git), in files only their owner can read, so kept grants go on refreshing after a restart.
+git), in files only their owner can read, so kept grants go on refreshing after a restart. One
+demo at a time uses a data directory (`demo.lock`): a second is refused before it starts anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import secrets
 import signal
@@ -34,6 +36,7 @@ from bluebutton.sync.crypto import new_key
 ADMIN_KEY_FILE = "admin-key"
 TOKEN_KEYS_FILE = "token-keys"  # noqa: S105 - a file name, not a secret
 CMS_STATE_FILE = "cms-state.json"
+LOCK_FILE = "demo.lock"
 
 BANNER = """
 bluebutton offline demo is running (Ctrl-C stops it)
@@ -71,6 +74,32 @@ Keep data current (PostgreSQL in {pgdata}, {workers} sync worker(s))
        curl --cacert {ca} -X POST -d '{{"advance_seconds": 604800}}' {cms}/_sandbox/clock
        curl --cacert {ca} -X POST -H "X-API-Key: $KEY" {connector}/bluebutton/grants/GRANT_ID/sync
 """
+
+
+class DataDirBusy(RuntimeError):
+    """Another demo holds the data directory: two would share one PostgreSQL and job queue, and
+    each one's worker would run the other's syncs against the wrong emulated CMS."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold `<data dir>/demo.lock` (flock) for this process's life; its descriptor, left open.
+
+    The kernel drops the lock when the process ends however it ends, so a killed demo never
+    leaves a stale lock. The file holds the holder's pid, for the refusal message."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(descriptor)
+        raise DataDirBusy(
+            f"another demo (pid {holder}) is using {data_dir}; stop it, or give this one its own "
+            "--data-dir (and --db)"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+    return descriptor
 
 
 class SecretFileError(RuntimeError):
@@ -122,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir",
         type=Path,
         default=ROOT / ".data",
-        help="grant keeping's PostgreSQL (postgres/) and key files (default .data)",
+        help="grant keeping's PostgreSQL (postgres/), key files, the emulated CMS's state; one demo at a "
+        "time (default .data)",
     )
     parser.add_argument("--workers", type=int, default=1, help="standalone sync workers (default 1)")
     args = parser.parse_args(argv)
@@ -141,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_ports_free(configured_ports(config))  # before any key file is written
+        lock_data_dir(data_dir)  # before anything uses it; held until we exit
         config.connector_env = sync_env(data_dir)
         stack = start_stack(config)
     except PortBusy as e:
@@ -150,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (SecretFileError, OSError) as e:
+    except (DataDirBusy, SecretFileError, OSError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # a child exited or never answered; its output is above
