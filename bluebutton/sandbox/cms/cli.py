@@ -72,6 +72,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "--faults", default=env("FAULTS"), help="initial faults as JSON, e.g. '{\"rate_limit\": 2}'"
     )
     parser.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default=env("LOG_LEVEL", "info"),
+        help="the server's log level (default info)",
+    )
+    parser.add_argument(
         "--state",
         type=Path,
         default=env("STATE"),
@@ -126,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         access_log=False,
+        log_level=args.log_level,
         lifespan="off",
         timeout_graceful_shutdown=3,  # TLS keep-alive clients would hold a stop for 30 s
         **tls,

@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         "time (default .data)",
     )
     parser.add_argument("--workers", type=int, default=1, help="standalone sync workers (default 1)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the embedded PostgreSQL's and the job engine's INFO logs (initdb, every job)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must not be negative")
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_db=args.db,
         workers=args.workers,
         cms_args=["--state", str(data_dir / CMS_STATE_FILE)],
+        quiet=not args.verbose,
     )
     try:
         check_ports_free(configured_ports(config))  # before any key file is written

@@ -70,6 +70,7 @@ class StackConfig:
     connector_env: dict[str, str] = field(default_factory=dict)
     workers: int = 0  # standalone sync workers, started once the connector answers, with its environment
     log_dir: Path | None = None  # None: children write to our stdout/stderr
+    quiet: bool = False  # servers and the connector's libraries log at WARNING (tools/quiet.py)
     ready_seconds: float = 120.0  # a first start of the embedded PostgreSQL runs initdb
 
 
@@ -83,6 +84,7 @@ class Stack:
     connect_control_url: str
     connect_db: Path
     log_dir: Path | None
+    quiet: bool = False
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -99,7 +101,11 @@ class Stack:
 
     def start_worker(self, name: str) -> None:
         """A standalone sync worker with the connector's settings (database, keys, CMS, connect)."""
-        self.launch(name, ["-m", "bluebutton", "worker"], self.commands["connector"][1])
+        self.launch(name, [*self.product(), "worker"], self.commands["connector"][1])
+
+    def product(self) -> list[str]:
+        """The interpreter's arguments that run `python -m bluebutton`, quietly if asked."""
+        return ["-m", "bluebutton.sandbox.tools.quiet", "bluebutton"] if self.quiet else ["-m", "bluebutton"]
 
     def restart(self, name: str) -> None:
         """Stop one process and start it again with the same command (e.g. to prove persistence)."""
@@ -203,9 +209,10 @@ def start_stack(config: StackConfig) -> Stack:
     connector_url = f"https://localhost:{connector_port}"
     db = config.connect_db or (config.log_dir or ROOT) / "connect-sandbox.sqlite3"
     env = _base_env()
+    quiet_server = ["--log-level", "warning"] if config.quiet else []
     callback = f"https://localhost:{connector_port}/bluebutton/authorize_callback"
     control_url = f"https://localhost:{control_port}"
-    stack = Stack(cms_url, connect_url, connector_url, control_url, db, config.log_dir)
+    stack = Stack(cms_url, connect_url, connector_url, control_url, db, config.log_dir, config.quiet)
     try:
         stack.launch(
             "cms",
@@ -222,6 +229,7 @@ def start_stack(config: StackConfig) -> Stack:
                 CLIENT_SECRET,
                 "--redirect-uri",
                 callback,
+                *quiet_server,
                 *config.cms_args,
             ],
             env,
@@ -239,12 +247,13 @@ def start_stack(config: StackConfig) -> Stack:
                 str(control_port),
                 "--db",
                 str(db),
+                *quiet_server,
                 *config.connect_args,
             ],
             env,
         )
         connector = {**env, **connector_env(cms_url, connect_url, connector_url), **config.connector_env}
-        stack.launch("connector", ["-m", "bluebutton"], connector)
+        stack.launch("connector", stack.product(), connector)
         for name, process in stack.processes.items():
             wait_ready(stack.ready_url(name), process, config.ready_seconds)
         # After the connector: it applied the migrations, and an embedded server is up to share.
