@@ -173,10 +173,12 @@ class Demo:
         index = next(i for i, line in enumerate(self.lines) if label in line)
         return self.lines[index + 1].strip()
 
-    def interrupt(self) -> int:
-        """Ctrl-C in the demo's terminal: SIGINT to its process group; its exit code."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
+    def interrupt(self, times: int = 1) -> int:
+        """Ctrl-C in the demo's terminal (`times` over, as an impatient user does): SIGINT to its
+        process group; its exit code."""
+        for _ in range(times):
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGINT)
         return self._finish()
 
     def stop(self) -> int:
@@ -378,7 +380,7 @@ def test_ctrl_c_stops_every_process_without_a_traceback_and_a_second_demo_is_ref
         with httpx.Client(verify=ca_context(), timeout=30.0) as client:  # the first is untouched
             assert client.get(f"https://localhost:{ports['--port']}/health").status_code == 200
         assert demo.process.poll() is None
-        _assert_stopped_cleanly(demo, demo.interrupt(), data)
+        _assert_stopped_cleanly(demo, demo.interrupt(times=3), data)
     finally:
         demo.kill_session(data)
         shutil.rmtree(data, ignore_errors=True)

@@ -139,6 +139,13 @@ def sync_env(data_dir: Path) -> dict[str, str]:
     }
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C: stop, and ignore the next ones, which would cut the stop short (in `start_stack`'s
+    clean-up as well as ours) and leave a child or the embedded PostgreSQL running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bluebutton.sandbox.tools.demo", description=__doc__)
     parser.add_argument("--port", type=int, default=5200, help="connector port (default 5200)")
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir.resolve()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, _interrupt_once)
     config = StackConfig(
         cms_port=args.cms_port,
         connect_port=args.connect_port,
@@ -218,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        # A second Ctrl-C must not cut the stop short and leave a child (or PostgreSQL) running.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a signal now must not cut the stop short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         print("demo: stopped", flush=True)
