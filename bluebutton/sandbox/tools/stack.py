@@ -7,6 +7,7 @@ wiring: HTTPS everywhere with the `local-certs` CA trusted, and nothing listenin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parents[3]
 CERTS = ROOT / "local-certs"
@@ -155,6 +157,43 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
     raise RuntimeError(f"{url} did not answer within {timeout:g} s")
 
 
+def database_conninfo(env: Mapping[str, str]) -> str:
+    """libpq's connection string for the connector's database (the embedded server's socket is in
+    its data directory, user and database `postgres`, as pgserver sets them up)."""
+    url = env["BLUEBUTTON_DATABASE_URL"]
+    if url != "embedded":
+        return url
+    return f"host={env['BLUEBUTTON_EMBEDDED_DATABASE_DIR']} user=postgres dbname=postgres"
+
+
+def _last_worker_id(database: psycopg.Connection[tuple[int]]) -> int:
+    row = database.execute("SELECT coalesce(max(id), 0) FROM procrastinate_workers").fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_workers_registered(
+    database: psycopg.Connection[tuple[int]],
+    known: int,
+    workers: list[subprocess.Popen[bytes]],
+    timeout: float,
+) -> None:
+    """Until each worker started after row `known` has registered with procrastinate. It then
+    takes jobs, and a SIGTERM stops it gracefully: its signal handlers are set right after the
+    registration, while one stopped earlier dies at once (see `_end_group`)."""
+    deadline = time.monotonic() + timeout
+    query = "SELECT count(*) FROM procrastinate_workers WHERE id > %s"
+    while True:
+        row = database.execute(query, (known,)).fetchone()
+        if row is not None and row[0] >= len(workers):
+            return
+        for process in workers:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode} before it took jobs")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the sync workers did not start within {timeout:g} s")
+        time.sleep(0.1)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -163,6 +202,41 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    _end_group(process.pid)
+
+
+def group_members(group: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _end_group(group: int, grace: float = 5.0) -> None:
+    """End what a stopped child left in its process group. A connector or worker stopped while
+    starting (before its signal handlers) dies at once and leaves its validation pool behind: the
+    forkserver, its workers and multiprocessing's resource tracker, orphans that keep our output
+    pipe open. SIGTERM ends the pool's processes quietly, after which the tracker sees its pipe
+    close, cleans up and exits; whatever is still there after `grace` seconds is killed."""
+    if not group_members(group):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while group_members(group):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            return
+        time.sleep(0.05)
 
 
 def _spawn(
@@ -257,8 +331,14 @@ def start_stack(config: StackConfig) -> Stack:
         for name, process in stack.processes.items():
             wait_ready(stack.ready_url(name), process, config.ready_seconds)
         # After the connector: it applied the migrations, and an embedded server is up to share.
-        for number in range(1, config.workers + 1):
-            stack.start_worker(f"worker-{number}")
+        if config.workers:
+            conninfo = database_conninfo(connector)
+            with psycopg.connect(conninfo, autocommit=True) as database:
+                known = _last_worker_id(database)
+                for number in range(1, config.workers + 1):
+                    stack.start_worker(f"worker-{number}")
+                workers = [stack.processes[f"worker-{n}"] for n in range(1, config.workers + 1)]
+                wait_workers_registered(database, known, workers, config.ready_seconds)
     except BaseException:
         stack.stop()
         raise
