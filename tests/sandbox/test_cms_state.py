@@ -4,7 +4,9 @@ written; a bad file is refused with a clear error; the file is private and repla
 
 from __future__ import annotations
 
+import dataclasses
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -13,7 +15,7 @@ import pytest
 from bluebutton.sandbox.cms.cli import build_parser, config_from_args
 from bluebutton.sandbox.cms.data import claim_count
 from bluebutton.sandbox.cms.schedule import WEEK_SECONDS
-from bluebutton.sandbox.cms.state import FORMAT, StateFile, StateFileError
+from bluebutton.sandbox.cms.state import FORMAT, StateFile, StateFileError, from_json
 from tests.sandbox.test_cms_emulator import FakeClock, open_cms
 
 USER = 2  # BBUser00002: 7 claims
@@ -126,3 +128,23 @@ def test_a_save_replaces_the_file_whole_and_skips_an_unchanged_state(tmp_path: P
     assert path.stat().st_ino != first.st_ino  # a new file renamed over the old one
     assert path.read_bytes() == b'{"a": 2}'
     assert [p.name for p in tmp_path.iterdir()] == ["cms-state.json"]  # no temporary left
+
+
+@dataclass(frozen=True)
+class _Inner:
+    flag: bool = False
+
+
+@dataclass
+class _Outer:
+    name: str
+    scopes: tuple[str, ...]
+    inner: _Inner = field(default_factory=_Inner)
+    note: str | None = None
+
+
+def test_records_come_back_with_tuples_and_nested_records() -> None:
+    record = _Outer("a", ("x", "y"), _Inner(flag=True))
+    again = from_json(_Outer, orjson.loads(orjson.dumps(dataclasses.asdict(record))))
+    assert again == record and isinstance(again.inner, _Inner)
+    assert from_json(_Outer, {"name": "b", "scopes": []}) == _Outer("b", ())  # a field added later

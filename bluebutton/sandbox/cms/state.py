@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_type_hints
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,11 +82,19 @@ def save_state(
     state_file.save(snapshot(tokens, clock, epoch, dataset))
 
 
-def _record(kind: type[Any], fields: dict[str, Any]) -> Any:
-    # JSON has no tuples: the scope lists (and a grant's key) come back as lists.
-    return kind(
-        **{name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}
-    )
+def from_json(kind: type[Any], fields: dict[str, Any]) -> Any:
+    """A record of dataclass `kind` from its `dataclasses.asdict` form read back from JSON: lists
+    become tuples again (scopes), and a field declared as a dataclass (a token's consent, say) is
+    built from its dict, so records gain fields without this module changing."""
+    hints = get_type_hints(kind)
+    values = {}
+    for name, value in fields.items():
+        hint = hints.get(name)
+        if isinstance(value, dict) and isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            values[name] = from_json(hint, value)
+        else:
+            values[name] = tuple(value) if isinstance(value, list) else value
+    return kind(**values)
 
 
 def _key(value: Any) -> Any:
@@ -99,7 +107,7 @@ def restore(state: dict[str, Any], tokens: TokenStore, clock: EmulatedClock, dat
         if state.get("format") != FORMAT:
             raise StateFileError(f"format {state.get('format')!r}, expected {FORMAT}")
         loaded = {
-            name: {_key(key): _record(kind, fields) for key, fields in state["tokens"][name]}
+            name: {_key(key): from_json(kind, fields) for key, fields in state["tokens"][name]}
             for name, kind in _TABLES.items()
         }
         offset = float(state["clock_offset"])
