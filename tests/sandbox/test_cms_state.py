@@ -11,11 +11,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from bluebutton.sandbox.cms.cli import build_parser, config_from_args
 from bluebutton.sandbox.cms.data import claim_count
 from bluebutton.sandbox.cms.schedule import WEEK_SECONDS
-from bluebutton.sandbox.cms.state import FORMAT, StateFile, StateFileError, from_json
+from bluebutton.sandbox.cms.state import FORMAT, StateFile, StateFileError, StateMiddleware, from_json
 from tests.sandbox.test_cms_emulator import FakeClock, open_cms
 
 USER = 2  # BBUser00002: 7 claims
@@ -148,3 +149,33 @@ def test_records_come_back_with_tuples_and_nested_records() -> None:
     again = from_json(_Outer, orjson.loads(orjson.dumps(dataclasses.asdict(record))))
     assert again == record and isinstance(again.inner, _Inner)
     assert from_json(_Outer, {"name": "b", "scopes": []}) == _Outer("b", ())  # a field added later
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "saves"),
+    [
+        pytest.param("GET", "/v2/fhir/ExplanationOfBenefit/", 0, id="a-fhir-read"),
+        pytest.param("POST", "/v2/o/token/", 2, id="the-token-endpoint"),
+        pytest.param("GET", "/v2/o/authorize/", 2, id="an-authorization-starts"),
+        pytest.param("POST", "/_sandbox/clock", 2, id="an-admin-call"),
+    ],
+)
+async def test_the_state_is_saved_before_the_response_except_after_fhir_reads(
+    method: str, path: str, saves: int
+) -> None:
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Message) -> None:
+        events.append(message["type"])
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    middleware = StateMiddleware(app, lambda: events.append("saved"))
+    await middleware({"type": "http", "method": method, "path": path}, receive, send)
+    expected = ["saved", "http.response.start", "http.response.body", "saved"]
+    assert events == (expected if saves else ["http.response.start", "http.response.body"])
