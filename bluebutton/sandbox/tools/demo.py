@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="show the embedded PostgreSQL's and the job engine's INFO logs (initdb, every job)",
+        help="show the INFO logs of the embedded PostgreSQL (initdb), the job engine (every job) and "
+        "the servers",
     )
     args = parser.parse_args(argv)
     if args.workers < 0:

@@ -332,13 +332,15 @@ def start_stack(config: StackConfig) -> Stack:
             wait_ready(stack.ready_url(name), process, config.ready_seconds)
         # After the connector: it applied the migrations, and an embedded server is up to share.
         if config.workers:
-            conninfo = database_conninfo(connector)
-            with psycopg.connect(conninfo, autocommit=True) as database:
-                known = _last_worker_id(database)
-                for number in range(1, config.workers + 1):
-                    stack.start_worker(f"worker-{number}")
-                workers = [stack.processes[f"worker-{n}"] for n in range(1, config.workers + 1)]
-                wait_workers_registered(database, known, workers, config.ready_seconds)
+            try:
+                with psycopg.connect(database_conninfo(connector), autocommit=True) as database:
+                    known = _last_worker_id(database)
+                    for number in range(1, config.workers + 1):
+                        stack.start_worker(f"worker-{number}")
+                    workers = [stack.processes[f"worker-{n}"] for n in range(1, config.workers + 1)]
+                    wait_workers_registered(database, known, workers, config.ready_seconds)
+            except psycopg.Error as e:
+                raise RuntimeError(f"cannot watch the sync workers start in the database: {e}") from e
     except BaseException:
         stack.stop()
         raise
