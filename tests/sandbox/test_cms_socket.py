@@ -117,6 +117,10 @@ def test_command_line_options_and_environment():
     assert build_parser({}).parse_args([]).port == 5300
     with pytest.raises(SystemExit):
         build_parser({}).parse_args(["--port", "http"])
+    assert build_parser({}).parse_args([]).log_level == "info"
+    assert build_parser({"BLUEBUTTON_SANDBOX_CMS_LOG_LEVEL": "warning"}).parse_args([]).log_level == "warning"
+    with pytest.raises(SystemExit):
+        build_parser({}).parse_args(["--log-level", "loud"])
 
 
 def test_config_refuses_unusable_values():

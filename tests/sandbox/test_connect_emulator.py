@@ -680,14 +680,18 @@ def test_cli_reads_the_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BLUEBUTTON_SANDBOX_CONNECT_NO_TLS", "true")
     monkeypatch.setenv("BLUEBUTTON_SANDBOX_CONNECT_RATE_LIMIT", "3")
     monkeypatch.setenv("BLUEBUTTON_SANDBOX_CONNECT_LFH_ID", "lfh-env")
+    monkeypatch.setenv("BLUEBUTTON_SANDBOX_CONNECT_LOG_LEVEL", "warning")
     config = parse_args(
         ["--port", "6000", "--no-validate", "--max-record-bytes", "5000", "--db", "/tmp/c.db"]
     )
     assert (config.port, config.tls, config.rate_limit, config.lfh_id) == (6000, False, 3, "lfh-env")
+    assert config.log_level == "warning"
     assert (config.validate, config.max_record_bytes, config.db) == (False, 5000, Path("/tmp/c.db"))
 
 
-@pytest.mark.parametrize("argv", [["--rate-limit", "-1"], ["--port", "x"], ["--max-record-bytes", "10"]])
+@pytest.mark.parametrize(
+    "argv", [["--rate-limit", "-1"], ["--port", "x"], ["--max-record-bytes", "10"], ["--log-level", "loud"]]
+)
 def test_cli_refuses_bad_values(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)

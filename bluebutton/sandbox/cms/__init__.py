@@ -5,6 +5,7 @@ and the benchmark. It is meant to be faithful, errors included (bb2-api.md): a p
 would hide the connector bugs we need to catch. Run it with
 
     python -m bluebutton.sandbox.cms [--port 5300] [--no-tls] [--claims 150] [--faults '{...}']
+                                     [--state cms-state.json]
 
 Every option can also come from `BLUEBUTTON_SANDBOX_CMS_<OPTION>` (e.g. `..._PORT=5300`,
 `..._REDIRECT_URI="https://a/cb,https://b/cb"`, `..._NO_TLS=1`); `--help` lists them.
@@ -25,6 +26,7 @@ Modules (one concern each; imports only point down this list's dependencies, nev
     clock.py        the emulated clock (real time plus an offset admin calls move forward)
     schedule.py     the weekly batches of new claims over emulated time
     counts.py       `/_sandbox/requests`: data and token requests seen (the benchmark's CMS calls)
+    state.py        `--state FILE`: tokens, grants, clock and added claims kept across restarts
     data.py         deterministic users, ids, claim lists and counts, the per-user cache
     beneficiary.py  Patient, Coverage and userinfo of a user
     claims.py       one ExplanationOfBenefit per claim type (valid R4 unless a defect is asked)

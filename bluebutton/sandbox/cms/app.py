@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -16,6 +18,7 @@ from bluebutton.sandbox.cms.faults import RAW_SEND_KEY, FaultMiddleware, FaultSt
 from bluebutton.sandbox.cms.fhir import FhirApi
 from bluebutton.sandbox.cms.oauth import OAuthApi
 from bluebutton.sandbox.cms.schedule import ClaimSchedule
+from bluebutton.sandbox.cms.state import StateFile, StateMiddleware, restore, save_state
 from bluebutton.sandbox.cms.tokens import TokenStore
 
 
@@ -28,7 +31,8 @@ class CmsApp(Starlette):
 
 
 def create_cms_app(config: CmsSandboxConfig) -> Starlette:
-    """A fresh emulator with empty token store; `app.state` exposes its parts to tests."""
+    """A fresh emulator (empty token store), or the one `config.state_path` kept; `app.state`
+    exposes its parts to tests."""
     clock = EmulatedClock(config.clock)
     tokens = TokenStore(
         clock=clock,
@@ -36,25 +40,31 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
         code_seconds=config.code_seconds,
         approval_seconds=config.approval_seconds,
     )
-    schedule = ClaimSchedule(clock(), config.weekly_claims)
-    dataset = CmsDataset(config.claims_override, config.cached_users, schedule, clock)
+    dataset = CmsDataset(config.claims_override, config.cached_users, None, clock)
     faults = FaultState(config.faults.model_copy())
     counts = RequestCounts()
+    middleware = [
+        # Outermost: CMS gzips on `Accept-Encoding: gzip` above 1 KB (bb2-api.md §5).
+        Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6),
+        Middleware(RequestCountMiddleware, counts=counts),  # before faults: they count too
+        Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms, sleep=config.sleep),
+    ]
+    epoch = clock()
+    if config.state_path is not None:
+        state_file = StateFile(config.state_path)
+        saved = state_file.load()
+        if saved is not None:
+            epoch = restore(saved, tokens, clock, dataset)
+        save = partial(save_state, state_file, tokens, clock, epoch, dataset)
+        middleware.append(Middleware(StateMiddleware, save=save))  # innermost: next to the change
+    dataset.schedule = ClaimSchedule(epoch, config.weekly_claims)
     routes = (
         OAuthApi(config, tokens).routes()
         + FhirApi(config, tokens, dataset, faults).routes()
         + AdminApi(tokens, dataset, faults, config.faults, clock).routes()
         + counts.routes()
     )
-    app = CmsApp(
-        routes=routes,
-        middleware=[
-            # Outermost: CMS gzips on `Accept-Encoding: gzip` above 1 KB (bb2-api.md §5).
-            Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6),
-            Middleware(RequestCountMiddleware, counts=counts),  # before faults: they count too
-            Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms, sleep=config.sleep),
-        ],
-    )
+    app = CmsApp(routes=routes, middleware=middleware)
     app.state.config = config
     app.state.clock = clock
     app.state.tokens = tokens

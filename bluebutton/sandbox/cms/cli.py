@@ -19,6 +19,7 @@ from bluebutton.sandbox.cms.config import (
     CmsSandboxConfig,
 )
 from bluebutton.sandbox.cms.faults import Faults
+from bluebutton.sandbox.cms.state import StateFileError
 
 
 def _truthy(value: str | None) -> bool:
@@ -70,6 +71,19 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     parser.add_argument(
         "--faults", default=env("FAULTS"), help="initial faults as JSON, e.g. '{\"rate_limit\": 2}'"
     )
+    parser.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default=env("LOG_LEVEL", "info"),
+        help="the server's log level (default info)",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=env("STATE"),
+        help="keep tokens, grants, the clock and added claims in this file across restarts "
+        "(default: in memory only)",
+    )
     return parser
 
 
@@ -89,6 +103,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.e
         faults=faults,
         access_token_seconds=args.access_token_seconds,
         weekly_claims=args.weekly_claims,
+        state_path=args.state,
     )
 
 
@@ -107,12 +122,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not option.is_file():
                 parser.error(f"TLS file not found: {option} (use --no-tls for plain HTTP)")
         tls = {"ssl_certfile": str(args.tls_cert), "ssl_keyfile": str(args.tls_key)}
+    try:
+        app = create_cms_app(config)
+    except StateFileError as exc:
+        parser.exit(2, f"cms sandbox: state file {args.state}: {exc}; delete it to start afresh\n")
     # access_log off: authorize callbacks and token calls carry codes in query strings.
     uvicorn.run(
-        create_cms_app(config),
+        app,
         host=args.host,
         port=args.port,
         access_log=False,
+        log_level=args.log_level,
         lifespan="off",
         timeout_graceful_shutdown=3,  # TLS keep-alive clients would hold a stop for 30 s
         **tls,

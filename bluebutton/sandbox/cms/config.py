@@ -41,6 +41,7 @@ class CmsSandboxConfig:
     entry_full_url: bool = False  # CMS sends entries without fullUrl; True adds it
     app_name: str = "LinuxForHealth connect Blue Button connector"
     clock: Callable[[], float] = time.time  # injectable for expiry tests
+    state_path: Path | None = None  # tokens, grants, clock, added claims kept there (state.py)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the latency fault's; tests record it
 
     def __post_init__(self) -> None:

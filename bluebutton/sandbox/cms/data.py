@@ -347,6 +347,63 @@ class CmsDataset:
         self._claims.pop(user, None)
         return target.id
 
+    def kept(self) -> dict[str, Any]:
+        """The claims added or changed through the admin API, as JSON-ready data (`state.py`)."""
+        return {
+            "added": {
+                str(user): [
+                    [
+                        c.id,
+                        c.kind,
+                        c.claim_id,
+                        c.patient,
+                        c.start.isoformat(),
+                        c.end.isoformat(),
+                        c.last_updated.isoformat(),
+                        c.seed,
+                        c.defect,
+                    ]
+                    for c in claims
+                ]
+                for user, claims in self._added.items()
+            },
+            "changed": {
+                str(user): {
+                    eob_id: [seed, updated.isoformat()] for eob_id, (seed, updated) in changes.items()
+                }
+                for user, changes in self._changed.items()
+            },
+        }
+
+    def restore_kept(self, kept: dict[str, Any]) -> None:
+        """Put back what `kept` returned (a restarted emulator); raises KeyError/TypeError/ValueError."""
+        added = {
+            int(user): [
+                Claim(
+                    eob_id,
+                    kind,
+                    claim_id,
+                    patient,
+                    date.fromisoformat(start),
+                    date.fromisoformat(end),
+                    datetime.fromisoformat(updated),
+                    int(seed),
+                    defect,
+                )
+                for eob_id, kind, claim_id, patient, start, end, updated, seed, defect in claims
+            ]
+            for user, claims in kept["added"].items()
+        }
+        changed = {
+            int(user): {
+                eob_id: (int(seed), datetime.fromisoformat(updated))
+                for eob_id, (seed, updated) in ids.items()
+            }
+            for user, ids in kept["changed"].items()
+        }
+        self._added, self._changed = added, changed
+        self._claims.clear()
+
     def claim(self, user: int, eob_id: str) -> Claim | None:
         return next((c for c in self.claims(user) if c.id == eob_id), None)
 

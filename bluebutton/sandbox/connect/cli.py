@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ssl_certfile=config.tls_cert if config.tls else None,
             ssl_keyfile=config.tls_key if config.tls else None,
             access_log=False,
+            log_level=config.log_level,
             timeout_graceful_shutdown=3,  # TLS keep-alive clients would hold a stop for 30 s
         )
     except OSError as e:

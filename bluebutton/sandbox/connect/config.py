@@ -23,6 +23,9 @@ default 1,000,000 it reproduces connect's measured limit (999,964-byte envelopes
 refused; lfh-connect.md §6)."""
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectSandboxConfig:
     """Start-up settings; `rate_limit` and `validate` can be changed later via /_sandbox/faults."""
@@ -39,6 +42,7 @@ class ConnectSandboxConfig:
     validate: bool = True
     null_location_share: float = 0.0  # share of stored POSTs answered without a location (§7)
     lfh_id: str = field(default_factory=socket.gethostname)
+    log_level: str = "info"  # uvicorn's; the demo asks for warning unless --verbose
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -107,6 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ConnectSandboxConfig:
         "Kafka callback race",
     )
     parser.add_argument("--lfh-id", default=env("LFH_ID", defaults.lfh_id))
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=env("LOG_LEVEL", defaults.log_level),
+        help="the server's log level (default info)",
+    )
     args = parser.parse_args(argv)
     try:
         return ConnectSandboxConfig(
@@ -122,6 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ConnectSandboxConfig:
             validate=not args.no_validate,
             null_location_share=args.null_location_share,
             lfh_id=args.lfh_id,
+            log_level=args.log_level,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -3,13 +3,16 @@ emulated connect, the connector with grant keeping on an embedded PostgreSQL, an
 
 Everything listens on localhost over HTTPS with the `local-certs` CA; Ctrl-C stops it all. The
 ports are checked before anything starts: a busy one is named and the demo exits 1. The database
-(`<data dir>/postgres/`), the operator key and the token key live under `--data-dir` (`.data/`,
-ignored by git), the keys in files only their owner can read, so grants survive a restart.
+(`<data dir>/postgres/`), the operator key, the token key and the emulated CMS's state (its tokens,
+grants, clock and added claims: `cms-state.json`) live under `--data-dir` (`.data/`, ignored by
+git), in files only their owner can read, so kept grants go on refreshing after a restart. One
+demo at a time uses a data directory (`demo.lock`): a second is refused before it starts anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import secrets
 import signal
@@ -32,6 +35,8 @@ from bluebutton.sync.crypto import new_key
 
 ADMIN_KEY_FILE = "admin-key"
 TOKEN_KEYS_FILE = "token-keys"  # noqa: S105 - a file name, not a secret
+CMS_STATE_FILE = "cms-state.json"
+LOCK_FILE = "demo.lock"
 
 BANNER = """
 bluebutton offline demo is running (Ctrl-C stops it)
@@ -71,6 +76,32 @@ Keep data current (PostgreSQL in {pgdata}, {workers} sync worker(s))
 """
 
 
+class DataDirBusy(RuntimeError):
+    """Another demo holds the data directory: two would share one PostgreSQL and job queue, and
+    each one's worker would run the other's syncs against the wrong emulated CMS."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold `<data dir>/demo.lock` (flock) for this process's life; its descriptor, left open.
+
+    The kernel drops the lock when the process ends however it ends, so a killed demo never
+    leaves a stale lock. The file holds the holder's pid, for the refusal message."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(descriptor)
+        raise DataDirBusy(
+            f"another demo (pid {holder}) is using {data_dir}; stop it, or give this one its own "
+            "--data-dir (and --db)"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+    return descriptor
+
+
 class SecretFileError(RuntimeError):
     """A key file others can read, or one that cannot be read or written."""
 
@@ -108,6 +139,13 @@ def sync_env(data_dir: Path) -> dict[str, str]:
     }
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C: stop, and ignore the next ones, which would cut the stop short (in `start_stack`'s
+    clean-up as well as ours) and leave a child or the embedded PostgreSQL running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bluebutton.sandbox.tools.demo", description=__doc__)
     parser.add_argument("--port", type=int, default=5200, help="connector port (default 5200)")
@@ -120,24 +158,35 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir",
         type=Path,
         default=ROOT / ".data",
-        help="grant keeping's PostgreSQL (postgres/) and key files (default .data)",
+        help="grant keeping's PostgreSQL (postgres/), key files, the emulated CMS's state; one demo at a "
+        "time (default .data)",
     )
     parser.add_argument("--workers", type=int, default=1, help="standalone sync workers (default 1)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the INFO logs of the embedded PostgreSQL (initdb), the job engine (every job) and "
+        "the servers",
+    )
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must not be negative")
     data_dir = args.data_dir.resolve()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, _interrupt_once)
     config = StackConfig(
         cms_port=args.cms_port,
         connect_port=args.connect_port,
         connector_port=args.port,
         connect_db=args.db,
         workers=args.workers,
+        cms_args=["--state", str(data_dir / CMS_STATE_FILE)],
+        quiet=not args.verbose,
     )
     try:
         check_ports_free(configured_ports(config))  # before any key file is written
+        lock_data_dir(data_dir)  # before anything uses it; held until we exit
         config.connector_env = sync_env(data_dir)
         stack = start_stack(config)
     except PortBusy as e:
@@ -147,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (SecretFileError, OSError) as e:
+    except (DataDirBusy, SecretFileError, OSError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # a child exited or never answered; its output is above
         print(f"demo: could not start: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while starting: `start_stack` stopped what it had started
+        print("demo: stopped", flush=True)
+        return 0
     try:
         print(
             BANNER.format(
@@ -175,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a signal now must not cut the stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         print("demo: stopped", flush=True)
     return 0
