@@ -66,8 +66,7 @@ def _error_answer(
 ) -> Response:
     """An `OperationOutcome`, or the HTML error page for a browser on the authorization routes."""
     if request.url.path in BROWSER_PATHS and wants_html(request.headers.get("accept", "")):
-        html, page_headers = error_page(issues, status)
-        return HTMLResponse(html, status, headers={**(headers or {}), **page_headers})
+        return error_page(issues, status, headers)
     return outcome(issues, status, headers)
 
 

@@ -26,8 +26,9 @@ from bluebutton.sync.errors import RunNotFoundError
 from bluebutton.sync.grants import SYNCING
 from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
-from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, render, totals
+from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, totals
 from bluebutton.web.console.session import SESSION_SECONDS, SIGN_IN_SECONDS, Session, SessionSigner, same_key
+from bluebutton.web.pages import render
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class Console:
         return self.signer.verify("session", self.request.cookies.get(SESSION_COOKIE), self.now)
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html, headers = render(template, **{"home": HOME, "refresh": False, "signed_in": False, **context})
-        return HTMLResponse(html, status_code=status, headers=headers)
+        values = {"home": HOME, "refresh": False, "signed_in": False, **context}
+        return render(f"console/{template}", status, forms=True, referrer="same-origin", **values)
 
     def off_page(self) -> HTMLResponse | None:
         """The page saying what to configure, or None when the console can work."""

@@ -11,7 +11,7 @@ import uuid
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
 from bluebutton.cms.oauth import TokenSet
@@ -21,7 +21,6 @@ from bluebutton.sync import ledger, runs
 from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
 from bluebutton.sync.service import SyncService, sync_off
-from bluebutton.web.enrolled_page import enrolled_page
 from bluebutton.web.grant_schemas import (
     Enrolment,
     GrantInfo,
@@ -31,6 +30,7 @@ from bluebutton.web.grant_schemas import (
     RunList,
     RunQueued,
 )
+from bluebutton.web.pages import render
 from bluebutton.web.schemas import outcome_responses
 
 router = APIRouter(tags=["grants"])
@@ -146,8 +146,8 @@ async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Respons
     """The callback's answer for sync=true: the grant is stored, the refresh token never leaves."""
     grant_id, run_id = await require_sync(request).enrol(tokens)
     if html:
-        page, headers = enrolled_page(tokens, grant_id)
-        return HTMLResponse(page, headers=headers)
+        grant_page = f"/bluebutton/console/grants/{grant_id}"  # the console's; the JSON API needs a key
+        return render("enrolled.html", tokens=tokens, grant_id=grant_id, grant_page=grant_page)
     body = Enrolment(
         grant_id=grant_id,
         run_id=run_id,

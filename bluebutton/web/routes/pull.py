@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from bluebutton.cms.oauth import callback_error, new_pending_authorization
 from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.pull.idempotency import HEADER_DOC
-from bluebutton.web.callback_page import callback_page
 from bluebutton.web.deps import (
     BearerTokenDep,
     CmsDep,
@@ -23,6 +22,7 @@ from bluebutton.web.deps import (
     ValidatorDep,
 )
 from bluebutton.web.error_page import wants_html
+from bluebutton.web.pages import render
 from bluebutton.web.routes import grants as sync_routes
 from bluebutton.web.schemas import (
     AuthorizeLink,
@@ -203,8 +203,7 @@ async def authorize_callback(
     if authorization.sync:
         return await sync_routes.enrolled(request, tokens, html=_wants_html(request))
     if _wants_html(request):
-        html, headers = callback_page(tokens)
-        return HTMLResponse(html, headers=headers)
+        return render("callback.html", script=True, tokens=tokens)
     return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
 
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, instant, render, totals
+from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, instant, totals
+from bluebutton.web.pages import render
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -52,13 +53,14 @@ def test_instants_are_shown_in_utc() -> None:
 
 
 def test_template_values_are_escaped() -> None:
-    html, headers = render(
-        "disconnect.html",
+    page = render(
+        "console/disconnect.html",
         home="/c",
         csrf="t",
         signed_in=True,
         refresh=False,
         grant={"id": "g", "patient": "<script>alert(1)</script>"},
     )
+    html = bytes(page.body).decode()
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
