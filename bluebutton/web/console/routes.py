@@ -1,8 +1,8 @@
 """The operator console: sign in with the admin key, then list grants, open a grant or a run,
 sync now, disconnect. Server-rendered pages; every state change is a POST carrying a CSRF token.
 
-Reads go through the sync service and its modules (`grants_json`, `runs`, `ledger`), so the
-console and the JSON operator API show the same data from the same queries.
+Reads go through the sync service and `sync/listing.py` (paged, a fixed number of queries per
+page), so the console and the JSON operator API show the same data from the same queries.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from bluebutton.errors import NotConfiguredError
+from bluebutton.errors import InvalidQueryError, NotConfiguredError
 from bluebutton.settings import Settings
-from bluebutton.sync import ledger, runs
+from bluebutton.sync import listing, runs
 from bluebutton.sync.errors import RunNotFoundError
-from bluebutton.sync.grants import SYNCING
+from bluebutton.sync.grants import STATES, SYNCING, GrantState
+from bluebutton.sync.keyset import MAX_CURSOR
 from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
-from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, totals
+from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, run_chart, totals
 from bluebutton.web.console.session import SESSION_SECONDS, SIGN_IN_SECONDS, Session, SessionSigner, same_key
 from bluebutton.web.pages import render
 
@@ -36,8 +38,10 @@ HOME = "/bluebutton/console"
 SESSION_COOKIE = "bluebutton_console"
 SIGN_IN_COOKIE = "bluebutton_console_sign_in"
 WRONG_KEY_DELAY = 1.0  # seconds before a refused sign-in answers: slows guessing, not operators
-LIST_LIMIT = 1000
-RUNS_SHOWN = 20
+GRANTS_SHOWN = 50  # a page of the grant list
+RUNS_SHOWN = 20  # a page of a grant's runs
+RECORDS_SHOWN = 100  # a page of a grant's records
+CHART_RUNS = 60  # runs in a grant's history chart
 
 router = APIRouter(include_in_schema=False)
 
@@ -153,25 +157,56 @@ def _signed_in(console: Console) -> Operator | None:
     return _operator(console, session)
 
 
+def _filter_state(state: str) -> GrantState | None:
+    """The state filter of the grants page ("" from the form: every state)."""
+    if not state:
+        return None
+    if state not in STATES:
+        raise InvalidQueryError(f"state: {state!r} is not a grant state; use one of {', '.join(STATES)}")
+    return state
+
+
+def _link(path: str, **query: str | None) -> str:
+    """`path` with the query parameters that have a value."""
+    kept = {name: value for name, value in query.items() if value}
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
 @router.get(HOME)
-async def home(console: ConsoleDep) -> Response:
+async def home(
+    console: ConsoleDep,
+    state: Annotated[str, Query(max_length=20)] = "",
+    patient: Annotated[str, Query(max_length=64)] = "",
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+) -> Response:
     if (off := console.off_page()) is not None:
         return off
     operator = _signed_in(console)
     if operator is None:
         return console.sign_in_form()
-    listed = await operator.service.grants_json(None, LIST_LIMIT)
-    for grant in listed:
+    chosen, search = _filter_state(state), patient.strip() or None
+    page, counts = await listing.grants_page(
+        operator.service.pool, state=chosen, patient=search, limit=GRANTS_SHOWN, cursor=cursor
+    )
+    for grant in page.items:
         grant["days_left"] = days_left(grant["access_grant_expiration"], operator.now)
         grant["totals"] = totals(grant["last_run"])
     return console.page(
         "grants.html",
-        grants=listed,
+        grants=page.items,
+        page=page,
+        counts=counts,
+        state=chosen,
+        patient=search or "",
+        states=STATES,
+        state_links={s: _link(HOME, state=s, patient=search) for s in (None, *STATES)},
+        next_link=_link(HOME, state=chosen, patient=search, cursor=page.next_cursor),
+        first_link=_link(HOME, state=chosen, patient=search) if cursor else None,
         csrf=operator.csrf,
         signed_in=True,
         warn_days=WARN_DAYS,
         syncing=SYNCING,
-        refresh=in_progress(*(g["last_run"] for g in listed)),
+        refresh=in_progress(*(g["last_run"] for g in page.items)),
     )
 
 
@@ -210,26 +245,42 @@ async def sign_out(operator: PostedDep) -> Response:
 
 
 @router.get(f"{HOME}/grants/{{grant_id}}")
-async def grant_page(grant_id: uuid.UUID, console: ConsoleDep, queued: int | None = None) -> Response:
+async def grant_page(
+    grant_id: uuid.UUID,
+    console: ConsoleDep,
+    queued: int | None = None,
+    runs_from: Annotated[str | None, Query(alias="runs", max_length=MAX_CURSOR)] = None,
+    records_from: Annotated[str | None, Query(alias="records", max_length=MAX_CURSOR)] = None,
+) -> Response:
     operator = _signed_in(console)
     if operator is None:
         return _see(HOME)
+    pool = operator.service.pool
     grant = await operator.service.grant_json(grant_id)
     grant["days_left"] = days_left(grant["access_grant_expiration"], operator.now)
-    grant_runs = [runs.as_json(r) for r in await runs.of_grant(operator.service.pool, grant_id, RUNS_SHOWN)]
-    for run in grant_runs:
+    run_page = await listing.runs_page(pool, grant_id, RUNS_SHOWN, runs_from)
+    for run in run_page.items:
         run["totals"] = totals(run)
+    record_page = await listing.records_page(pool, grant_id, RECORDS_SHOWN, records_from)
+    here = f"{HOME}/grants/{grant_id}"
     return console.page(
         "grant.html",
         grant=grant,
-        runs=grant_runs,
-        records=await ledger.records(operator.service.pool, grant_id),
+        runs=run_page.items,
+        run_page=run_page,
+        records=record_page.items,
+        record_page=record_page,
+        chart=run_chart(await runs.history(pool, grant_id, CHART_RUNS)),
+        next_runs=_link(here, runs=run_page.next_cursor, records=records_from),
+        first_runs=_link(here, records=records_from) if runs_from else None,
+        next_records=_link(here, runs=runs_from, records=record_page.next_cursor),
+        first_records=_link(here, runs=runs_from) if records_from else None,
         csrf=operator.csrf,
         signed_in=True,
         warn_days=WARN_DAYS,
         syncing=SYNCING,
         queued=queued,
-        refresh=in_progress(*grant_runs[:1]),
+        refresh=in_progress(*run_page.items[:1]) and not runs_from,
     )
 
 
