@@ -7,7 +7,8 @@ user; pulls once with `return_cms` to size the Bundle; runs the pull several tim
 validation, sequential POSTs) and prints both. The connector's RSS is read from /proc: its peak
 over all pulls against its idle RSS before the first.
 
-`bench sync` runs the grant-keeping benchmark instead (`bench_sync.py`).
+`bench sync` runs the grant-keeping benchmark instead (`bench_sync.py`), `bench grants` the
+operator listings at 10,000 and 100,000 grants (`bench_grants.py`).
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         from bluebutton.sandbox.tools.bench_sync import main as sync_main
 
         return sync_main(argv[1:])
+    if argv[:1] == ["grants"]:  # `pipenv run bench grants`: the paged listings at scale (bench_grants.py)
+        from bluebutton.sandbox.tools.bench_grants import main as grants_main
+
+        return grants_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--claims", type=int, default=150)
     parser.add_argument("--rtt-ms", type=int, default=100, help="latency the emulated CMS adds")
