@@ -27,7 +27,6 @@ _SELECT = (
 )
 _SELECT_ONE = _SELECT + "WHERE id = %s"
 _SELECT_LOCKED = _SELECT + "WHERE id = %s FOR UPDATE"
-_SELECT_MANY = _SELECT + "WHERE (%s::text IS NULL OR state = %s) ORDER BY created_at, id LIMIT %s"
 SYNCING: tuple[GrantState, ...] = ("active", "failing")
 STATES: tuple[GrantState, ...] = ("active", "failing", "expired", "revoked", "disconnected")
 
@@ -115,12 +114,6 @@ async def get_with(connection: AsyncConnection, grant_id: uuid.UUID, *, lock: bo
         await cursor.execute(_SELECT_LOCKED if lock else _SELECT_ONE, (grant_id,))
         row = await cursor.fetchone()
     return Grant.from_row(row) if row else None
-
-
-async def list_grants(pool: AsyncConnectionPool, state: GrantState | None, limit: int) -> list[Grant]:
-    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(_SELECT_MANY, (state, state, limit))
-        return [Grant.from_row(row) for row in await cursor.fetchall()]
 
 
 async def store_tokens(

@@ -143,6 +143,11 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
 
     page.click("#connect")
     enrol_at_cms(tab, USER)
+    # The enrolment page's grant link opens the grant in the console (signed in: same browser).
+    page.click("#grant-link")
+    page.wait_for_selector("#state")
+    assert page.url.startswith(f"{stack.connector_url}{HOME}/grants/")
+    tab.shoot("grant-from-enrolment")
 
     page.goto(f"{stack.connector_url}{HOME}")
     row = page.locator("tr.grant")
@@ -157,6 +162,9 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     assert row.locator("td.count-new").inner_text() == str(new) and new > 0
     assert row.locator("td.state").inner_text() == "active"
     assert row.locator("td.days-left").inner_text().startswith("in ")
+    claims = first["resources"]["ExplanationOfBenefit"]["new"]
+    assert row.locator("td.claims-held").inner_text() == str(claims)
+    assert row.locator("td.last-success").inner_text().endswith("UTC")
 
     added = e2e.client.post(f"{stack.cms_url}/_sandbox/add_claims", json={"user": USER, "count": ADDED})
     assert added.status_code == 200, added.text
@@ -168,7 +176,17 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     run = page.locator(f"#run-{run_id[1]}")
     expect(run.locator("td.run-status")).to_have_text("succeeded", timeout=RUN_WAIT_MS)
     assert run.locator("td.count-new").inner_text() == str(ADDED)
+    page.reload()  # the chart is drawn once the run has ended
+    bars = page.locator("#run-chart rect.bar")
+    expect(bars).to_have_count(2)
+    # The second bar (the added claims) is drawn, under the page's CSP, in the stylesheet's colour.
+    assert bars.nth(1).evaluate("e => getComputedStyle(e).fill") == "rgb(11, 92, 173)"
+    assert bars.nth(1).evaluate("e => e.getBBox().height") > 0
     tab.shoot("sync-done")
+    page.goto(f"{stack.connector_url}{HOME}")
+    expect(row.locator("td.claims-held")).to_have_text(str(claims + ADDED))
+    tab.shoot("grant-list")
+    page.goto(f"{stack.connector_url}{HOME}/grants/{grant_id}")
 
     page.click("#disconnect")
     page.wait_for_selector("#confirm-disconnect")
