@@ -45,10 +45,11 @@ def _first_error(issues: list[dict[str, Any]] | None) -> str | None:
 
 def _state_reason(grant: Grant, last_failure: str | None) -> str | None:
     """Why the grant is in its state, when that needs saying: an ended grant's cause, or a failing
-    grant's latest error and how many attempts in a row failed."""
+    grant's latest error (first: what an operator reads) and how many attempts in a row failed."""
     if grant.state == "failing":
-        tries = f"{grant.consecutive_failures} failed attempt{'s' if grant.consecutive_failures != 1 else ''}"
-        return f"{tries} in a row; retried with backoff. Last: {last_failure}" if last_failure else tries
+        count = grant.consecutive_failures
+        tries = f"{count} failure{'s' if count != 1 else ''} in a row, retried with backoff"
+        return f"{last_failure} ({tries})" if last_failure else tries
     return grants.ended_reason(grant.state)
 
 

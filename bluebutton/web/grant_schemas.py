@@ -83,7 +83,7 @@ class GrantInfo(BaseModel):
     quarantined: list[QuarantinedEntry]
     state_reason: str | None = Field(
         description="Why the grant is in its state: an ended grant's cause, or a failing grant's "
-        "attempts in a row and latest error; None when active"
+        "failures in a row and latest error; None when active"
     )
     last_succeeded_at: datetime | None = Field(description="When the last succeeded or partial run ended")
     last_failure: LastFailure | None = Field(description="The grant's last failed run, if any")

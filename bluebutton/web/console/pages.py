@@ -60,6 +60,7 @@ class Chart:
     bars: list[Bar]
     first: str
     last: str
+    last_x: float  # where the last bar ends: the last date is written under it
 
 
 CHART_WIDTH, CHART_HEIGHT = 640, 170
@@ -84,8 +85,8 @@ def run_chart(history: list[dict[str, Any]]) -> Chart | None:
     plot_w = CHART_WIDTH - _LEFT - _RIGHT
     plot_h = CHART_HEIGHT - _TOP - _BOTTOM
     scale_max = _nice_ceiling(max(max(int(r["new_claims"]) for r in history), 1))
-    slot = plot_w / len(history)
-    width = max(min(slot * 0.7, 28.0), 1.0)
+    slot = min(plot_w / len(history), 36.0)  # few runs: bars of a fixed width from the left
+    width = max(slot * 0.7, 1.0)
     bars = []
     for index, run in enumerate(history):
         new = int(run["new_claims"])
@@ -104,4 +105,7 @@ def run_chart(history: list[dict[str, Any]]) -> Chart | None:
             )
         )
     first, last = (r["finished_at"].astimezone(UTC).strftime("%Y-%m-%d") for r in (history[0], history[-1]))
-    return Chart(CHART_WIDTH, CHART_HEIGHT, _TOP, _LEFT, CHART_HEIGHT - _BOTTOM, scale_max, bars, first, last)
+    last_x = round(bars[-1].x + bars[-1].width, 1)
+    return Chart(
+        CHART_WIDTH, CHART_HEIGHT, _TOP, _LEFT, CHART_HEIGHT - _BOTTOM, scale_max, bars, first, last, last_x
+    )

@@ -12,11 +12,13 @@ Screenshots of each step go to `test-artifacts/browser/` (gitignored).
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from bluebutton.sandbox.tools.bench_grants import fill
 from bluebutton.sandbox.tools.stack import CERTS, Stack, StackConfig, free_port, wait_ready
 from bluebutton.sync.crypto import new_key
 from bluebutton.web.console.routes import HOME, SESSION_COOKIE
@@ -94,6 +96,38 @@ def plain_http(stack: Stack) -> str:
     )
     wait_ready(f"http://127.0.0.1:{port}/health", stack.processes["connector-http"])
     return str(port)
+
+
+@pytest.fixture(scope="module")
+def filled_console(stack: Stack, database_server: str) -> Iterator[str]:
+    """A third connector over plain HTTP on 127.0.0.1, on a database of its own holding 250 grants
+    filled by the paging benchmark's bulk SQL (80 % active, 8 % failing, ...)."""
+    with fresh_database(database_server, "bluebutton_console_filled") as url:
+        port = free_port()
+        args, env = stack.commands["connector"]
+        stack.launch(
+            "connector-filled",
+            args,
+            {
+                **env,
+                "BLUEBUTTON_DATABASE_URL": url,
+                "BLUEBUTTON_TLS": "false",
+                "BLUEBUTTON_PORT": str(port),
+                "BLUEBUTTON_SYNC_WORKER": "off",
+            },
+        )
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/health", stack.processes["connector-filled"])
+            fill(url, 250)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process = stack.processes.pop("connector-filled")  # stopped before its database goes
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +216,7 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     # The second bar (the added claims) is drawn, under the page's CSP, in the stylesheet's colour.
     assert bars.nth(1).evaluate("e => getComputedStyle(e).fill") == "rgb(11, 92, 173)"
     assert bars.nth(1).evaluate("e => e.getBBox().height") > 0
-    tab.shoot("sync-done")
+    tab.shoot("sync-done", full_page=False)
     page.goto(f"{stack.connector_url}{HOME}")
     expect(row.locator("td.claims-held")).to_have_text(str(claims + ADDED))
     tab.shoot("grant-list")
@@ -212,6 +246,37 @@ def test_the_secure_cookie_works_over_plain_http_on_loopback(tab: Tab, plain_htt
     session = cookies[SESSION_COOKIE]
     assert (session["secure"], session["httpOnly"], session["sameSite"]) == (True, True, "Strict")
     assert session["path"] == HOME
+    assert tab.offsite == []
+
+
+def test_a_console_of_250_grants_pages_filters_and_explains(tab: Tab, filled_console: str) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    sign_in(tab, filled_console)
+    expect(page.locator("tr.grant")).to_have_count(50)
+    tab.shoot("250-grants")
+    page.click("#next-page")
+    expect(page.locator("#first-page")).to_be_visible()
+    assert "50 shown of 250" in page.locator("#grants-pager").inner_text()
+    page.click("#count-failing")
+    rows = page.locator("tr.grant")
+    expect(rows).to_have_count(16)
+    assert "in a row" in rows.first.locator("td.state-reason").inner_text()
+    tab.shoot("failing-grants")
+    page.fill("#patient", "-1000000000012")
+    page.select_option("#state", "")
+    page.click("#search button")
+    expect(rows).to_have_count(10)
+    tab.shoot("patient-search")
+    page.select_option("#state", "failing")
+    page.fill("#patient", "")
+    page.click("#search button")
+    rows.first.locator("td.patient a").click()
+    expect(page.locator("#run-chart rect.bar")).to_have_count(2)
+    assert "503" in page.locator("#state-reason").inner_text()
+    assert "503" in page.locator("#last-failure").inner_text()
+    tab.shoot("failing-grant", full_page=False)
     assert tab.offsite == []
 
 

@@ -57,7 +57,7 @@ async def test_the_grant_list_pages_filters_and_searches(database_url: str, toke
         rows = grant_rows(failing)
         assert len(rows) == 16 and link(failing, "next-page") is None
         row = row_of(failing, f"grant-{rows[0]}")
-        assert cell(row, "state") == "failing" and "failed attempt" in cell(row, "state-reason")
+        assert cell(row, "state") == "failing" and "in a row" in cell(row, "state-reason")
         assert "503" in cell(row, "state-reason") and cell(row, "run-status") == "failed"
         assert cell(row, "claims-held") == "5" and cell(row, "last-success").endswith("UTC")
         assert 'class="current">failing 16<' in failing and "selected>failing<" in failing
