@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 Kind = Literal["new", "changed", "unchanged"]
@@ -196,6 +196,7 @@ async def quarantined_of(
     """`quarantined` for a page of grants in one query (every grant named, empty lists too)."""
     held: dict[uuid.UUID, list[dict[str, Any]]] = {grant_id: [] for grant_id in grant_ids}
     async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        set_json_loads(orjson.loads, cursor)
         await cursor.execute(
             "SELECT grant_id, resource_type, resource_id AS id, issues FROM bluebutton_quarantine "
             "WHERE grant_id = ANY(%s) ORDER BY grant_id, resource_type, resource_id",

@@ -10,9 +10,10 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from psycopg import AsyncConnection
+import orjson
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from bluebutton.events import outbox
@@ -165,6 +166,7 @@ async def last_finished(
 ) -> dict[uuid.UUID, dict[str, Any]]:
     """The newest run of each grant (any status), for the grant listing."""
     async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        fast_json(cursor)
         await cursor.execute(_LATEST, (grant_ids,))
         return {row["grant_id"]: row for row in await cursor.fetchall()}
 
@@ -186,12 +188,19 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def fast_json(cursor: AsyncCursor[Any]) -> None:
+    """jsonb columns read with orjson on this cursor: a page of 1,000 grants holds 2,000 of them,
+    and the standard json module took a quarter of the page's time."""
+    set_json_loads(orjson.loads, cursor)
+
+
 async def page_of_grant(
     pool: AsyncConnectionPool, grant_id: uuid.UUID, before: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """Up to `limit` runs of the grant, newest first, older than run `before` (keyset paging)."""
     query = _SELECT + "WHERE grant_id = %s AND id < %s ORDER BY id DESC LIMIT %s"
     async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        fast_json(cursor)
         await cursor.execute(query, (grant_id, before if before is not None else 2**63 - 1, limit))
         return await cursor.fetchall()
 
@@ -208,6 +217,7 @@ async def outcomes(pool: AsyncConnectionPool, grant_ids: list[uuid.UUID]) -> dic
     """Per grant, in one query: when its last successful run ended (`last_succeeded_at`) and the
     issues of its last failed run (`last_failure`: when, and the issues), for a page of grants."""
     async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        fast_json(cursor)
         await cursor.execute(
             "SELECT g.id, "
             "(SELECT r.finished_at FROM bluebutton_runs r WHERE r.grant_id = g.id "
