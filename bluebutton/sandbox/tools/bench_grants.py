@@ -273,6 +273,8 @@ def bench_size(grants: int, server: str | None, repeat: int) -> list[str]:
             pid = stack.processes["connector"].pid
             lines = [f"{grants:,} grants (filled in {filled:.1f} s by bulk SQL)"]
             lines += asyncio.run(measure(stack.connector_url, pid, conninfo, grants, repeat))
+            # Other work on the machine moves every figure: say how loaded it was.
+            lines.append(f"  load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return lines
 
 
