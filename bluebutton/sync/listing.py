@@ -20,6 +20,7 @@ from bluebutton.sync.grants import SYNCING, Grant, GrantState
 from bluebutton.sync.keyset import CursorError, decode, encode
 
 CLAIMS = "ExplanationOfBenefit"
+PATIENT_SEARCH = r"^[^\x00-\x1f\x7f]+$"  # a patient-id prefix: no control characters (PostgreSQL refuses NUL)
 
 
 @dataclass(frozen=True)

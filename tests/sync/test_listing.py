@@ -122,6 +122,8 @@ async def test_filters_by_state_and_patient_with_counts(database_url: str, token
         pytest.param({"limit": 1001}, "limit", id="page-too-big"),
         pytest.param({"limit": 0}, "limit", id="page-empty"),
         pytest.param({"state": "paused"}, "state", id="unknown-state"),
+        pytest.param({"patient": "-100\x00"}, "patient", id="nul-in-patient"),
+        pytest.param({"patient": "x" * 65}, "patient", id="patient-too-long"),
     ],
 )
 async def test_bad_paging_parameters_are_refused_naming_them(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from bluebutton.sync import listing, runs
 from bluebutton.sync.errors import RunNotFoundError
 from bluebutton.sync.grants import STATES, SYNCING, GrantState
 from bluebutton.sync.keyset import MAX_CURSOR
+from bluebutton.sync.listing import PATIENT_SEARCH
 from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
 from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, run_chart, totals
@@ -185,6 +187,8 @@ async def home(
     if operator is None:
         return console.sign_in_form()
     chosen, search = _filter_state(state), patient.strip() or None
+    if search is not None and not re.fullmatch(PATIENT_SEARCH, search):
+        raise InvalidQueryError("patient: a patient id has no control characters")
     page, counts = await listing.grants_page(
         operator.service.pool, state=chosen, patient=search, limit=GRANTS_SHOWN, cursor=cursor
     )

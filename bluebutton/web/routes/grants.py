@@ -21,6 +21,7 @@ from bluebutton.sync import listing, runs
 from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
 from bluebutton.sync.keyset import MAX_CURSOR
+from bluebutton.sync.listing import PATIENT_SEARCH
 from bluebutton.sync.service import SyncService, sync_off
 from bluebutton.web.grant_schemas import (
     Enrolment,
@@ -96,7 +97,13 @@ async def list_grants(
         GrantState | None, Query(description="Only grants in this state: " + ", ".join(STATES))
     ] = None,
     patient: Annotated[
-        str | None, Query(min_length=1, max_length=64, description="Only grants whose patient id starts so")
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=PATIENT_SEARCH,
+            description="Only grants whose patient id starts with this (no control characters)",
+        ),
     ] = None,
     limit: PageSize = 100,
     cursor: Cursor = None,

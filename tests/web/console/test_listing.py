@@ -70,6 +70,8 @@ async def test_the_grant_list_pages_filters_and_searches(database_url: str, toke
 
         refused = await client.get(HOME, params={"state": "paused"})
         assert refused.status_code == 422 and "paused" in refused.json()["issue"][0]["diagnostics"]
+        control = await client.get(HOME, params={"patient": "-100\x00"})
+        assert control.status_code == 422 and "patient" in control.json()["issue"][0]["diagnostics"]
         bad = await client.get(HOME, params={"cursor": "nonsense"})
         assert bad.status_code == 422 and bad.json()["issue"][0]["expression"] == ["cursor"]
 
