@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup, escape
 
 Referrer = Literal["no-referrer", "same-origin"]
 
@@ -36,21 +35,12 @@ def instant(value: str | None) -> str:
     return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def instant_cell(value: str | None) -> Markup:
-    """`instant` for narrow table cells: it may wrap between the date and the time, nowhere else."""
-    date, _, rest = instant(value).partition(" ")
-    if not rest:
-        return escape(date)
-    return Markup('<span class="nw">{}</span> <span class="nw">{}</span>').format(date, rest)
-
-
 def thousands(value: int) -> str:
     """12345 → "12,345": counts in tables read at a glance."""
     return f"{value:,}"
 
 
 _templates.filters["instant"] = instant
-_templates.filters["instant_cell"] = instant_cell
 _templates.filters["thousands"] = thousands
 
 
