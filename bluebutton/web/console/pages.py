@@ -1,19 +1,59 @@
-"""The console's view helpers: days left, run totals, work in progress, the run-history chart.
+"""The console's view helpers: filters and links, days left, run totals, work in progress, the
+run-history chart.
 
 Pages are rendered by `bluebutton.web.pages.render`, like every page of the service.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
+from bluebutton.errors import InvalidQueryError
+from bluebutton.sync.grants import STATES, GrantState
+from bluebutton.sync.listing import PATIENT_SEARCH
 from bluebutton.web.pages import instant
 
-__all__ = ["WARN_DAYS", "Chart", "days_left", "in_progress", "instant", "run_chart", "totals"]
+__all__ = [
+    "WARN_DAYS",
+    "Chart",
+    "days_left",
+    "in_progress",
+    "instant",
+    "link",
+    "patient_search",
+    "run_chart",
+    "state_filter",
+    "totals",
+]
 
 WARN_DAYS = 30  # CMS's data-access grant lasts 13 months; warn a month before it lapses
+
+
+def state_filter(state: str) -> GrantState | None:
+    """The grant list's state filter ("" from the form: every state), or a 422 naming it."""
+    if not state:
+        return None
+    if state not in STATES:
+        raise InvalidQueryError(f"state: {state!r} is not a grant state; use one of {', '.join(STATES)}")
+    return state
+
+
+def patient_search(patient: str) -> str | None:
+    """The grant list's patient-id prefix ("" from the form: none), or a 422 naming it."""
+    search = patient.strip() or None
+    if search is not None and not re.fullmatch(PATIENT_SEARCH, search):
+        raise InvalidQueryError("patient: a patient id has no control characters")
+    return search
+
+
+def link(path: str, **query: str | None) -> str:
+    """`path` with the query parameters that have a value (the pager's and the filters' links)."""
+    kept = {name: value for name, value in query.items() if value}
+    return f"{path}?{urlencode(kept)}" if kept else path
 
 
 def days_left(expiration: str | None, now: datetime) -> int | None:

@@ -9,28 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from bluebutton.errors import InvalidQueryError, NotConfiguredError
+from bluebutton.errors import NotConfiguredError
 from bluebutton.settings import Settings
 from bluebutton.sync import listing, runs
 from bluebutton.sync.errors import RunNotFoundError
-from bluebutton.sync.grants import STATES, SYNCING, GrantState
+from bluebutton.sync.grants import STATES, SYNCING
 from bluebutton.sync.keyset import MAX_CURSOR
-from bluebutton.sync.listing import PATIENT_SEARCH
 from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
-from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, run_chart, totals
+from bluebutton.web.console.pages import (
+    WARN_DAYS,
+    days_left,
+    in_progress,
+    link,
+    patient_search,
+    run_chart,
+    state_filter,
+    totals,
+)
 from bluebutton.web.console.session import SESSION_SECONDS, SIGN_IN_SECONDS, Session, SessionSigner, same_key
 from bluebutton.web.pages import render
 
@@ -159,21 +165,6 @@ def _signed_in(console: Console) -> Operator | None:
     return _operator(console, session)
 
 
-def _filter_state(state: str) -> GrantState | None:
-    """The state filter of the grants page ("" from the form: every state)."""
-    if not state:
-        return None
-    if state not in STATES:
-        raise InvalidQueryError(f"state: {state!r} is not a grant state; use one of {', '.join(STATES)}")
-    return state
-
-
-def _link(path: str, **query: str | None) -> str:
-    """`path` with the query parameters that have a value."""
-    kept = {name: value for name, value in query.items() if value}
-    return f"{path}?{urlencode(kept)}" if kept else path
-
-
 @router.get(HOME)
 async def home(
     console: ConsoleDep,
@@ -186,9 +177,7 @@ async def home(
     operator = _signed_in(console)
     if operator is None:
         return console.sign_in_form()
-    chosen, search = _filter_state(state), patient.strip() or None
-    if search is not None and not re.fullmatch(PATIENT_SEARCH, search):
-        raise InvalidQueryError("patient: a patient id has no control characters")
+    chosen, search = state_filter(state), patient_search(patient)
     page, counts = await listing.grants_page(
         operator.service.pool, state=chosen, patient=search, limit=GRANTS_SHOWN, cursor=cursor
     )
@@ -203,9 +192,9 @@ async def home(
         state=chosen,
         patient=search or "",
         states=STATES,
-        state_links={s: _link(HOME, state=s, patient=search) for s in (None, *STATES)},
-        next_link=_link(HOME, state=chosen, patient=search, cursor=page.next_cursor),
-        first_link=_link(HOME, state=chosen, patient=search) if cursor else None,
+        state_links={s: link(HOME, state=s, patient=search) for s in (None, *STATES)},
+        next_link=link(HOME, state=chosen, patient=search, cursor=page.next_cursor),
+        first_link=link(HOME, state=chosen, patient=search) if cursor else None,
         csrf=operator.csrf,
         signed_in=True,
         warn_days=WARN_DAYS,
@@ -275,10 +264,10 @@ async def grant_page(
         records=record_page.items,
         record_page=record_page,
         chart=run_chart(await runs.history(pool, grant_id, CHART_RUNS)),
-        next_runs=_link(here, runs=run_page.next_cursor, records=records_from),
-        first_runs=_link(here, records=records_from) if runs_from else None,
-        next_records=_link(here, runs=runs_from, records=record_page.next_cursor),
-        first_records=_link(here, runs=runs_from) if records_from else None,
+        next_runs=link(here, runs=run_page.next_cursor, records=records_from),
+        first_runs=link(here, records=records_from) if runs_from else None,
+        next_records=link(here, runs=runs_from, records=record_page.next_cursor),
+        first_records=link(here, runs=runs_from) if records_from else None,
         csrf=operator.csrf,
         signed_in=True,
         warn_days=WARN_DAYS,
