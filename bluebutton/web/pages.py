@@ -52,7 +52,7 @@ def security_headers(nonce: str, *, script: bool, forms: bool, referrer: Referre
         "Cache-Control": "no-store",
         "Referrer-Policy": referrer,
         "Content-Security-Policy": (
-            f"default-src 'none'; {scripts}style-src 'nonce-{nonce}'; img-src 'self'; "
+            f"default-src 'none'; {scripts}style-src 'nonce-{nonce}'; "
             f"form-action {form_action}; base-uri 'none'; frame-ancestors 'none'"
         ),
         "X-Content-Type-Options": "nosniff",
