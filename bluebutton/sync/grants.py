@@ -27,7 +27,6 @@ _SELECT = (
 )
 _SELECT_ONE = _SELECT + "WHERE id = %s"
 _SELECT_LOCKED = _SELECT + "WHERE id = %s FOR UPDATE"
-_SELECT_MANY = _SELECT + "WHERE (%s::text IS NULL OR state = %s) ORDER BY created_at, id LIMIT %s"
 SYNCING: tuple[GrantState, ...] = ("active", "failing")
 STATES: tuple[GrantState, ...] = ("active", "failing", "expired", "revoked", "disconnected")
 
@@ -115,12 +114,6 @@ async def get_with(connection: AsyncConnection, grant_id: uuid.UUID, *, lock: bo
         await cursor.execute(_SELECT_LOCKED if lock else _SELECT_ONE, (grant_id,))
         row = await cursor.fetchone()
     return Grant.from_row(row) if row else None
-
-
-async def list_grants(pool: AsyncConnectionPool, state: GrantState | None, limit: int) -> list[Grant]:
-    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(_SELECT_MANY, (state, state, limit))
-        return [Grant.from_row(row) for row in await cursor.fetchall()]
 
 
 async def store_tokens(
@@ -242,3 +235,64 @@ async def rotate_keys(pool: AsyncConnectionPool, cipher: TokenCipher) -> int:
             )
             changed += 1
     return changed
+
+
+def _patient_prefix(patient: str) -> str:
+    """A LIKE pattern matching ids that start with `patient` (its wildcards taken literally)."""
+    return patient.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def page(
+    pool: AsyncConnectionPool,
+    *,
+    state: GrantState | None,
+    patient: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Grant]:
+    """Up to `limit` grants in enrolment order after the grant `after` names (keyset paging: the
+    listing indexes of migration 0003 serve any depth in one range scan)."""
+    clauses, params = _filters(state, patient)
+    if after is not None:
+        clauses.append("(created_at, id) > (%s, %s)")
+        params.extend(after)
+    where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            (_SELECT + where + "ORDER BY created_at, id LIMIT %s").encode(), (*params, limit)
+        )
+        return [Grant.from_row(row) for row in await cursor.fetchall()]
+
+
+def _filters(state: GrantState | None, patient: str | None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if state is not None:
+        clauses.append("state = %s")
+        params.append(state)
+    if patient:
+        clauses.append("patient LIKE %s")
+        params.append(_patient_prefix(patient))
+    return clauses, params
+
+
+async def count_by_state(pool: AsyncConnectionPool, patient: str | None) -> dict[GrantState, int]:
+    """How many grants are in each state (every state named, zeros too), within a patient search."""
+    clauses, params = _filters(None, patient)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    async with pool.connection() as connection:
+        rows = await (
+            await connection.execute(
+                # static clauses only (_filters); values travel as parameters
+                f"SELECT state, count(*) FROM bluebutton_grants{where} GROUP BY state".encode(),  # noqa: S608
+                params,
+            )
+        ).fetchall()
+    found = {state: int(count) for state, count in rows}
+    return {state: found.get(state, 0) for state in STATES}
+
+
+def ended_reason(state: GrantState) -> str | None:
+    """Why a grant in an ended state will not sync again (as its event says); None otherwise."""
+    ended = _ENDED.get(state)
+    return ended[1] if ended else None

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 Kind = Literal["new", "changed", "unchanged"]
@@ -188,3 +188,53 @@ async def advance(pool: AsyncConnectionPool, grant_id: uuid.UUID, marks: dict[st
             "ON CONFLICT (grant_id, resource_type) DO UPDATE SET last_updated = EXCLUDED.last_updated",
             [(grant_id, kind, mark) for kind, mark in marks.items()],
         )
+
+
+async def quarantined_of(
+    pool: AsyncConnectionPool, grant_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """`quarantined` for a page of grants in one query (every grant named, empty lists too)."""
+    held: dict[uuid.UUID, list[dict[str, Any]]] = {grant_id: [] for grant_id in grant_ids}
+    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        set_json_loads(orjson.loads, cursor)
+        await cursor.execute(
+            "SELECT grant_id, resource_type, resource_id AS id, issues FROM bluebutton_quarantine "
+            "WHERE grant_id = ANY(%s) ORDER BY grant_id, resource_type, resource_id",
+            (grant_ids,),
+        )
+        for row in await cursor.fetchall():
+            held[row.pop("grant_id")].append(row)
+    return held
+
+
+async def held_counts(
+    pool: AsyncConnectionPool, grant_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    """Per grant, how many resources of each type connect holds (the ledger's rows), in one query."""
+    counts: dict[uuid.UUID, dict[str, int]] = {grant_id: {} for grant_id in grant_ids}
+    async with pool.connection() as connection:
+        rows = await (
+            await connection.execute(
+                "SELECT grant_id, resource_type, count(*) FROM bluebutton_ledger "
+                "WHERE grant_id = ANY(%s) GROUP BY grant_id, resource_type",
+                (grant_ids,),
+            )
+        ).fetchall()
+    for grant_id, resource_type, count in rows:
+        counts[grant_id][resource_type] = int(count)
+    return counts
+
+
+async def records_page(
+    pool: AsyncConnectionPool, grant_id: uuid.UUID, after: tuple[str, str] | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` of `records`, after the (resource type, id) `after` (keyset on the primary key)."""
+    query = (
+        "SELECT resource_type, resource_id AS id, record_uuid AS uuid, data_record_location, stored_at "
+        "FROM bluebutton_ledger WHERE grant_id = %s AND (resource_type, resource_id) > (%s, %s) "
+        "ORDER BY resource_type, resource_id LIMIT %s"
+    )
+    async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, (grant_id, *(after or ("", "")), limit))
+        rows = await cursor.fetchall()
+    return [{**row, "stored_at": row["stored_at"].isoformat()} for row in rows]

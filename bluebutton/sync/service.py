@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -25,11 +24,11 @@ from bluebutton.events.delivery import EventDelivery
 from bluebutton.outbound.logs import redact_http_logs
 from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
-from bluebutton.sync import grants, ledger, runs
+from bluebutton.sync import grants, listing
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.errors import GrantNotFoundError, GrantNotSyncingError
-from bluebutton.sync.grants import SYNCING, Grant, GrantState
+from bluebutton.sync.grants import SYNCING, Grant
 from bluebutton.sync.jobs import SyncJobs
 from bluebutton.sync.migrations import migrate, migration_files
 
@@ -98,32 +97,8 @@ class SyncService:
         await grants.end(self.pool, grant_id, "disconnected")
         logger.info("disconnected grant %s", grant_id)
 
-    async def describe(self, grant: Grant, last_run: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "id": str(grant.id),
-            "patient": grant.patient,
-            "state": grant.state,
-            "scopes": grant.scopes,
-            "access_grant_expiration": _instant(grant.access_grant_expiration),
-            "created_at": _instant(grant.created_at),
-            "next_sync_at": _instant(grant.next_sync_at) if grant.state in SYNCING else None,
-            "last_run": runs.as_json(last_run) if last_run else None,
-            "quarantined": await ledger.quarantined(self.pool, grant.id),
-        }
-
     async def grant_json(self, grant_id: uuid.UUID) -> dict[str, Any]:
-        grant = await self.grant(grant_id)
-        last = (await runs.last_finished(self.pool, [grant_id])).get(grant_id)
-        return await self.describe(grant, last)
-
-    async def grants_json(self, state: GrantState | None, limit: int) -> list[dict[str, Any]]:
-        found = await grants.list_grants(self.pool, state, limit)
-        last = await runs.last_finished(self.pool, [g.id for g in found])
-        return [await self.describe(g, last.get(g.id)) for g in found]
-
-
-def _instant(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+        return (await listing.describe(self.pool, [await self.grant(grant_id)]))[0]
 
 
 async def _check_schema(pool: AsyncConnectionPool) -> None:

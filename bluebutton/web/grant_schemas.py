@@ -63,6 +63,11 @@ class QuarantinedEntry(BaseModel):
     issues: list[RunIssue] = Field(description="Why it is held: element paths and messages")
 
 
+class LastFailure(BaseModel):
+    at: datetime | None = Field(description="When the failed run ended")
+    reason: str = Field(description="Its first error, as the run's issues say")
+
+
 class GrantInfo(BaseModel):
     id: uuid.UUID
     patient: str | None
@@ -76,14 +81,34 @@ class GrantInfo(BaseModel):
     next_sync_at: datetime | None = Field(description="None unless active or failing")
     last_run: RunInfo | None = Field(description="The last finished run")
     quarantined: list[QuarantinedEntry]
+    state_reason: str | None = Field(
+        description="Why the grant is in its state: an ended grant's cause, or a failing grant's "
+        "failures in a row and latest error; None when active"
+    )
+    last_succeeded_at: datetime | None = Field(description="When the last succeeded or partial run ended")
+    last_failure: LastFailure | None = Field(description="The grant's last failed run, if any")
+    claims_held: int = Field(description="ExplanationOfBenefit resources connect holds for the grant")
+    records_held: int = Field(description="Resources of every type connect holds for the grant")
+
+
+NEXT_CURSOR = "Pass as `cursor` for the next page; null on the last page"
 
 
 class GrantList(BaseModel):
-    grants: list[GrantInfo]
+    grants: list[GrantInfo] = Field(description="In enrolment order (oldest first)")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+    limit: int = Field(description="The page size asked for")
+    total: int = Field(description="Grants matching the filters (state and patient), on every page")
+    counts: dict[GrantState, int] = Field(
+        description="Grants in each state within the patient filter (the state filter aside)"
+    )
 
 
 class RunList(BaseModel):
     runs: list[RunInfo] = Field(description="Newest first")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+    limit: int
+    total: int = Field(description="The grant's runs")
 
 
 class RunQueued(BaseModel):
@@ -99,7 +124,12 @@ class StoredRecord(BaseModel):
 
 
 class RecordList(BaseModel):
-    records: list[StoredRecord] = Field(description="Where connect holds the latest version of each")
+    records: list[StoredRecord] = Field(
+        description="Where connect holds the latest version of each, by resource type and id"
+    )
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
+    limit: int
+    total: int = Field(description="The grant's records")
 
 
 class Enrolment(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bluebutton.errors import BlueButtonError, Issue
@@ -27,8 +27,7 @@ def _error_answer(
 ) -> Response:
     """An `OperationOutcome`, or the HTML error page for a browser on the authorization routes."""
     if request.url.path in BROWSER_PATHS and wants_html(request.headers.get("accept", "")):
-        html, page_headers = error_page(issues, status)
-        return HTMLResponse(html, status, headers={**(headers or {}), **page_headers})
+        return error_page(issues, status, headers)
     return outcome(issues, status, headers)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
 import logging
 import re
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import markupsafe
 import pytest
 import respx
 
@@ -478,7 +478,7 @@ async def test_token_page_escapes_what_cms_sent(settings: Settings, cms: respx.M
         assert response.status_code == 200
         assert "<script>alert(1)</script>" not in response.text
         assert "<b>bold</b>" not in response.text
-        assert html.escape(hostile) in response.text
+        assert str(markupsafe.escape(hostile)) in response.text  # Jinja2 autoescape (&#34; for ")
         page = parse_html(response.text)
         assert page.by_id["access-token"].text == cms_tokens["access_token"]
         assert page.by_id["patient"].text == cms_tokens["patient"]

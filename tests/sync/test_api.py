@@ -81,9 +81,17 @@ async def test_enrol_with_sync_then_operate_the_grant(
             grant = (await client.get(f"/bluebutton/grants/{grant_id}", headers=KEY)).json()
             assert grant["state"] == "active" and grant["patient"] == tokens.patient
             assert grant["last_run"]["id"] == body["run_id"] and grant["quarantined"] == []
-            assert (
+            revoked = (
                 await client.get("/bluebutton/grants", params={"state": "revoked"}, headers=KEY)
-            ).json() == {"grants": []}
+            ).json()
+            assert revoked["grants"] == [] and revoked["total"] == 0 and revoked["next_cursor"] is None
+            assert revoked["counts"] == {
+                "active": 1,
+                "failing": 0,
+                "expired": 0,
+                "revoked": 0,
+                "disconnected": 0,
+            }
             records = (await client.get(f"/bluebutton/grants/{grant_id}/records", headers=KEY)).json()[
                 "records"
             ]

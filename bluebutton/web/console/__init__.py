@@ -2,7 +2,7 @@
 
 routes.py     the pages and form posts (FastAPI)
 session.py    the signed session cookie and CSRF tokens
-pages.py      Jinja2 rendering, security headers, view helpers
+pages.py      view helpers (days left, run totals); rendering is bluebutton.web.pages
 errors.py     the console's refusals, within the service's error tree
-templates/    the Jinja2 templates
+(its templates: bluebutton/web/templates/console/)
 """

@@ -1,8 +1,8 @@
 """The operator console: sign in with the admin key, then list grants, open a grant or a run,
 sync now, disconnect. Server-rendered pages; every state change is a POST carrying a CSRF token.
 
-Reads go through the sync service and its modules (`grants_json`, `runs`, `ledger`), so the
-console and the JSON operator API show the same data from the same queries.
+Reads go through the sync service and `sync/listing.py` (paged, a fixed number of queries per
+page), so the console and the JSON operator API show the same data from the same queries.
 """
 
 from __future__ import annotations
@@ -16,19 +16,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bluebutton.errors import NotConfiguredError
 from bluebutton.settings import Settings
-from bluebutton.sync import ledger, runs
+from bluebutton.sync import listing, runs
 from bluebutton.sync.errors import RunNotFoundError
-from bluebutton.sync.grants import SYNCING
+from bluebutton.sync.grants import STATES, SYNCING
+from bluebutton.sync.keyset import MAX_CURSOR
 from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
-from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, render, totals
+from bluebutton.web.console.pages import (
+    WARN_DAYS,
+    days_left,
+    in_progress,
+    link,
+    patient_search,
+    run_chart,
+    state_filter,
+    totals,
+)
 from bluebutton.web.console.session import SESSION_SECONDS, SIGN_IN_SECONDS, Session, SessionSigner, same_key
 from bluebutton.web.deps import ConsoleSessionsDep, SettingsDep, SyncDep
+from bluebutton.web.pages import render
 from bluebutton.web.sessions import ConsoleSessions
 from bluebutton.web.throttle import AdminKeyThrottledError, client_of, throttle_of
 
@@ -38,8 +49,10 @@ HOME = "/bluebutton/console"
 SESSION_COOKIE = "bluebutton_console"
 SIGN_IN_COOKIE = "bluebutton_console_sign_in"
 WRONG_KEY_DELAY = 1.0  # seconds before a refused sign-in answers: slows guessing, not operators
-LIST_LIMIT = 1000
-RUNS_SHOWN = 20
+GRANTS_SHOWN = 50  # a page of the grant list
+RUNS_SHOWN = 20  # a page of a grant's runs
+RECORDS_SHOWN = 100  # a page of a grant's records
+CHART_RUNS = 60  # runs in a grant's history chart
 
 router = APIRouter(include_in_schema=False)
 
@@ -76,8 +89,8 @@ class Console:
         return session
 
     def page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html, headers = render(template, **{"home": HOME, "refresh": False, "signed_in": False, **context})
-        return HTMLResponse(html, status_code=status, headers=headers)
+        values = {"home": HOME, "refresh": False, "signed_in": False, **context}
+        return render(f"console/{template}", status, forms=True, referrer="same-origin", **values)
 
     def off_page(self) -> HTMLResponse | None:
         """The page saying what to configure, or None when the console can work."""
@@ -168,24 +181,40 @@ async def _signed_in(console: Console) -> Operator | None:
 
 
 @router.get(HOME)
-async def home(console: ConsoleDep) -> Response:
+async def home(
+    console: ConsoleDep,
+    state: Annotated[str, Query(max_length=20)] = "",
+    patient: Annotated[str, Query(max_length=64)] = "",
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+) -> Response:
     if (off := console.off_page()) is not None:
         return off
     operator = await _signed_in(console)
     if operator is None:
         return await console.sign_in_form()
-    listed = await operator.service.grants_json(None, LIST_LIMIT)
-    for grant in listed:
+    chosen, search = state_filter(state), patient_search(patient)
+    page, counts = await listing.grants_page(
+        operator.service.pool, state=chosen, patient=search, limit=GRANTS_SHOWN, cursor=cursor
+    )
+    for grant in page.items:
         grant["days_left"] = days_left(grant["access_grant_expiration"], operator.now)
         grant["totals"] = totals(grant["last_run"])
     return console.page(
         "grants.html",
-        grants=listed,
+        grants=page.items,
+        page=page,
+        counts=counts,
+        state=chosen,
+        patient=search or "",
+        states=STATES,
+        state_links={s: link(HOME, state=s, patient=search) for s in (None, *STATES)},
+        next_link=link(HOME, state=chosen, patient=search, cursor=page.next_cursor),
+        first_link=link(HOME, state=chosen, patient=search) if cursor else None,
         csrf=operator.csrf,
         signed_in=True,
         warn_days=WARN_DAYS,
         syncing=SYNCING,
-        refresh=in_progress(*(g["last_run"] for g in listed)),
+        refresh=in_progress(*(g["last_run"] for g in page.items)),
     )
 
 
@@ -243,26 +272,42 @@ async def sign_out(operator: PostedDep, console: ConsoleDep) -> Response:
 
 
 @router.get(f"{HOME}/grants/{{grant_id}}")
-async def grant_page(grant_id: uuid.UUID, console: ConsoleDep, queued: int | None = None) -> Response:
+async def grant_page(
+    grant_id: uuid.UUID,
+    console: ConsoleDep,
+    queued: int | None = None,
+    runs_from: Annotated[str | None, Query(alias="runs", max_length=MAX_CURSOR)] = None,
+    records_from: Annotated[str | None, Query(alias="records", max_length=MAX_CURSOR)] = None,
+) -> Response:
     operator = await _signed_in(console)
     if operator is None:
         return _see(HOME)
+    pool = operator.service.pool
     grant = await operator.service.grant_json(grant_id)
     grant["days_left"] = days_left(grant["access_grant_expiration"], operator.now)
-    grant_runs = [runs.as_json(r) for r in await runs.of_grant(operator.service.pool, grant_id, RUNS_SHOWN)]
-    for run in grant_runs:
+    run_page = await listing.runs_page(pool, grant_id, RUNS_SHOWN, runs_from)
+    for run in run_page.items:
         run["totals"] = totals(run)
+    record_page = await listing.records_page(pool, grant_id, RECORDS_SHOWN, records_from)
+    here = f"{HOME}/grants/{grant_id}"
     return console.page(
         "grant.html",
         grant=grant,
-        runs=grant_runs,
-        records=await ledger.records(operator.service.pool, grant_id),
+        runs=run_page.items,
+        run_page=run_page,
+        records=record_page.items,
+        record_page=record_page,
+        chart=run_chart(await runs.history(pool, grant_id, CHART_RUNS)),
+        next_runs=link(here, runs=run_page.next_cursor, records=records_from),
+        first_runs=link(here, records=records_from) if runs_from else None,
+        next_records=link(here, runs=runs_from, records=record_page.next_cursor),
+        first_records=link(here, runs=runs_from) if records_from else None,
         csrf=operator.csrf,
         signed_in=True,
         warn_days=WARN_DAYS,
         syncing=SYNCING,
         queued=queued,
-        refresh=in_progress(*grant_runs[:1]),
+        refresh=in_progress(*run_page.items[:1]) and not runs_from,
     )
 
 

@@ -12,9 +12,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from bluebutton.sync import ledger, runs
+from bluebutton.sync import listing, runs
 from bluebutton.sync.errors import RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
+from bluebutton.sync.keyset import MAX_CURSOR
+from bluebutton.sync.listing import PATIENT_SEARCH
 from bluebutton.web.deps import AdminDep
 from bluebutton.web.grant_schemas import (
     GrantInfo,
@@ -29,17 +31,49 @@ from bluebutton.web.schemas import outcome_responses
 router = APIRouter(tags=["grants"])
 
 _COMMON = outcome_responses(401, 404, 422, 429, 503)
+MAX_PAGE = 1000  # a page of 1,000 grants is about 1 MB of JSON; more is what cursors are for
 
 
-@router.get("/bluebutton/grants", summary="List stored grants", responses=_COMMON)
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size, at most {MAX_PAGE}")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=MAX_CURSOR, description="`next_cursor` of the previous page; none: the first"),
+]
+
+
+@router.get(
+    "/bluebutton/grants",
+    summary="List stored grants, a page at a time",
+    response_model=GrantList,
+    responses=_COMMON,
+)
 async def list_grants(
     service: AdminDep,
     state: Annotated[
         GrantState | None, Query(description="Only grants in this state: " + ", ".join(STATES))
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> GrantList:
-    return GrantList.model_validate({"grants": await service.grants_json(state, limit)})
+    patient: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=PATIENT_SEARCH,
+            description="Only grants whose patient id starts with this (no control characters)",
+        ),
+    ] = None,
+    limit: PageSize = 100,
+    cursor: Cursor = None,
+) -> Response:
+    page, counts = await listing.grants_page(
+        service.pool, state=state, patient=patient, limit=limit, cursor=cursor
+    )
+    body = GrantList.model_validate(
+        {"grants": page.items, "next_cursor": page.next_cursor, "limit": limit, "total": page.total}
+        | {"counts": counts}
+    )
+    # Validated once above and serialized by pydantic-core: a page of 1,000 grants is about 1 MB, and
+    # FastAPI's default would validate it again and encode it with the standard json module.
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.get(
@@ -61,11 +95,13 @@ async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
 
 @router.get("/bluebutton/grants/{grant_id}/runs", summary="The grant's runs, newest first", responses=_COMMON)
 async def grant_runs(
-    grant_id: uuid.UUID, service: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    grant_id: uuid.UUID, service: AdminDep, limit: PageSize = 100, cursor: Cursor = None
 ) -> RunList:
     await service.grant(grant_id)
-    found = await runs.of_grant(service.pool, grant_id, limit)
-    return RunList.model_validate({"runs": [runs.as_json(r) for r in found]})
+    page = await listing.runs_page(service.pool, grant_id, limit, cursor)
+    return RunList.model_validate(
+        {"runs": page.items, "next_cursor": page.next_cursor, "limit": limit, "total": page.total}
+    )
 
 
 @router.get(
@@ -73,9 +109,14 @@ async def grant_runs(
     summary="Where connect holds the latest version of each of the grant's resources",
     responses=_COMMON,
 )
-async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> RecordList:
+async def grant_records(
+    grant_id: uuid.UUID, service: AdminDep, limit: PageSize = MAX_PAGE, cursor: Cursor = None
+) -> RecordList:
     await service.grant(grant_id)
-    return RecordList.model_validate({"records": await ledger.records(service.pool, grant_id)})
+    page = await listing.records_page(service.pool, grant_id, limit, cursor)
+    return RecordList.model_validate(
+        {"records": page.items, "next_cursor": page.next_cursor, "limit": limit, "total": page.total}
+    )
 
 
 @router.delete(

@@ -6,15 +6,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from bluebutton.cms.oauth import TokenSet, callback_error, new_pending_authorization
 from bluebutton.errors import CmsError, Issue, OAuthError
-from bluebutton.web.callback_page import callback_page
 from bluebutton.web.deps import BearerTokenDep, CmsDep, OAuthDep, PendingDep, SettingsDep, require_sync
-from bluebutton.web.enrolled_page import enrolled_page
 from bluebutton.web.error_page import wants_html
 from bluebutton.web.grant_schemas import Enrolment
+from bluebutton.web.pages import render
 from bluebutton.web.schemas import (
     AuthorizeLink,
     RefreshRequest,
@@ -116,8 +115,7 @@ async def authorize_callback(
     if authorization.sync:
         return await enrolled(request, tokens, html=_wants_html(request))
     if _wants_html(request):
-        html, headers = callback_page(tokens)
-        return HTMLResponse(html, headers=headers)
+        return render("callback.html", script=True, tokens=tokens)
     return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
 
 
@@ -150,8 +148,8 @@ async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Respons
     """The callback's answer for sync=true: the grant is stored, the refresh token never leaves."""
     grant_id, run_id = await require_sync(request).enrol(tokens)
     if html:
-        page, headers = enrolled_page(tokens, grant_id)
-        return HTMLResponse(page, headers=headers)
+        grant_page = f"/bluebutton/console/grants/{grant_id}"  # the console's; the JSON API needs a key
+        return render("enrolled.html", tokens=tokens, grant_id=grant_id, grant_page=grant_page)
     body = Enrolment(
         grant_id=grant_id,
         run_id=run_id,

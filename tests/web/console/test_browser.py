@@ -12,11 +12,13 @@ Screenshots of each step go to `test-artifacts/browser/` (gitignored).
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from bluebutton.sandbox.tools.bench.grants import fill
 from bluebutton.sandbox.tools.stack import CERTS, Stack, StackConfig, free_port, wait_ready
 from bluebutton.sync.crypto import new_key
 from bluebutton.web.console.routes import HOME, SESSION_COOKIE
@@ -97,6 +99,38 @@ def plain_http(stack: Stack) -> str:
 
 
 @pytest.fixture(scope="module")
+def filled_console(stack: Stack, database_server: str) -> Iterator[str]:
+    """A third connector over plain HTTP on 127.0.0.1, on a database of its own holding 250 grants
+    filled by the paging benchmark's bulk SQL (80 % active, 8 % failing, ...)."""
+    with fresh_database(database_server, "bluebutton_console_filled") as url:
+        port = free_port()
+        args, env = stack.commands["connector"]
+        stack.launch(
+            "connector-filled",
+            args,
+            {
+                **env,
+                "BLUEBUTTON_DATABASE_URL": url,
+                "BLUEBUTTON_TLS": "false",
+                "BLUEBUTTON_PORT": str(port),
+                "BLUEBUTTON_SYNC_WORKER": "off",
+            },
+        )
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/health", stack.processes["connector-filled"])
+            fill(url, 250)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process = stack.processes.pop("connector-filled")  # stopped before its database goes
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
 def e2e(stack: Stack) -> Iterator[Harness]:
     harness = Harness(stack)
     try:
@@ -143,6 +177,11 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
 
     page.click("#connect")
     enrol_at_cms(tab, USER)
+    # The enrolment page's grant link opens the grant in the console (signed in: same browser).
+    page.click("#grant-link")
+    page.wait_for_selector("#state")
+    assert page.url.startswith(f"{stack.connector_url}{HOME}/grants/")
+    tab.shoot("grant-from-enrolment")
 
     page.goto(f"{stack.connector_url}{HOME}")
     row = page.locator("tr.grant")
@@ -157,6 +196,9 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     assert row.locator("td.count-new").inner_text() == str(new) and new > 0
     assert row.locator("td.state").inner_text() == "active"
     assert row.locator("td.days-left").inner_text().startswith("in ")
+    claims = first["resources"]["ExplanationOfBenefit"]["new"]
+    assert row.locator("td.claims-held").inner_text() == str(claims)
+    assert row.locator("td.last-success").inner_text().endswith("UTC")
 
     added = e2e.client.post(f"{stack.cms_url}/_sandbox/add_claims", json={"user": USER, "count": ADDED})
     assert added.status_code == 200, added.text
@@ -168,7 +210,17 @@ def test_operate_a_grant_from_the_console(tab: Tab, stack: Stack, e2e: Harness) 
     run = page.locator(f"#run-{run_id[1]}")
     expect(run.locator("td.run-status")).to_have_text("succeeded", timeout=RUN_WAIT_MS)
     assert run.locator("td.count-new").inner_text() == str(ADDED)
-    tab.shoot("sync-done")
+    page.reload()  # the chart is drawn once the run has ended
+    bars = page.locator("#run-chart rect.bar")
+    expect(bars).to_have_count(2)
+    # The second bar (the added claims) is drawn, under the page's CSP, in the stylesheet's colour.
+    assert bars.nth(1).evaluate("e => getComputedStyle(e).fill") == "rgb(11, 92, 173)"
+    assert bars.nth(1).evaluate("e => e.getBBox().height") > 0
+    tab.shoot("sync-done", full_page=False)
+    page.goto(f"{stack.connector_url}{HOME}")
+    expect(row.locator("td.claims-held")).to_have_text(str(claims + ADDED))
+    tab.shoot("grant-list")
+    page.goto(f"{stack.connector_url}{HOME}/grants/{grant_id}")
 
     page.click("#disconnect")
     page.wait_for_selector("#confirm-disconnect")
@@ -194,6 +246,37 @@ def test_the_secure_cookie_works_over_plain_http_on_loopback(tab: Tab, plain_htt
     session = cookies[SESSION_COOKIE]
     assert (session["secure"], session["httpOnly"], session["sameSite"]) == (True, True, "Strict")
     assert session["path"] == HOME
+    assert tab.offsite == []
+
+
+def test_a_console_of_250_grants_pages_filters_and_explains(tab: Tab, filled_console: str) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    sign_in(tab, filled_console)
+    expect(page.locator("tr.grant")).to_have_count(50)
+    tab.shoot("250-grants")
+    page.click("#next-page")
+    expect(page.locator("#first-page")).to_be_visible()
+    assert "50 shown of 250" in page.locator("#grants-pager").inner_text()
+    page.click("#count-failing")
+    rows = page.locator("tr.grant")
+    expect(rows).to_have_count(16)
+    assert "in a row" in rows.first.locator("td.state-reason").inner_text()
+    tab.shoot("failing-grants")
+    page.fill("#patient", "-1000000000012")
+    page.select_option("#state", "")
+    page.click("#search button")
+    expect(rows).to_have_count(10)
+    tab.shoot("patient-search")
+    page.select_option("#state", "failing")
+    page.fill("#patient", "")
+    page.click("#search button")
+    rows.first.locator("td.patient a").click()
+    expect(page.locator("#run-chart rect.bar")).to_have_count(2)
+    assert "503" in page.locator("#state-reason").inner_text()
+    assert "503" in page.locator("#last-failure").inner_text()
+    tab.shoot("failing-grant", full_page=False)
     assert tab.offsite == []
 
 

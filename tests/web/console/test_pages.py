@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, instant, render, totals
+from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, instant, run_chart, totals
+from bluebutton.web.pages import render
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -52,13 +53,37 @@ def test_instants_are_shown_in_utc() -> None:
 
 
 def test_template_values_are_escaped() -> None:
-    html, headers = render(
-        "disconnect.html",
+    page = render(
+        "console/disconnect.html",
         home="/c",
         csrf="t",
         signed_in=True,
         refresh=False,
         grant={"id": "g", "patient": "<script>alert(1)</script>"},
     )
+    html = bytes(page.body).decode()
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_the_run_chart_scales_bars_and_marks_failures() -> None:
+    history = [
+        {"id": 1, "status": "succeeded", "finished_at": NOW, "new_claims": 74},
+        {"id": 2, "status": "failed", "finished_at": NOW + timedelta(days=1), "new_claims": 0},
+        {"id": 3, "status": "succeeded", "finished_at": NOW + timedelta(days=2), "new_claims": 0},
+        {"id": 4, "status": "partial", "finished_at": NOW + timedelta(days=3), "new_claims": 3},
+    ]
+    chart = run_chart(history)
+    assert chart is not None and run_chart([]) is None
+    assert chart.scale_max == 100 and (chart.first, chart.last) == ("2026-12-02", "2026-12-05")
+    full = chart.bottom - chart.top
+    heights = [bar.height for bar in chart.bars]
+    assert heights == [round(full * 0.74, 1), 3.0, 0.0, round(full * 0.03, 1)]
+    assert [bar.failed for bar in chart.bars] == [False, True, False, False]
+    assert chart.bars[0].title == "Run 1, 2026-12-02 12:00 UTC: 74 new claims"
+    assert chart.bars[1].title.endswith(": failed") and chart.bars[3].title.endswith(": 3 new claims")
+    assert all(bar.y + bar.height == chart.bottom for bar in chart.bars)
+    xs = [bar.x for bar in chart.bars]
+    assert xs == sorted(xs) and chart.last_x == chart.bars[-1].x + chart.bars[-1].width
+    many = run_chart([{**history[0], "id": n, "new_claims": n} for n in range(1, 61)])
+    assert many is not None and many.scale_max == 100 and many.bars[-1].x + many.bars[-1].width <= many.width

@@ -1,4 +1,4 @@
-"""`python -m bluebutton.sandbox.tools.bench [sync] [flags]` (`pipenv run bench`)."""
+"""`python -m bluebutton.sandbox.tools.bench [sync | grants] [flags]` (`pipenv run bench`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ def main(argv: list[str] | None = None) -> int:
         from bluebutton.sandbox.tools.bench import sync
 
         return sync.main(argv[1:])
+    if argv[:1] == ["grants"]:  # `pipenv run bench grants`: the paged listings at 10,000 and 100,000
+        from bluebutton.sandbox.tools.bench import grants
+
+        return grants.main(argv[1:])
     from bluebutton.sandbox.tools.bench import pull
 
     return pull.main(argv)
