@@ -11,11 +11,13 @@ from importlib import resources
 from typing import Any
 
 import orjson
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,7 +27,7 @@ from bluebutton.cms.client import CmsClient
 from bluebutton.cms.oauth import OAuthClient
 from bluebutton.cms.pending import PendingStore, open_pending_store
 from bluebutton.connect.client import ConnectClient, LfhEnvelope
-from bluebutton.errors import BlueButtonError, Issue
+from bluebutton.errors import BlueButtonError, DatabaseUnavailableError, Issue
 from bluebutton.fhir.bundles import FHIR_JSON
 from bluebutton.fhir.validator import Validator
 from bluebutton.metrics import HttpMetrics, Metrics, instrument
@@ -34,6 +36,7 @@ from bluebutton.pull.idempotency import IdempotentTransfer
 from bluebutton.pull.idempotency_store import IdempotencyStore, open_idempotency_store
 from bluebutton.pull.pipeline import Transfer
 from bluebutton.settings import Settings
+from bluebutton.sync.database import unreachable
 from bluebutton.sync.service import open_sync
 from bluebutton.web.body_limit import TOKEN_BODY_ROUTES, BodyLimit
 from bluebutton.web.console import routes as console_routes
@@ -74,6 +77,15 @@ def _error_answer(
 async def _blue_button_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BlueButtonError)
     return _error_answer(request, exc.issues(), exc.status_code, exc.headers)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A route reached grant keeping's database while it was away: 503 with Retry-After, never 500
+    (the sync layer raises `DatabaseUnavailableError` itself; this catches what reached the pool
+    directly)."""
+    if not unreachable(exc):
+        raise exc
+    return await _blue_button_error(request, DatabaseUnavailableError())
 
 
 async def _request_validation_error(request: Request, exc: Exception) -> Response:
@@ -237,6 +249,8 @@ def create_app(
         BlueButtonError: _blue_button_error,
         RequestValidationError: _request_validation_error,
         StarletteHTTPException: _http_error,
+        psycopg.OperationalError: _database_error,
+        PoolTimeout: _database_error,
     }
     for exc_class, handler in handlers.items():
         app.add_exception_handler(exc_class, handler)

@@ -52,8 +52,8 @@ from bluebutton.settings import Settings
 from bluebutton.sync import grants
 from bluebutton.sync.crypto import new_key
 from bluebutton.sync.database import _start_embedded, _stop_embedded
-from bluebutton.sync.jobs import TASK
 from bluebutton.sync.runner import RESOURCE_TYPES
+from bluebutton.sync.runs import SYNC_TASK as TASK
 from bluebutton.sync.service import SyncService, open_sync
 
 WORKERS = ("worker-1", "worker-2")

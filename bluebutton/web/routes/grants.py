@@ -17,7 +17,6 @@ from fastapi.security import APIKeyHeader
 from bluebutton.cms.oauth import TokenSet
 from bluebutton.errors import NotConfiguredError
 from bluebutton.settings import Settings
-from bluebutton.sync import ledger, runs
 from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
 from bluebutton.sync.service import SyncService, sync_off
@@ -99,17 +98,30 @@ async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> GrantInfo:
     status_code=202,
     responses=outcome_responses(401, 404, 409, 422, 503),
 )
-async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
-    return RunQueued(run_id=await service.sync_now(grant_id))
+async def sync_now(grant_id: uuid.UUID, service: AdminDep, response: Response) -> RunQueued:
+    """While a run of the grant is queued or running, this answers that run: any number of
+    presses make one run."""
+    run_id = await service.sync_now(grant_id)
+    response.headers["Location"] = f"/bluebutton/runs/{run_id}"
+    return RunQueued(run_id=run_id)
+
+
+@router.get(
+    "/health/grant-keeping",
+    tags=["service"],
+    summary="200 while grant keeping can progress, 503 while it cannot (for monitors)",
+    responses={503: {"description": "The database is unreachable or no worker has a fresh heartbeat"}},
+)
+async def grant_keeping_health(request: Request) -> JSONResponse:
+    state = await require_sync(request).health()
+    return JSONResponse(state, status_code=200 if state["progressing"] else 503)
 
 
 @router.get("/bluebutton/grants/{grant_id}/runs", summary="The grant's runs, newest first", responses=_COMMON)
 async def grant_runs(
     grant_id: uuid.UUID, service: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> RunList:
-    await service.grant(grant_id)
-    found = await runs.of_grant(service.pool, grant_id, limit)
-    return RunList.model_validate({"runs": [runs.as_json(r) for r in found]})
+    return RunList.model_validate({"runs": await service.runs_json(grant_id, limit)})
 
 
 @router.get(
@@ -118,8 +130,7 @@ async def grant_runs(
     responses=_COMMON,
 )
 async def grant_records(grant_id: uuid.UUID, service: AdminDep) -> RecordList:
-    await service.grant(grant_id)
-    return RecordList.model_validate({"records": await ledger.records(service.pool, grant_id)})
+    return RecordList.model_validate({"records": await service.records_json(grant_id)})
 
 
 @router.delete(
@@ -136,10 +147,10 @@ async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
 
 @router.get("/bluebutton/runs/{run_id}", summary="One run", responses=_COMMON)
 async def get_run(run_id: int, service: AdminDep) -> RunInfo:
-    row = await runs.get(service.pool, run_id)
-    if row is None:
+    found = await service.run_json(run_id)
+    if found is None:
         raise RunNotFoundError(f"No run {run_id}.")
-    return RunInfo.model_validate(runs.as_json(row))
+    return RunInfo.model_validate(found)
 
 
 async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Response:

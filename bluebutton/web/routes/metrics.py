@@ -7,8 +7,9 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from bluebutton.metrics import CONTENT_TYPE, Metrics, read_database
+from bluebutton.metrics import CONTENT_TYPE, Metrics, database_down, read_database
 from bluebutton.settings import Settings
+from bluebutton.sync.database import unreachable
 from bluebutton.sync.grants import STATES
 from bluebutton.sync.service import SyncService
 from bluebutton.web.routes.grants import api_key, check_admin_key
@@ -40,6 +41,13 @@ def _scraper(request: Request, key: Annotated[str | None, Depends(api_key)]) -> 
 )
 async def metrics(request: Request) -> Response:
     sync = cast(SyncService | None, getattr(request.state, "sync", None))
-    database = await read_database(sync.pool, STATES) if sync is not None else None
+    database = None
+    if sync is not None:
+        try:
+            database = await read_database(sync.pool, STATES, sync.context.settings.sync_stalled_seconds)
+        except Exception as e:  # the scrape still answers, saying the database is down
+            if not unreachable(e):
+                raise
+            database = database_down()
     body = cast(Metrics, request.app.state.metrics).render(database)
     return Response(body, media_type=CONTENT_TYPE)
