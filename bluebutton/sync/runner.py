@@ -296,6 +296,7 @@ async def _record_failure(run: _Run, e: Exception) -> None:
     """End the run `failed`; the grant backs off, and a transient failure is tried again after
     BLUEBUTTON_SYNC_RETRY_WAIT_SECONDS (doubling) up to BLUEBUTTON_SYNC_RETRY_ATTEMPTS times."""
     ctx, report = run.ctx, run.report
+    logger.warning("sync run %d of grant %s failed: %s", run.run_id, run.grant.id, type(e).__name__)
     if isinstance(e, BlueButtonError):
         report.issues += [i.as_fhir() for i in e.issues()]
     else:
@@ -317,14 +318,11 @@ async def _record_failure(run: _Run, e: Exception) -> None:
         )
     )
     interval = settings.sync_interval_seconds
-    try:
-        async with ctx.pool.connection() as connection, connection.transaction():
-            await runs.finish(connection, run.run_id, "failed", report.resources, report.issues)
-            await grants.failed(connection, run.grant.id, lambda n: failure_delay(n, interval))
-            if retry:
-                await runs.request(connection, run.grant.id, attempt=attempt + 1, delay=wait)
-    finally:
-        logger.warning("sync run %d of grant %s failed: %s", run.run_id, run.grant.id, type(e).__name__)
+    async with ctx.pool.connection() as connection, connection.transaction():
+        await runs.finish(connection, run.run_id, "failed", report.resources, report.issues)
+        await grants.failed(connection, run.grant.id, lambda n: failure_delay(n, interval))
+        if retry:
+            await runs.request(connection, run.grant.id, attempt=attempt + 1, delay=wait)
 
 
 async def _fetch(
