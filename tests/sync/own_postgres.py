@@ -80,8 +80,8 @@ class OwnPostgres:
                 return
             except psycopg.OperationalError as e:
                 if self.process.poll() is not None:
-                    log = (self.root / "server.log").read_text()[-2000:]
-                    raise RuntimeError(f"postgres exited: {log}") from e
+                    tail = (self.root / "server.log").read_text()[-2000:]
+                    raise RuntimeError(f"postgres exited: {tail}") from e
                 time.sleep(0.1)
         raise RuntimeError("postgres did not become ready")
 

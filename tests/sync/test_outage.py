@@ -115,7 +115,8 @@ async def test_a_token_cms_rotated_as_the_database_went_is_written_when_it_is_ba
 
                 await until(again_done, "a run that refreshes with the stored token")
                 found = await runs.get(service.pool, again)
-                assert found is not None and found["status"] == "succeeded", found["issues"]
+                assert found is not None
+                assert found["status"] == "succeeded", found["issues"]
                 grant = await grants.get(service.pool, grant_id)
                 assert grant is not None and grant.state == "active"
                 assert upstreams.refreshes == 2
