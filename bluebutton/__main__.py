@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from bluebutton.outbound import redact_http_logs
+from bluebutton.outbound.logs import redact_http_logs
 from bluebutton.settings import CERT_DIR, Settings, describe_error
 from bluebutton.sync import cli as sync_cli
 from bluebutton.web.app import create_app
@@ -28,10 +28,11 @@ COMMANDS = {
     "rotate-keys": "re-encrypt every stored token under the first key of BLUEBUTTON_TOKEN_KEYS",
 }
 EPILOG = """Settings are BLUEBUTTON_* environment variables or a .env file in the working directory
-(README.md, "Settings"); a bad value stops start-up with one line naming the variable."""
+(docs/settings.md); a bad value stops start-up with one line naming the variable."""
 
-# Connection limits of the server (README.md, "Settings"). uvicorn's own defaults leave the number
-# of connections unbounded and pick httptools, to which the h11 limit does not apply.
+# Connection limits of the server (docs/settings.md, "The server's fixed limits"). uvicorn's own
+# defaults leave the number of connections unbounded and pick httptools, to which the h11 limit does
+# not apply.
 HTTP_PROTOCOL = "h11"
 TIMEOUT_KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
 LIMIT_CONCURRENCY = 500  # connections + running requests; beyond it uvicorn answers 503 at once

@@ -1,7 +1,7 @@
 """Prometheus metrics: the app's own counters and histograms, and grant keeping read at scrape.
 
-- HTTP: an ASGI middleware counts requests and times them by method, route *template* (never the
-  path as sent: it can hold an id) and status.
+- HTTP: requests by method, route *template* (never the path as sent: it can hold an id) and
+  status, counted and timed by the ASGI middleware in `web/http_metrics.py`.
 - Upstreams: a transport wrapper on the shared CMS and connect clients counts calls by outcome
   (2xx, 4xx, 429, 5xx, timeout, error) and times them to the response headers; it also counts
   refreshes (POSTs of `grant_type=refresh_token` to CMS's token endpoint) and Bundles POSTed to
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,9 +21,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from bluebutton.outbound import UpstreamClient
 
 QUEUE = "bluebutton-sync"  # shown at zero when no job exists
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -79,6 +77,10 @@ class Metrics:
         for outcome in ("2xx", "4xx", "429", "5xx", "timeout", "error"):
             self.bundles.labels(outcome)
 
+    def measure(self, upstream: str) -> Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]:
+        """What an upstream client wraps its transport in when it is built, so every call counts."""
+        return lambda inner: MeasuredTransport(inner, upstream, self)
+
     def render(self, database: list[Any] | None = None) -> bytes:
         text = generate_latest(self.registry)
         if database is not None:
@@ -95,7 +97,8 @@ def outcome_of(status: int) -> str:
 
 
 class MeasuredTransport(httpx.AsyncBaseTransport):
-    """Wraps a shared client's transport: every call is counted and timed, nothing else changes."""
+    """A shared client's transport, wrapped when the client is built: every call is counted and
+    timed, nothing else changes."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, upstream: str, metrics: Metrics) -> None:
         self.inner = inner
@@ -137,46 +140,6 @@ def _is_refresh(request: httpx.Request) -> bool:
         return b"grant_type=refresh_token" in request.content
     except httpx.RequestNotRead:
         return False
-
-
-def instrument(client: httpx.AsyncClient | UpstreamClient, upstream: str, metrics: Metrics) -> None:
-    """Count a shared client's calls (httpx offers no public way to wrap a built client's
-    transport; hooks never see a timeout). Instrumenting again rebinds, never double-counts."""
-    http = client if isinstance(client, httpx.AsyncClient) else client._client
-    current = http._transport
-    if isinstance(current, MeasuredTransport):
-        current.metrics, current.upstream = metrics, upstream
-        return
-    http._transport = MeasuredTransport(current, upstream, metrics)
-
-
-class HttpMetrics:
-    """ASGI middleware: requests by method, route template and status, and their duration."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            labels = (scope["method"], route, str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
 
 class _Fixed(Collector):

@@ -16,7 +16,8 @@ from bluebutton.cms.client import CmsClient
 from bluebutton.cms.pending import PendingStore
 from bluebutton.cms.search_page import Page
 from bluebutton.connect.client import ConnectClient
-from bluebutton.outbound import build_ssl_context
+from bluebutton.metrics import Metrics
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.pull.idempotency_store import IdempotencyStore
 from bluebutton.settings import Settings
 from bluebutton.web.app import create_app
@@ -31,14 +32,25 @@ CONTEXT = ssl.create_default_context()
 EOB = "ExplanationOfBenefit"
 
 
-def new_cms_client(settings: Settings, context: ssl.SSLContext = CONTEXT) -> CmsClient:
+def new_cms_client(
+    settings: Settings, context: ssl.SSLContext = CONTEXT, metrics: Metrics | None = None
+) -> CmsClient:
     return CmsClient.create(
-        settings, context, sleep=CMS_TIME.sleep, clock=CMS_TIME.monotonic, wall_clock=CMS_TIME.time
+        settings,
+        context,
+        wrap=metrics.measure("cms") if metrics else None,
+        sleep=CMS_TIME.sleep,
+        clock=CMS_TIME.monotonic,
+        wall_clock=CMS_TIME.time,
     )
 
 
-def new_connect_client(settings: Settings, context: ssl.SSLContext = CONTEXT) -> ConnectClient:
-    return ConnectClient.create(settings, context, sleep=CONNECT_TIME.sleep)
+def new_connect_client(
+    settings: Settings, context: ssl.SSLContext = CONTEXT, metrics: Metrics | None = None
+) -> ConnectClient:
+    return ConnectClient.create(
+        settings, context, wrap=metrics.measure("connect") if metrics else None, sleep=CONNECT_TIME.sleep
+    )
 
 
 @asynccontextmanager
@@ -48,8 +60,14 @@ async def running_asgi(
     """`create_app(settings)` started through its lifespan, with clients on the virtual clocks;
     `pending` and `idempotency` replace the stores it would open."""
     context = build_ssl_context(settings)
-    async with new_cms_client(settings, context) as cms, new_connect_client(settings, context) as connect:
-        app = create_app(settings, cms=cms, connect=connect, pending=pending, idempotency=idempotency)
+    metrics = Metrics()  # the app's, which the clients count their calls in
+    async with (
+        new_cms_client(settings, context, metrics) as cms,
+        new_connect_client(settings, context, metrics) as connect,
+    ):
+        app = create_app(
+            settings, cms=cms, connect=connect, pending=pending, idempotency=idempotency, metrics=metrics
+        )
         async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
             yield manager.app
 

@@ -13,7 +13,7 @@ import pytest
 import respx
 
 import bluebutton.pull.pipeline
-from bluebutton.outbound import redact_http_logs
+from bluebutton.outbound.logs import redact_http_logs
 from tests.factories import (
     AUTH,
     TOKEN,

@@ -185,9 +185,9 @@ def test_each_warning_has_its_own_condition(overrides: dict[str, object], count:
     assert len(startup_warnings(make_settings(**overrides))) == count
 
 
-def test_the_connection_limits_are_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    settings_section = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+def test_the_connection_limits_are_in_the_settings_page() -> None:
+    page = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+    settings_section = page.split("## The server's fixed limits", 1)[1].split("\n## ", 1)[0]
     for value in (
         f"`timeout_keep_alive` {TIMEOUT_KEEP_ALIVE_SECONDS} s",
         f"`limit_concurrency` {LIMIT_CONCURRENCY}",

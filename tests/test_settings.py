@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bluebutton.outbound import build_ssl_context
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.settings import Settings, describe_error
 from tests.factories import CERTS, make_settings
 

@@ -34,16 +34,9 @@ from bluebutton.errors import (
     TransientUpstreamError,
 )
 from bluebutton.fhir.bundles import FHIR_JSON
-from bluebutton.outbound import (
-    Clock,
-    Sleep,
-    UpstreamClient,
-    backoff_delay,
-    build_client,
-    read_error_body,
-    release,
-    retry_after_seconds,
-)
+from bluebutton.outbound.client import UpstreamClient, Wrap, build_client
+from bluebutton.outbound.responses import read_error_body, release
+from bluebutton.outbound.retry import Clock, Sleep, backoff_delay, retry_after_seconds
 from bluebutton.settings import Settings
 
 # GETs are idempotent: these answers (and transport failures) are worth another try; they become
@@ -98,6 +91,7 @@ class CmsClient(UpstreamClient):
         settings: Settings,
         context: ssl.SSLContext,
         *,
+        wrap: Wrap | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
@@ -107,6 +101,7 @@ class CmsClient(UpstreamClient):
             context=context,
             timeout=settings.cms_timeout_seconds,
             max_connections=max(8, settings.cms_fetch_concurrency * 2),
+            wrap=wrap,
         )
         return cls(settings, http, sleep=sleep, clock=clock, wall_clock=wall_clock)
 

@@ -30,7 +30,7 @@ from bluebutton.errors import (
     NotConfiguredError,
     OAuthError,
 )
-from bluebutton.outbound import read_error_body
+from bluebutton.outbound.responses import read_error_body
 from bluebutton.settings import Settings
 
 # Scopes a beneficiary removes by declining to share demographic data (bb2-api.md §2.11).

@@ -136,11 +136,6 @@ class RedisPendingStore:
         self._max = max_pending
         self._put = client.register_script(_PUT)
 
-    @classmethod
-    def from_url(cls, url: str, *, max_pending: int = MAX_PENDING) -> RedisPendingStore:
-        client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client, max_pending=max_pending)
-
     @property
     def index_key(self) -> str:
         return self.PREFIX + "index"
@@ -171,10 +166,3 @@ class RedisPendingStore:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def open_pending_store(url: str, max_pending: int = MAX_PENDING) -> PendingStore:
-    """The store `BLUEBUTTON_STATE_STORE` names: `memory`, or a Redis URL; capped at `max_pending`."""
-    if url == "memory":
-        return MemoryPendingStore(max_pending=max_pending)
-    return RedisPendingStore.from_url(url, max_pending=max_pending)

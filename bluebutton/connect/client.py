@@ -28,7 +28,9 @@ from bluebutton.errors import (
     ConnectTimeoutError,
     ConnectUnreachableError,
 )
-from bluebutton.outbound import Sleep, UpstreamClient, build_client, read_error_body, release
+from bluebutton.outbound.client import UpstreamClient, Wrap, build_client
+from bluebutton.outbound.responses import read_error_body, release
+from bluebutton.outbound.retry import Sleep
 from bluebutton.settings import Settings
 
 CONNECT_ATTEMPTS = 3
@@ -95,6 +97,7 @@ class ConnectClient(UpstreamClient):
         settings: Settings,
         context: ssl.SSLContext,
         *,
+        wrap: Wrap | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Jitter = random.random,
     ) -> ConnectClient:
@@ -103,6 +106,7 @@ class ConnectClient(UpstreamClient):
             context=context,
             timeout=settings.lfh_timeout_seconds,
             max_connections=4,
+            wrap=wrap,
         )
         return cls(settings, http, sleep=sleep, jitter=jitter)
 

@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from bluebutton.events import outbox
 from bluebutton.events.nats import NatsPublisher, NatsUnavailableError
 from bluebutton.events.webhooks import WebhookFailedError, WebhookSender
-from bluebutton.outbound import build_ssl_context
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import time
 import httpx
 
 from bluebutton.events.signing import secret_key, sign
-from bluebutton.outbound import USER_AGENT
+from bluebutton.outbound.client import USER_AGENT
 from bluebutton.settings import Settings
 
 

@@ -12,7 +12,7 @@ Together this halves the cost of a claim (about 6 ms to 3 ms on the benchmark ma
 pydantic captured both validators in every model's schema when the classes were built, so their
 code is replaced in place: the function objects stay, the schemas are not rebuilt. The checks
 below restate fhir_core 1.1.12's (same order, same errors, same messages), and nothing is changed
-for any other version. `tests/test_validation_patches.py` compares every result, pass or fail and each
+for any other version. `tests/fhir/test_validation_patches.py` compares every result, pass or fail and each
 error's location, message and type, with the untouched library on CMS samples, the sandbox's
 valid and invalid claims and targeted mutations. Used only in the validation workers, and
 `BLUEBUTTON_FAST_VALIDATION=false` turns it off; `/health` says

@@ -162,10 +162,6 @@ class RedisIdempotencyStore:
         self._clock = clock
         self._claim = client.register_script(_CLAIM)
 
-    @classmethod
-    def from_url(cls, url: str) -> RedisIdempotencyStore:
-        return cls(aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
-
     def _key(self, key: str) -> str:
         return self.prefix + hashlib.sha256(key.encode()).hexdigest()
 
@@ -206,10 +202,3 @@ def _unavailable(error: RedisError) -> IdempotencyStoreError:
         f"The Idempotency-Key store (BLUEBUTTON_STATE_STORE, Redis) failed ({type(error).__name__}); "
         "nothing was sent to LinuxForHealth connect. Retry with the same key when Redis is back"
     )
-
-
-def open_idempotency_store(url: str) -> IdempotencyStore:
-    """The store `BLUEBUTTON_STATE_STORE` names, beside the pending authorizations."""
-    if url == "memory":
-        return MemoryIdempotencyStore()
-    return RedisIdempotencyStore.from_url(url)

@@ -1,8 +1,12 @@
-"""What a run needs, opened once per process: the pool, the token cipher and the upstream clients."""
+"""What a run needs from its process's resources (`bluebutton.resources.Resources` provides it).
+
+A Protocol rather than a copy: the sync code reads the one set of clients, pool and cipher the
+composition root opened, and names only the part of it that it uses.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -14,12 +18,18 @@ from bluebutton.settings import Settings
 from bluebutton.sync.crypto import TokenCipher
 
 
-@dataclass(frozen=True)
-class SyncContext:
-    settings: Settings
-    pool: AsyncConnectionPool
-    cipher: TokenCipher
-    cms: CmsClient
-    oauth: OAuthClient
-    connect: ConnectClient
-    validator: Validator
+class SyncContext(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def pool(self) -> AsyncConnectionPool: ...
+    @property
+    def cipher(self) -> TokenCipher: ...
+    @property
+    def cms(self) -> CmsClient: ...
+    @property
+    def oauth(self) -> OAuthClient: ...
+    @property
+    def connect(self) -> ConnectClient: ...
+    @property
+    def validator(self) -> Validator: ...

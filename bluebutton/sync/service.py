@@ -1,8 +1,8 @@
 """What a process opens for grant keeping, and the operations the API and the callback call.
 
-The web process opens it in its lifespan with the clients it already has (and, with
-`BLUEBUTTON_SYNC_WORKER=embedded`, runs a worker inside); `python -m bluebutton worker` opens the
-same with clients of its own. Any number of them share one database.
+Every process opens it on the resources of the composition root (`bluebutton.resources`): the web
+lifespan (with `BLUEBUTTON_SYNC_WORKER=embedded`, a worker inside), `python -m bluebutton worker`
+and the CLI through `open_standalone`, the benchmark. Any number of them share one database.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from bluebutton.cms.client import CmsClient
-from bluebutton.cms.oauth import OAuthClient, TokenSet
-from bluebutton.connect.client import ConnectClient
+from bluebutton.cms.oauth import TokenSet
 from bluebutton.errors import NotConfiguredError
 from bluebutton.events.delivery import EventDelivery
-from bluebutton.fhir.validator import Validator
-from bluebutton.outbound import build_ssl_context, redact_http_logs
+from bluebutton.outbound.logs import redact_http_logs
+from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, runs
 from bluebutton.sync.context import SyncContext
-from bluebutton.sync.crypto import TokenCipher, TokenKeyError
-from bluebutton.sync.database import open_pool, release_embedded, resolve_conninfo, unreachable
+from bluebutton.sync.crypto import TokenKeyError
+from bluebutton.sync.database import unreachable
 from bluebutton.sync.errors import GrantNotFoundError, GrantNotSyncingError
 from bluebutton.sync.grants import SYNCING, Grant, GrantState
 from bluebutton.sync.jobs import opened
@@ -187,30 +185,18 @@ def _instant(value: datetime | None) -> str | None:
 
 
 @asynccontextmanager
-async def open_sync(
-    settings: Settings,
-    cms: CmsClient,
-    oauth: OAuthClient,
-    connect: ConnectClient,
-    validator: Validator,
-    *,
-    worker: bool,
-) -> AsyncIterator[SyncService]:
-    """Pool, migrations, procrastinate and (optionally) a supervised worker, closed in reverse."""
-    assert settings.token_keys is not None
-    cipher = TokenCipher.from_setting(settings.token_keys.get_secret_value())
+async def open_sync(context: SyncContext, *, worker: bool) -> AsyncIterator[SyncService]:
+    """procrastinate on the root's pool, migrations (or a check of them), the event delivery and,
+    optionally, a supervised worker; closed in reverse. The pool itself stays the root's to close."""
+    settings = context.settings
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(release_embedded, settings)
-        pool = await open_pool(await resolve_conninfo(settings), settings.database_pool_size)
-        stack.push_async_callback(pool.close)
-        events = EventDelivery(settings, pool)
+        events = EventDelivery(settings, context.pool)
         stack.push_async_callback(events.aclose)
-        app = await stack.enter_async_context(opened(settings, pool))
+        app = await stack.enter_async_context(opened(settings, context.pool))
         if settings.database_migrate:
-            await migrate(pool)
+            await migrate(context.pool)
         else:
-            await check(pool)
-        context = SyncContext(settings, pool, cipher, cms, oauth, connect, validator)
+            await check(context.pool)
         keeping = Keeping(context, app, events)
         if worker:
             task = asyncio.create_task(_embedded(keeping), name="sync-worker")
@@ -238,20 +224,15 @@ async def _embedded(keeping: Keeping) -> None:
 
 
 @asynccontextmanager
-async def open_standalone(settings: Settings, *, worker: bool) -> AsyncIterator[SyncService]:
-    """Grant keeping with its own upstream clients, for the CLI and standalone workers."""
+async def open_standalone(
+    settings: Settings, *, worker: bool, overrides: Overrides | None = None
+) -> AsyncIterator[SyncService]:
+    """Grant keeping with the process's own resources, for the CLI and standalone workers."""
     if not settings.sync_enabled:
         raise sync_off()
     redact_http_logs()
-    context = build_ssl_context(settings)
-    async with contextlib.AsyncExitStack() as stack:
-        cms = await stack.enter_async_context(CmsClient.create(settings, context))
-        connect = await stack.enter_async_context(ConnectClient.create(settings, context))
-        validator = await stack.enter_async_context(
-            Validator(settings.validation_workers, fast=settings.fast_validation)
-        )
-        oauth = OAuthClient(settings, cms.http)
-        service = await stack.enter_async_context(
-            open_sync(settings, cms, oauth, connect, validator, worker=worker)
-        )
+    async with (
+        open_resources(settings, overrides) as resources,
+        open_sync(resources, worker=worker) as service,
+    ):
         yield service

@@ -1,23 +1,30 @@
-"""Request dependencies: lifespan state and the caller's bearer token, as Annotated aliases."""
+"""Request dependencies, as Annotated aliases: the lifespan state (the composition root's
+`Resources`, the transfer, grant keeping), the caller's bearer token, and the operator key.
+
+Routes and the console read state only through here; routers never import each other."""
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Annotated, cast
 
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from bluebutton.cms.client import CmsClient
 from bluebutton.cms.oauth import OAuthClient
 from bluebutton.cms.pending import PendingStore
-from bluebutton.errors import MissingTokenError
+from bluebutton.errors import MissingTokenError, NotConfiguredError
 from bluebutton.fhir.validator import Validator
+from bluebutton.metrics import Metrics
 from bluebutton.pull.idempotency import IdempotentTransfer
-from bluebutton.pull.pipeline import Transfer
 from bluebutton.pull.query import FhirQuery, repeated_single_values
+from bluebutton.resources import Resources
 from bluebutton.settings import Settings
+from bluebutton.sync.errors import AdminKeyError
+from bluebutton.sync.service import SyncService, sync_off
 from bluebutton.web.state import State
 
 # RFC 6750 §2.1 b64token.
@@ -36,32 +43,79 @@ def app_state(request: Request) -> State:
     return cast(State, request.scope["state"])
 
 
+def get_resources(request: Request) -> Resources:
+    return app_state(request)["resources"]
+
+
 def get_settings(request: Request) -> Settings:
-    return app_state(request)["settings"]
+    return get_resources(request).settings
 
 
 def get_validator(request: Request) -> Validator:
-    return app_state(request)["validator"]
+    return get_resources(request).validator
 
 
 def get_oauth(request: Request) -> OAuthClient:
-    return app_state(request)["oauth"]
+    return get_resources(request).oauth
 
 
 def get_pending(request: Request) -> PendingStore:
-    return app_state(request)["pending"]
+    return get_resources(request).pending
 
 
 def get_cms(request: Request) -> CmsClient:
-    return app_state(request)["cms"]
+    return get_resources(request).cms
 
 
-def get_transfer(request: Request) -> Transfer:
-    return app_state(request)["transfer"]
+def get_metrics(request: Request) -> Metrics:
+    return get_resources(request).metrics
 
 
 def get_idempotent(request: Request) -> IdempotentTransfer:
     return app_state(request)["idempotent"]
+
+
+def get_sync(request: Request) -> SyncService | None:
+    """Grant keeping, or None when it is off (no `BLUEBUTTON_DATABASE_URL`)."""
+    return app_state(request)["sync"]
+
+
+def require_sync(request: Request) -> SyncService:
+    """Grant keeping, or a 503 naming the settings that turn it on."""
+    service = get_sync(request)
+    if service is None:
+        raise sync_off()
+    return service
+
+
+api_key = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="AdminApiKey",
+    description="The operator key, BLUEBUTTON_ADMIN_API_KEY (for /bluebutton/grants and /bluebutton/runs).",
+)
+
+
+def check_admin_key(settings: Settings, key: str | None, *, off: str) -> None:
+    """The operator key, compared in constant time; `off` says what to set when there is none."""
+    expected = settings.admin_api_key
+    if expected is None:
+        raise NotConfiguredError(off)
+    if not key:
+        raise AdminKeyError("No X-API-Key header: send 'X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>'.")
+    if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
+
+
+def admin(request: Request, key: Annotated[str | None, Depends(api_key)]) -> SyncService:
+    """The operator API's guard: grant keeping on (else 503), then the operator key."""
+    service = require_sync(request)
+    check_admin_key(
+        get_settings(request),
+        key,
+        off="The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).",
+    )
+    return service
 
 
 def bearer_token(
@@ -93,9 +147,12 @@ ValidatorDep = Annotated[Validator, Depends(get_validator)]
 BearerTokenDep = Annotated[str, Depends(bearer_token)]
 OAuthDep = Annotated[OAuthClient, Depends(get_oauth)]
 PendingDep = Annotated[PendingStore, Depends(get_pending)]
-TransferDep = Annotated[Transfer, Depends(get_transfer)]
 IdempotentDep = Annotated[IdempotentTransfer, Depends(get_idempotent)]
 CmsDep = Annotated[CmsClient, Depends(get_cms)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SyncDep = Annotated[SyncService | None, Depends(get_sync)]
+AdminDep = Annotated[SyncService, Depends(admin)]
+ApiKeyDep = Annotated[str | None, Depends(api_key)]
 
 
 def get_fhir_query(request: Request, query: Annotated[FhirQuery, Query()]) -> FhirQuery:

@@ -1,27 +1,15 @@
-"""The typed lifespan state: every resource the app opens at start-up and closes at shutdown."""
+"""The typed lifespan state: the composition root's resources, and what the web builds on them."""
 
 from __future__ import annotations
 
 from typing import TypedDict
 
-from bluebutton.cms.client import CmsClient
-from bluebutton.cms.oauth import OAuthClient
-from bluebutton.cms.pending import PendingStore
-from bluebutton.connect.client import ConnectClient
-from bluebutton.fhir.validator import Validator
 from bluebutton.pull.idempotency import IdempotentTransfer
-from bluebutton.pull.pipeline import Transfer
-from bluebutton.settings import Settings
+from bluebutton.resources import Resources
 from bluebutton.sync.service import SyncService
 
 
 class State(TypedDict):
-    settings: Settings
-    cms: CmsClient
-    connect: ConnectClient
-    validator: Validator
-    oauth: OAuthClient
-    pending: PendingStore
-    transfer: Transfer
-    idempotent: IdempotentTransfer  # the transfer behind an Idempotency-Key
+    resources: Resources
+    idempotent: IdempotentTransfer  # the one-shot transfer behind an Idempotency-Key
     sync: SyncService | None  # None: no BLUEBUTTON_DATABASE_URL, grant keeping off

@@ -13,7 +13,7 @@ import pytest
 import respx
 
 import bluebutton.cms.client
-import bluebutton.outbound
+import bluebutton.outbound.retry
 from bluebutton.cms.client import CmsClient
 from bluebutton.errors import (
     CmsBadRequestError,
@@ -27,7 +27,8 @@ from bluebutton.errors import (
     CmsUnavailableError,
     InvalidQueryError,
 )
-from bluebutton.outbound import backoff_delay, build_client
+from bluebutton.outbound.client import build_client
+from bluebutton.outbound.retry import backoff_delay
 from tests.cms.test_paging import LINKS_REFUSED
 from tests.factories import (
     FHIR_BASE,
@@ -516,7 +517,7 @@ async def test_backoff_is_exponential(
         def uniform(low: float, high: float) -> float:
             return high
 
-    monkeypatch.setattr(bluebutton.outbound, "random", TopOfRange)
+    monkeypatch.setattr(bluebutton.outbound.retry, "random", TopOfRange)
     cms_mock.get(EOB).mock(return_value=fhir_response({}, 503))
     async with cms_client(
         cms_retry_attempts=4, cms_retry_backoff_seconds=1.0, cms_retry_budget_seconds=100

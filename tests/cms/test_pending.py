@@ -16,7 +16,6 @@ from bluebutton.cms.pending import (
     MemoryPendingStore,
     PendingAuthorization,
     RedisPendingStore,
-    open_pending_store,
 )
 from bluebutton.errors import PendingStoreFullError
 from tests.factories import AUTHORIZE, JSON_ACCEPT, make_settings
@@ -199,23 +198,7 @@ async def test_authorize_at_the_cap_is_503_with_retry_after() -> None:
     assert "2 authorizations are already waiting" in body["issue"][0]["diagnostics"]
 
 
-# --- open_pending_store and the setting ----------------------------------------------------------
-
-
-async def test_open_store_memory() -> None:
-    store = open_pending_store("memory")
-    try:
-        assert isinstance(store, MemoryPendingStore)
-    finally:
-        await store.aclose()
-
-
-async def test_open_store_redis_url_is_a_redis_store() -> None:
-    store = open_pending_store(REDIS_URL)  # connects lazily: no server needed to build it
-    try:
-        assert isinstance(store, RedisPendingStore)
-    finally:
-        await store.aclose()
+# --- the setting (the stores it opens: tests/test_resources.py) -------------------------------
 
 
 @pytest.mark.parametrize(

@@ -37,20 +37,20 @@ def test_a_plain_secret_is_its_bytes_and_a_bad_whsec_is_refused() -> None:
         secret_key("whsec_not base64!")
 
 
-async def test_the_readme_receiver_verifies_what_the_sender_signs() -> None:
+async def test_the_documented_receiver_verifies_what_the_sender_signs() -> None:
     import re
     import time
 
     from bluebutton.events.webhooks import WebhookSender
-    from bluebutton.outbound import build_ssl_context
+    from bluebutton.outbound.tls import build_ssl_context
     from tests.events.events import SECRET
     from tests.factories import ROOT, make_settings
 
-    section = (ROOT / "README.md").read_text().split("## Events", 1)[1]
+    section = (ROOT / "docs" / "events-and-metrics.md").read_text().split("## Events", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     namespace: dict[str, object] = {}
-    exec(code.group(1), namespace)  # noqa: S102 - our own README's example
+    exec(code.group(1), namespace)  # noqa: S102 - our own docs' example
     receive = namespace["verify"]
     assert callable(receive)
 

@@ -57,7 +57,7 @@ def outcomes(entries: list[dict[str, Any]]) -> list[Any]:
 
 
 def _main() -> None:
-    """`python -m tests.test_validation_patches {plain|fast} CORPUS`: print the outcomes as JSON."""
+    """`python -m tests.fhir.test_validation_patches {plain|fast} CORPUS`: print the outcomes as JSON."""
     mode, corpus = sys.argv[1], Path(sys.argv[2])
     if mode == "fast" and not validation_patches.install():
         raise SystemExit("the speedups do not apply to these library versions")
@@ -153,7 +153,7 @@ def _outcomes_of(corpus: Path) -> tuple[list[Any], list[Any]]:
     """(plain, fast): the outcomes from two fresh interpreters, run side by side."""
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.test_validation_patches", mode, str(corpus)],
+            [sys.executable, "-m", "tests.fhir.test_validation_patches", mode, str(corpus)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -86,7 +86,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
 def test_run_script_help_is_the_commands(args: list[str], module: str, option: str) -> None:
     done = run_script(*args)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.{module}")
+    assert done.stdout.startswith(f"usage: python -m bluebutton.sandbox.tools.{module}")
     assert option in done.stdout
 
 
@@ -98,11 +98,12 @@ def test_run_script_passes_flags_to_the_demo(taken_port: int) -> None:
     assert "not found" not in done.stderr
 
 
-def test_readme_examples_use_patient_ids_of_the_demo() -> None:
+def test_documented_examples_use_patient_ids_of_the_demo() -> None:
     # An id of the real sandbox (e.g. -20140000008325) gets 403 from the demo's tokens.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    ids = re.findall(r"(?<![\w-])-\d{14}\b", readme)
-    assert ids, "the README's curl flow shows a patient id"
+    assert re.search(r"(?<![\w-])-\d{14}\b", readme), "the README's curl flow shows a patient id"
+    pages = [readme] + [path.read_text(encoding="utf-8") for path in sorted((ROOT / "docs").glob("*.md"))]
+    ids = [i for text in pages for i in re.findall(r"(?<![\w-])-\d{14}\b", text)]
     assert [i for i in ids if user_for_patient_id(i) is None] == []
 
 

@@ -58,17 +58,18 @@ async def test_grant_keeping_metrics_follow_the_database(database_url: str, toke
             assert value(found, "bluebutton_jobs_running", queue="bluebutton-sync") == 0
 
 
-async def test_the_readme_lists_every_metric(database_url: str, token_keys: str) -> None:
+async def test_the_docs_list_every_metric(database_url: str, token_keys: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from tests.factories import ROOT
 
-    readme = (ROOT / "README.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "events-and-metrics.md").read_text()
+    documented = page.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     with Upstreams().router():
         async with open_client(sync_settings(database_url, token_keys)) as client:
             response = await client.get("/metrics", headers={"X-API-Key": ADMIN_KEY})
     # prometheus-client's `<counter>_created` timestamps are not metrics of their own
     names = {f.name for f in text_string_to_metric_families(response.text) if not f.name.endswith("_created")}
     assert "bluebutton_grants" in names and "bluebutton_http_requests" in names
-    missing = {n for n in names if f"`{n}`" not in readme and f"`{n}_total`" not in readme}
+    missing = {n for n in names if f"`{n}`" not in documented and f"`{n}_total`" not in documented}
     assert not missing

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from asgi_lifespan import LifespanManager
 
-import bluebutton.web.app
+import bluebutton.resources
 from bluebutton.cms.client import CmsClient
 from bluebutton.connect.client import ConnectClient
 from bluebutton.settings import Settings
@@ -37,8 +37,8 @@ async def test_a_failed_start_closes_what_it_opened(monkeypatch: pytest.MonkeyPa
     opened: list[CmsClient | ConnectClient] = []
 
     def recording(create: Any) -> Any:
-        def wrapper(settings: Settings, context: ssl.SSLContext) -> Any:
-            client = create(settings, context)
+        def wrapper(settings: Settings, context: ssl.SSLContext, **options: Any) -> Any:
+            client = create(settings, context, **options)
             opened.append(client)
             return client
 
@@ -46,7 +46,7 @@ async def test_a_failed_start_closes_what_it_opened(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(CmsClient, "create", recording(CmsClient.create))
     monkeypatch.setattr(ConnectClient, "create", recording(ConnectClient.create))
-    monkeypatch.setattr(bluebutton.web.app, "Validator", FailingValidator)
+    monkeypatch.setattr(bluebutton.resources, "Validator", FailingValidator)
     app = create_app(make_settings())
     with pytest.raises(StartFailed):
         async with LifespanManager(app):

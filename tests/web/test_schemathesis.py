@@ -126,7 +126,7 @@ def test_every_answer_matches_the_document(api_schema: OpenApiSchema) -> None:
             excluded = EXCLUDED_CHECKS
             if "Idempotency-Key" in (case.headers or {}):
                 # ignored_auth resends the case with a wrong token and the same key: the key is
-                # bound to the first token, so that is rightly a 422 (tests/test_idempotency.py).
+                # bound to the first token, so that is rightly a 422 (tests/pull/test_idempotency.py).
                 excluded = [*EXCLUDED_CHECKS, ignored_auth]
             response = case.call_and_validate(headers=AUTH, excluded_checks=excluded)
             assert_not_a_server_error(response.status_code, response.content)

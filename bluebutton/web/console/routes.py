@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -28,6 +28,7 @@ from bluebutton.sync.service import SYNC_SETTINGS, SyncService, sync_off
 from bluebutton.web.console.errors import ConsoleSignInError, CsrfTokenError
 from bluebutton.web.console.pages import WARN_DAYS, days_left, in_progress, render, totals
 from bluebutton.web.console.session import SESSION_SECONDS, SIGN_IN_SECONDS, Session, SessionSigner, same_key
+from bluebutton.web.deps import SettingsDep, SyncDep
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,14 @@ class Console:
         return response
 
 
-def console(request: Request, clock: Annotated[Callable[[], float], Depends(get_clock)]) -> Console:
-    settings = cast(Settings, request.state.settings)
+def console(
+    request: Request,
+    settings: SettingsDep,
+    service: SyncDep,
+    clock: Annotated[Callable[[], float], Depends(get_clock)],
+) -> Console:
     key = settings.admin_api_key
     signer = SessionSigner(key.get_secret_value()) if key is not None else None
-    service = cast(SyncService | None, getattr(request.state, "sync", None))
     return Console(request, settings, service, signer, clock())
 
 

@@ -1,4 +1,4 @@
-"""The operator API under /bluebutton/grants and /bluebutton/runs, and the sync=true callback answer.
+"""The operator API under /bluebutton/grants and /bluebutton/runs.
 
 Every operator route needs `X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>` (compared in constant time).
 Without a database the routes answer 503 naming the settings to add; without a key, 503 too.
@@ -6,23 +6,17 @@ Without a database the routes answer 503 naming the settings to add; without a k
 
 from __future__ import annotations
 
-import hmac
 import uuid
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import APIKeyHeader
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, Response
 
-from bluebutton.cms.oauth import TokenSet
-from bluebutton.errors import NotConfiguredError
-from bluebutton.settings import Settings
-from bluebutton.sync.errors import AdminKeyError, RunNotFoundError
+from bluebutton.sync.errors import GrantKeepingStalledError, RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
-from bluebutton.sync.service import SyncService, sync_off
-from bluebutton.web.enrolled_page import enrolled_page
+from bluebutton.sync.service import SyncService
+from bluebutton.web.deps import AdminDep, require_sync
 from bluebutton.web.grant_schemas import (
-    Enrolment,
     GrantInfo,
     GrantList,
     RecordList,
@@ -34,43 +28,6 @@ from bluebutton.web.schemas import outcome_responses
 
 router = APIRouter(tags=["grants"])
 
-api_key = APIKeyHeader(
-    name="X-API-Key",
-    auto_error=False,
-    scheme_name="AdminApiKey",
-    description="The operator key, BLUEBUTTON_ADMIN_API_KEY (for /bluebutton/grants and /bluebutton/runs).",
-)
-
-
-def require_sync(request: Request) -> SyncService:
-    service = cast(SyncService | None, getattr(request.state, "sync", None))
-    if service is None:
-        raise sync_off()
-    return service
-
-
-def admin(request: Request, key: Annotated[str | None, Depends(api_key)]) -> SyncService:
-    service = require_sync(request)
-    check_admin_key(
-        cast(Settings, request.state.settings),
-        key,
-        off="The operator API is off: set BLUEBUTTON_ADMIN_API_KEY (at least 32 characters).",
-    )
-    return service
-
-
-def check_admin_key(settings: Settings, key: str | None, *, off: str) -> None:
-    """The operator key, compared in constant time; `off` says what to set when there is none."""
-    expected = settings.admin_api_key
-    if expected is None:
-        raise NotConfiguredError(off)
-    if not key:
-        raise AdminKeyError("No X-API-Key header: send 'X-API-Key: <BLUEBUTTON_ADMIN_API_KEY>'.")
-    if not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise AdminKeyError("The X-API-Key is not the operator key (BLUEBUTTON_ADMIN_API_KEY).")
-
-
-AdminDep = Annotated[SyncService, Depends(admin)]
 _COMMON = outcome_responses(401, 404, 422, 503)
 
 
@@ -110,11 +67,21 @@ async def sync_now(grant_id: uuid.UUID, service: AdminDep, response: Response) -
     "/health/grant-keeping",
     tags=["service"],
     summary="200 while grant keeping can progress, 503 while it cannot (for monitors)",
-    responses={503: {"description": "The database is unreachable or no worker has a fresh heartbeat"}},
+    responses=outcome_responses(503),
 )
-async def grant_keeping_health(request: Request) -> JSONResponse:
-    state = await require_sync(request).health()
-    return JSONResponse(state, status_code=200 if state["progressing"] else 503)
+async def grant_keeping_health(service: Annotated[SyncService, Depends(require_sync)]) -> JSONResponse:
+    """The state `/health` reports under `grant_keeping`, with a status that follows it: 503 (an
+    OperationOutcome saying why) while the database is unreachable or no worker has a fresh
+    heartbeat."""
+    state = await service.health()
+    if not state["progressing"]:
+        why = (
+            "its database is unreachable"
+            if state["database"] == "unreachable"
+            else "no sync worker has a fresh heartbeat"
+        )
+        raise GrantKeepingStalledError(f"Grant keeping cannot progress: {why}.")
+    return JSONResponse(state)
 
 
 @router.get("/bluebutton/grants/{grant_id}/runs", summary="The grant's runs, newest first", responses=_COMMON)
@@ -151,21 +118,3 @@ async def get_run(run_id: int, service: AdminDep) -> RunInfo:
     if found is None:
         raise RunNotFoundError(f"No run {run_id}.")
     return RunInfo.model_validate(found)
-
-
-async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Response:
-    """The callback's answer for sync=true: the grant is stored, the refresh token never leaves."""
-    grant_id, run_id = await require_sync(request).enrol(tokens)
-    if html:
-        page, headers = enrolled_page(tokens, grant_id)
-        return HTMLResponse(page, headers=headers)
-    body = Enrolment(
-        grant_id=grant_id,
-        run_id=run_id,
-        patient=tokens.patient,
-        scope=tokens.scope,
-        access_grant_expiration=tokens.access_grant_expiration,
-        access_token=tokens.access_token,
-        expires_in=tokens.expires_in,
-    )
-    return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})

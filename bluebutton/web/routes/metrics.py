@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from bluebutton.metrics import CONTENT_TYPE, Metrics, database_down, read_database
-from bluebutton.settings import Settings
+from bluebutton.metrics import CONTENT_TYPE, database_down, read_database
 from bluebutton.sync.database import unreachable
 from bluebutton.sync.grants import STATES
-from bluebutton.sync.service import SyncService
-from bluebutton.web.routes.grants import api_key, check_admin_key
+from bluebutton.web.deps import ApiKeyDep, MetricsDep, SettingsDep, SyncDep, check_admin_key
 from bluebutton.web.schemas import outcome_responses
 
 router = APIRouter(tags=["operations"])
 
 
-def _scraper(request: Request, key: Annotated[str | None, Depends(api_key)]) -> None:
-    settings = cast(Settings, request.state.settings)
+def _scraper(settings: SettingsDep, key: ApiKeyDep) -> None:
     if not settings.metrics_public:
         check_admin_key(
             settings,
@@ -39,8 +34,7 @@ def _scraper(request: Request, key: Annotated[str | None, Depends(api_key)]) -> 
         **outcome_responses(401, 503),
     },
 )
-async def metrics(request: Request) -> Response:
-    sync = cast(SyncService | None, getattr(request.state, "sync", None))
+async def metrics(metrics: MetricsDep, sync: SyncDep) -> Response:
     database = None
     if sync is not None:
         try:
@@ -49,5 +43,4 @@ async def metrics(request: Request) -> Response:
             if not unreachable(e):
                 raise
             database = database_down()
-    body = cast(Metrics, request.app.state.metrics).render(database)
-    return Response(body, media_type=CONTENT_TYPE)
+    return Response(metrics.render(database), media_type=CONTENT_TYPE)

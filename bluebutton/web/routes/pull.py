@@ -1,56 +1,27 @@
-"""The HTTP surface: parse, call, answer. Errors are raised, and rendered by the app's handler."""
+"""The one-shot pull's HTTP surface: `/health` and `/bluebutton/fhir`. Errors are raised, and
+rendered by the app's handler."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response, StreamingResponse
 
-from bluebutton.cms.oauth import callback_error, new_pending_authorization
-from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.pull.idempotency import HEADER_DOC
-from bluebutton.web.callback_page import callback_page
-from bluebutton.web.deps import (
-    BearerTokenDep,
-    CmsDep,
-    FhirQueryDep,
-    IdempotentDep,
-    OAuthDep,
-    PendingDep,
-    SettingsDep,
-    ValidatorDep,
-)
-from bluebutton.web.error_page import wants_html
-from bluebutton.web.routes import grants as sync_routes
-from bluebutton.web.schemas import (
-    AuthorizeLink,
-    Health,
-    RefreshRequest,
-    RevokeRequest,
-    TokenResponse,
-    Userinfo,
-    outcome_responses,
-)
+from bluebutton.web.deps import BearerTokenDep, FhirQueryDep, IdempotentDep, SyncDep, ValidatorDep
+from bluebutton.web.schemas import Health, outcome_responses
 
 router = APIRouter()
 
-STATE_SPENT = Issue(
-    "This authorization is used up: its state is single-use and this callback spent it, so "
-    "reloading the page cannot succeed. Start again at GET /bluebutton/authorize.",
-    code="security",
-    severity="information",
-)
-
 
 @router.get("/health", tags=["service"])
-async def health(request: Request, validator: ValidatorDep) -> Health:
+async def health(validator: ValidatorDep, sync: SyncDep) -> Health:
     """Liveness: answers 200 while the one-shot route can serve, touching no upstream.
     `validation` says whether the validation workers run with the speedup patches (`fast`) or
     the library as it is (`standard`); `grant_keeping` adds the database's and the workers' state
     (see `/health/grant-keeping` for a status code that follows it)."""
-    sync = getattr(request.state, "sync", None)
     keeping = await sync.health() if sync is not None else None
     return Health(validation=validator.mode, grant_keeping=keeping)
 
@@ -123,115 +94,3 @@ async def _disconnected(request: Request) -> None:
 async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     for part in parts:
         yield part
-
-
-@router.get(
-    "/bluebutton/userinfo",
-    tags=["bluebutton"],
-    summary="The beneficiary's profile (CMS userinfo; needs the profile scope)",
-    response_model=Userinfo,
-    responses=outcome_responses(401, 403, 404, 429, 502, 504),
-)
-async def userinfo(token: BearerTokenDep, cms: CmsDep) -> JSONResponse:
-    """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
-    `/v{n}/connect/userinfo`, as CMS sent it. 403 when the beneficiary withheld demographic data
-    (no `profile` scope). Nothing is stored in connect."""
-    return JSONResponse(await cms.get_userinfo(token))
-
-
-def _wants_html(request: Request) -> bool:
-    return wants_html(request.headers.get("accept", ""))
-
-
-@router.get(
-    "/bluebutton/authorize",
-    tags=["oauth"],
-    summary="Start authorizing with Blue Button (state + PKCE S256)",
-    response_model=AuthorizeLink,
-    responses={307: {"description": "Browsers are redirected to CMS"}, **outcome_responses(503)},
-)
-async def authorize(
-    request: Request,
-    settings: SettingsDep,
-    oauth: OAuthDep,
-    pending: PendingDep,
-    sync: Annotated[
-        bool, Query(description="true: the service keeps the grant and keeps the data current in connect")
-    ] = False,
-) -> Response | AuthorizeLink:
-    """Browsers go straight to CMS; API clients (Swagger) get the URL to open."""
-    if sync:
-        sync_routes.require_sync(request)
-    authorization = new_pending_authorization(sync)
-    url = oauth.authorization_url(authorization)
-    await pending.put(authorization, settings.state_ttl_seconds)
-    if _wants_html(request):
-        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
-    return AuthorizeLink(authorize_url=url, expires_in=settings.state_ttl_seconds)
-
-
-@router.get(
-    "/bluebutton/authorize_callback",
-    tags=["oauth"],
-    summary="CMS redirects the browser here with a code (or an error)",
-    response_model=TokenResponse,
-    responses={200: {"content": {"text/html": {}}}, **outcome_responses(400, 403, 502, 503)},
-)
-async def authorize_callback(
-    request: Request,
-    oauth: OAuthDep,
-    pending: PendingDep,
-    code: Annotated[str | None, Query(max_length=2048)] = None,
-    state: Annotated[str | None, Query(max_length=512)] = None,
-    error: Annotated[str | None, Query(max_length=128)] = None,
-    error_description: Annotated[str | None, Query(max_length=1024)] = None,
-) -> Response | TokenResponse:
-    oauth.credentials()  # 503 before the state is spent, when the client is not configured
-    authorization = await pending.take(state) if state else None
-    if error is not None:
-        raise callback_error(error, error_description)
-    if authorization is None:
-        raise OAuthError(
-            "Unknown, expired (10 minutes) or already used state: this callback does not belong "
-            "to an authorization this service started. Start again at GET /bluebutton/authorize."
-        )
-    if not code:
-        raise OAuthError("The callback has no code. Start again at GET /bluebutton/authorize.")
-    if authorization.sync:
-        sync_routes.require_sync(request)  # before the single-use code is spent
-    try:
-        tokens = await oauth.exchange_code(code, authorization.verifier)
-    except CmsError as e:
-        e.extra_issues.append(STATE_SPENT)  # the state is gone: retrying this callback cannot work
-        raise
-    if authorization.sync:
-        return await sync_routes.enrolled(request, tokens, html=_wants_html(request))
-    if _wants_html(request):
-        html, headers = callback_page(tokens)
-        return HTMLResponse(html, headers=headers)
-    return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
-
-
-@router.post(
-    "/bluebutton/refresh",
-    tags=["oauth"],
-    summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
-    response_model=TokenResponse,
-    responses=outcome_responses(400, 401, 422, 502, 503),
-)
-async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
-    tokens = await oauth.refresh(body.refresh_token)
-    return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
-
-
-@router.post(
-    "/bluebutton/revoke",
-    tags=["oauth"],
-    summary="Revoke an access or refresh token (RFC 7009)",
-    status_code=204,
-    response_class=Response,
-    responses=outcome_responses(400, 422, 502, 503),
-)
-async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
-    await oauth.revoke(body.token)
-    return Response(status_code=204)

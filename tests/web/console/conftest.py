@@ -13,7 +13,8 @@ from html.parser import HTMLParser
 import httpx
 from asgi_lifespan import LifespanManager
 
-from bluebutton.outbound import build_ssl_context
+from bluebutton.metrics import Metrics
+from bluebutton.outbound.tls import build_ssl_context
 from bluebutton.settings import Settings
 from bluebutton.web.app import create_app
 from bluebutton.web.console import routes as console_routes
@@ -39,8 +40,12 @@ class ConsoleTime:
 @asynccontextmanager
 async def console_client(settings: Settings, clock: ConsoleTime) -> AsyncIterator[httpx.AsyncClient]:
     context = build_ssl_context(settings)
-    async with new_cms_client(settings, context) as cms, new_connect_client(settings, context) as connect:
-        app = create_app(settings, cms=cms, connect=connect)
+    metrics = Metrics()
+    async with (
+        new_cms_client(settings, context, metrics) as cms,
+        new_connect_client(settings, context, metrics) as connect,
+    ):
+        app = create_app(settings, cms=cms, connect=connect, metrics=metrics)
         app.dependency_overrides[console_routes.get_clock] = lambda: clock.clock
         app.dependency_overrides[console_routes.get_pause] = lambda: clock.pause
         async with (

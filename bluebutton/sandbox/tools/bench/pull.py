@@ -5,16 +5,12 @@ validation, no rate limit: we time the connector, not connect) and the connector
 user; pulls once with `return_cms` to size the Bundle; runs the pull several times while polling
 `/health`; then runs the naive pull in the same run (sequential `next` with `_count=10`, one-Bundle
 validation, sequential POSTs) and prints both. The connector's RSS is read from /proc: its peak
-over all pulls against its idle RSS before the first.
-
-`bench sync` runs the grant-keeping benchmark instead (`bench_sync.py`).
-"""
+over all pulls against its idle RSS before the first."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +22,7 @@ import orjson
 from fhir.resources.R4B.bundle import Bundle
 
 from bluebutton.fhir.bundles import BundleHeader, split_entries
+from bluebutton.sandbox.tools.bench.procfs import children, status_kb
 from bluebutton.sandbox.tools.login import token_set
 from bluebutton.sandbox.tools.stack import Stack, StackConfig, ca_context, running_stack
 
@@ -50,13 +47,6 @@ def _server_timing(header: str) -> dict[str, float]:
     return timings
 
 
-def _rss_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 class HealthProbe(threading.Thread):
     """Polls `/health` every few milliseconds and records each latency."""
 
@@ -79,22 +69,14 @@ class HealthProbe(threading.Thread):
                 time.sleep(0.01)
 
 
-def _children(pid: int) -> list[int]:
-    return [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
-
-
 def worker_rss_mb(connector: int) -> tuple[int, float, float]:
     """The validation pool: (workers, the forkserver's RSS = a fresh worker's, largest peak), MB."""
-    servers = _children(connector)
-    workers = [w for server in servers for w in _children(server)]
+    servers = children(connector)
+    workers = [w for server in servers for w in children(server)]
     if not servers or not workers:
         return 0, 0.0, 0.0
-    fresh = max(_rss_kb(server, "VmRSS") for server in servers) / 1024
-    return len(workers), fresh, max(_rss_kb(w, "VmHWM") for w in workers) / 1024
+    fresh = max(status_kb(server, "VmRSS") for server in servers) / 1024
+    return len(workers), fresh, max(status_kb(w, "VmHWM") for w in workers) / 1024
 
 
 def connector_pull(stack: Stack, token: str, client: httpx.Client, pages_per: int) -> Run:
@@ -151,12 +133,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sync"]:  # `pipenv run bench sync`: grant keeping at scale (bench_sync.py)
-        from bluebutton.sandbox.tools.bench_sync import main as sync_main
-
-        return sync_main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bluebutton.sandbox.tools.bench", description=__doc__)
     parser.add_argument("--claims", type=int, default=150)
     parser.add_argument("--rtt-ms", type=int, default=100, help="latency the emulated CMS adds")
     parser.add_argument("--runs", type=int, default=5)
@@ -174,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         with running_stack(config) as stack:
             pid = stack.processes["connector"].pid
             token = token_set(stack.connector_url, USER)["access_token"]
-            idle_kb = _rss_kb(pid, "VmRSS")
+            idle_kb = status_kb(pid, "VmRSS")
             probe = HealthProbe(f"{stack.connector_url}/health")
             probe.start()
             with httpx.Client(verify=ca_context(), timeout=300.0) as client:
@@ -186,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                 bundle_bytes = len(merged.content)
                 pages = -(-args.claims // 50)
                 time.sleep(0.5)
-                warm_kb = _rss_kb(pid, "VmRSS")  # what the process keeps between pulls
+                warm_kb = status_kb(pid, "VmRSS")  # what the process keeps between pulls
                 probe.running.set()
                 runs = [connector_pull(stack, token, client, pages) for _ in range(args.runs)]
                 probe.running.clear()
-                peak_kb = _rss_kb(pid, "VmHWM")
+                peak_kb = status_kb(pid, "VmHWM")
                 workers = worker_rss_mb(pid)
                 baseline: list[Run] = []
                 entry_bytes: list[bytes] = []
@@ -241,7 +218,3 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio={base / total:.2f} health_p99_ms={p99:.1f} peak_rss_mb={peak_mb:.0f}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
