@@ -78,6 +78,20 @@ def retry_at(attempts_so_far: int, attempts: int, first_wait: float) -> datetime
 
 blueprint = procrastinate.Blueprint()
 
+# Older than a minute: a job deferred in a transaction that has not committed yet is not orphaned.
+_ORPHAN_EVENTS = (
+    "SELECT e.id FROM bluebutton_events e WHERE e.dispatched_at IS NULL "
+    "AND e.occurred_at < now() - interval '1 minute' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+    "WHERE j.task_name = %s AND j.args->>'event_id' = e.id::text AND j.status IN ('todo', 'doing'))"
+)
+_ORPHAN_DELIVERIES = (
+    "SELECT d.event_id, d.target FROM bluebutton_event_deliveries d JOIN bluebutton_events e "
+    "ON e.id = d.event_id WHERE d.status IN ('pending', 'retrying') "
+    "AND e.dispatched_at < now() - interval '1 minute' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+    "WHERE j.task_name = %s AND j.args->>'event_id' = d.event_id::text AND j.args->>'target' = d.target "
+    "AND j.status IN ('todo', 'doing'))"
+)
+
 
 def delivery_of(context: JobContext) -> EventDelivery:
     found = context.additional_context.get(EVENTS)
@@ -144,7 +158,24 @@ class EventDelivery:
                 await manager.retry_job(job)
                 recovered += 1
                 logger.warning("re-queued event job %s: its worker stopped", job.id)
-        return recovered
+        return recovered + await self.requeue_orphans()
+
+    async def requeue_orphans(self) -> int:
+        """Events and deliveries left without a live job (a job aborted when its worker lost the
+        database, or lost with it) are queued again; both tasks are idempotent, so a spare job
+        costs nothing and a missing one would strand an event."""
+        async with self.pool.connection() as connection, connection.transaction():
+            events = await (await connection.execute(_ORPHAN_EVENTS, (outbox.DISPATCH_TASK,))).fetchall()
+            for (event_id,) in events:
+                await outbox.defer_in(connection, outbox.DISPATCH_TASK, {"event_id": str(event_id)})
+            targets = await (await connection.execute(_ORPHAN_DELIVERIES, (DELIVER_TASK,))).fetchall()
+            for event_id, target in targets:
+                await outbox.defer_in(connection, DELIVER_TASK, {"event_id": str(event_id), "target": target})
+        if events or targets:
+            logger.warning(
+                "re-queued %d event(s) and %d delivery(ies) left without a job", len(events), len(targets)
+            )
+        return len(events) + len(targets)
 
     def targets(self) -> list[str]:
         found = [NATS_TARGET] if self.nats else []

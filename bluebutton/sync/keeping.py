@@ -28,6 +28,7 @@ from procrastinate.jobs import Status
 
 from bluebutton.errors import DatabaseUnavailableError
 from bluebutton.events.delivery import EventDelivery
+from bluebutton.settings import Settings
 from bluebutton.sync import grants, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.database import misconfigured, ping, unreachable
@@ -36,6 +37,7 @@ from bluebutton.sync.journal import DatabaseWatch, Journal, Pending, backoff
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 5000
+OPERATOR_WAIT_SECONDS = 3.0
 KEEPING = "keeping"  # the key of this object in the worker's additional_context
 EVENTS = "events"
 STOPPED = (
@@ -71,12 +73,14 @@ class Keeping:
         self.journal = Journal(self.ctx.pool, self.watch)
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> Settings:
         return self.ctx.settings
 
     async def database(self, action: Callable[[], Awaitable[T]]) -> T:
-        """`action`, with a lost database reported as `DatabaseUnavailableError` (503)."""
+        """`action`, with a lost database reported as `DatabaseUnavailableError` (503). A quick
+        round trip first, so an operator waits seconds, not the pool's 30 s, to hear it is away."""
         try:
+            await ping(self.ctx.pool, OPERATOR_WAIT_SECONDS)
             found = await action()
         except DatabaseUnavailableError as e:
             self.watch.went(e)
