@@ -93,6 +93,7 @@ class Journal:
         self._clock = clock
         self.pending: list[Pending] = []
         self._wake = asyncio.Event()
+        self._settling = asyncio.Lock()  # the writer task and the supervisor settle in turn
 
     def keep(self, pending: Pending) -> Pending:
         self.pending.append(pending)
@@ -123,6 +124,10 @@ class Journal:
     async def settle(self) -> bool:
         """Write what is kept, in order; True once nothing is left, False if the database is
         still away (the rest stays, in order)."""
+        async with self._settling:
+            return await self._settle()
+
+    async def _settle(self) -> bool:
         self._expire()
         while self.pending:
             item = self.pending[0]

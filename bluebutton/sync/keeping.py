@@ -136,6 +136,15 @@ class Keeping:
             logger.warning(
                 "run %d had no live job (%s): ended as failed, grant queued again", run_id, job_status
             )
+        # A job left `doing` by a stopped worker keeps holding its grant's lock, even when its run
+        # was already ended (by the journal, after the database came back): release it.
+        for stalled in await manager.get_stalled_jobs(
+            task_name=runs.SYNC_TASK, seconds_since_heartbeat=self.settings.sync_stalled_seconds
+        ):
+            assert stalled.id is not None
+            with contextlib.suppress(Exception):  # finished meanwhile
+                await manager.finish_job_by_id_async(stalled.id, Status.FAILED, delete_job=False)
+                logger.warning("closed sync job %d of a stopped worker", stalled.id)
         await self.events.recover_stalled(manager)
         return ended
 
