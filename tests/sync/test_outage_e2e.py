@@ -166,6 +166,20 @@ def test_a_round_survives_the_database_stopped_30s_and_killed(
                 stored[(resource["resourceType"], resource["id"])] += 1
                 if resource["resourceType"] == "ExplanationOfBenefit":
                     by_patient[resource["patient"]["reference"].rsplit("/", 1)[-1]] += 1
+        figures = {
+            "runs": _scalar(url, "SELECT count(*) FROM bluebutton_runs"),
+            "ended by the outage": _scalar(
+                url,
+                "SELECT count(*) FROM bluebutton_runs WHERE issues::text LIKE '%database was unreachable%'",
+            ),
+            "ended as stopped": _scalar(
+                url,
+                "SELECT count(*) FROM bluebutton_runs WHERE issues::text LIKE '%worker running this run%'",
+            ),
+            "records in connect": len(e2e.records()),
+            "entries in connect": sum(stored.values()),
+        }
+        print(f"outage round: {figures}")
         twice = [key for key, n in stored.items() if n > 1]
         assert twice == [], f"{len(twice)} entries stored twice"
         for user in USERS:

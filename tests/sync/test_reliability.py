@@ -70,3 +70,27 @@ async def test_a_200_without_location_is_stored_once_and_says_location_unknown(
             second = await run_once(service, grant_id)
             assert second["status"] == "succeeded" and second["bundles"] == []
             assert len(upstreams.posts) == len(first["bundles"])  # the next run resends nothing
+
+
+class SlowConnect(Upstreams):
+    """connect stores the Bundle but its answer never arrives within the POST timeout."""
+
+    def _connect(self, request: httpx.Request) -> httpx.Response:
+        super()._connect(request)
+        raise httpx.ReadTimeout("no answer in time", request=request)
+
+
+async def test_a_post_without_an_answer_is_told_in_grant_keeping_terms(
+    database_url: str, token_keys: str
+) -> None:
+    upstreams = SlowConnect()
+    settings = sync_settings(database_url, token_keys, sync_lfh_timeout_seconds=7)
+    with upstreams.router():
+        async with open_service(settings) as service:
+            grant_id, _ = await service.enrol(upstreams.authorize(USER))
+            run = await run_once(service, grant_id)
+    assert run["status"] == "failed"
+    told = " ".join(i["diagnostics"] for i in run["issues"])
+    assert "Idempotency-Key" not in told
+    assert "within 7 s (BLUEBUTTON_SYNC_LFH_TIMEOUT_SECONDS)" in told
+    assert "connect may hold this one Bundle twice, nothing else" in told
