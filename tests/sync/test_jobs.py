@@ -166,3 +166,35 @@ async def test_a_transient_failure_backs_off_and_is_retried(
             assert (grant.state, grant.consecutive_failures) == ("active", 0)
             assert len(upstreams.stored_ids()) == 12
             assert (await run_once(service, grant_id))["status"] == "succeeded"
+
+
+async def test_an_aborted_jobs_run_ends_and_its_grant_is_queued_again(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    """What a worker cut off from its database leaves: the job `aborted`, its run `running`. The
+    reconcile (every sweep and worker start) ends the run honestly and queues the grant again;
+    queueing moved no `next_sync_at`, the run's end does."""
+    with upstreams.router():
+        async with open_service(sync_settings(database_url, token_keys)) as service:
+            grant_id, run_id = await service.enrol(upstreams.authorize(USER))
+            grant = await grants.get(service.pool, grant_id)
+            assert grant is not None and grant.next_sync_at is None  # queued: not moved
+            async with service.pool.connection() as connection:
+                await connection.execute(
+                    "UPDATE procrastinate_jobs SET status = 'aborted' WHERE task_name = %s", (TASK,)
+                )
+                await connection.execute(
+                    "UPDATE bluebutton_runs SET status = 'running', started_at = now() WHERE id = %s",
+                    (run_id,),
+                )
+            assert await service.jobs.reconcile() == 1
+            ended = await runs.get(service.pool, run_id)
+            assert ended is not None and ended["status"] == "failed"
+            assert "stopped" in ended["issues"][-1]["diagnostics"]
+            await drain(service)
+            latest = (await runs.of_grant(service.pool, grant_id, 1))[0]
+            assert latest["id"] != run_id and latest["status"] == "succeeded"
+            grant = await grants.get(service.pool, grant_id)
+            assert grant is not None and grant.next_sync_at is not None
+            assert grant.next_sync_at > datetime.now(UTC) + timedelta(hours=23)  # from the run's end
+            assert len(upstreams.stored_ids()) == len(set(upstreams.stored_ids())) == 12
