@@ -11,7 +11,7 @@
 Raised inside a run, never seen over HTTP:
 
     GrantEndedError              the grant will not sync again (revoked, expired)
-    TransientRunError            the run failed for a reason worth retrying (procrastinate retries)
+    TransientRunError            the run failed for a reason worth retrying (a new run follows)
 """
 
 from __future__ import annotations
