@@ -16,6 +16,7 @@
     ├── IdempotencyKeyReusedError        422  business-rule    the same key with another query or token
     ├── IdempotencyStoreError            503  transient        the key's store (Redis) failed
     ├── PendingStoreFullError            503  throttled        too many authorizations pending; Retry-After
+    ├── DatabaseUnavailableError         503  transient        grant keeping's database is away; Retry-After
     ├── OAuthError                       400  security         authorize/callback problems
     │   └── AccessDeniedError            403  forbidden        the beneficiary declined
     └── UpstreamError                    502  exception        upstream, its status, its detail
@@ -38,6 +39,7 @@
             ├── ConnectUnreachableError  502  transient     ↻  no connection could be opened
             ├── ConnectTimeoutError      504  timeout          no answer in time; the Bundle may be stored
             ├── ConnectRecordTooLargeError 502 too-costly      over connect's 1 MB record limit: permanent
+            ├── ConnectLocationUnknownError 502 incomplete     a 200 with the record's uuid but no location
             └── PartialForwardError      502  incomplete       some pieces stored, the rest not
 
 ↻ marks a subclass of `TransientUpstreamError` (a second base: the tree shows the first), which
@@ -177,6 +179,23 @@ class PendingStoreFullError(BlueButtonError):
     code = "throttled"
 
 
+class DatabaseUnavailableError(BlueButtonError):
+    """Grant keeping's PostgreSQL did not answer (stopped, restarting, unreachable): the operator
+    routes and the console say so with `Retry-After` instead of a 500; nothing was changed."""
+
+    status_code = 503
+    code = "transient"
+    retry_after_seconds = 10
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "The grant-keeping database (PostgreSQL, BLUEBUTTON_DATABASE_URL) is unreachable; "
+            "nothing was changed. Grant keeping resumes by itself when it answers again: retry later.",
+            headers={"Retry-After": str(self.retry_after_seconds)},
+        )
+
+
 class OAuthError(BlueButtonError):
     status_code = 400
     code = "security"
@@ -300,6 +319,19 @@ class ConnectRecordTooLargeError(ConnectError):
     """connect could not store the record (its Kafka producer's 1 MB limit): resending cannot help."""
 
     code = "too-costly"
+
+
+class ConnectLocationUnknownError(ConnectError):
+    """connect answered 200 with the record's `uuid` but `data_record_location: null`: a race in
+    connect 0.42.0's Kafka callback; the record *was* stored (lfh-connect.md §7), so grant keeping
+    records it as stored, location unknown, and never sends it again."""
+
+    code = "incomplete"
+
+    def __init__(self, message: str, *, record_uuid: str, envelope: bytes) -> None:
+        super().__init__(message, upstream_status=200)
+        self.record_uuid = record_uuid
+        self.envelope = envelope
 
 
 class PartialForwardError(ConnectError):

@@ -184,7 +184,18 @@ _JOBS = (
 )
 
 
-async def read_database(pool: AsyncConnectionPool, states: tuple[str, ...]) -> list[Any]:
+def database_down() -> list[Any]:
+    """What a scrape says while grant keeping's database does not answer."""
+    up = GaugeMetricFamily(
+        "bluebutton_database_up", "1 when grant keeping's database answered this scrape, else 0"
+    )
+    up.add_metric([], 0.0)
+    return [up]
+
+
+async def read_database(
+    pool: AsyncConnectionPool, states: tuple[str, ...], stalled_seconds: float = 60.0
+) -> list[Any]:
     """Grant keeping's figures, read now (a few aggregate queries per scrape)."""
     grants = GaugeMetricFamily("bluebutton_grants", "Stored grants by state", labels=["state"])
     runs = GaugeMetricFamily("bluebutton_runs", "Runs by status (all kept runs)", labels=["status"])
@@ -204,6 +215,10 @@ async def read_database(pool: AsyncConnectionPool, states: tuple[str, ...]) -> l
     oldest = GaugeMetricFamily(
         "bluebutton_jobs_oldest_waiting_seconds", "Age of the oldest due job not started", labels=["queue"]
     )
+    unknown = GaugeMetricFamily(
+        "bluebutton_records_location_unknown",
+        "Resources connect stored but answered without a data_record_location (its Kafka-callback race)",
+    )
     deliveries = GaugeMetricFamily(
         "bluebutton_event_deliveries",
         "Event deliveries by target (nats, webhook:<hash of the URL>) and status",
@@ -217,6 +232,27 @@ async def read_database(pool: AsyncConnectionPool, states: tuple[str, ...]) -> l
         fetched, validated, invalid = (await (await connection.execute(_ENTRIES)).fetchone()) or (0, 0, 0)
         forwarded_row = await (await connection.execute(_FORWARDED)).fetchone()
         job_rows = await (await connection.execute(_JOBS)).fetchall()
+        alive_row = await (
+            await connection.execute(
+                "SELECT count(*) FROM procrastinate_workers "
+                "WHERE last_heartbeat > now() - make_interval(secs => %s)",
+                (stalled_seconds,),
+            )
+        ).fetchone()
+        unknown_row = await (
+            await connection.execute(
+                "SELECT count(*) FROM bluebutton_ledger WHERE data_record_location IS NULL"
+            )
+        ).fetchone()
+    unknown.add_metric([], float(unknown_row[0] if unknown_row else 0))
+    up = GaugeMetricFamily(
+        "bluebutton_database_up", "1 when grant keeping's database answered this scrape, else 0"
+    )
+    up.add_metric([], 1.0)
+    alive = GaugeMetricFamily(
+        "bluebutton_sync_workers_alive", "Sync workers (any process) whose heartbeat is fresh"
+    )
+    alive.add_metric([], float(alive_row[0] if alive_row else 0))
     for state in states:
         grants.add_metric([state], float(by_state.get(state, 0)))
     cumulative: dict[str, dict[float, int]] = {}
@@ -242,4 +278,17 @@ async def read_database(pool: AsyncConnectionPool, states: tuple[str, ...]) -> l
         oldest.add_metric([queue], float(age))
     for target, status, count in delivery_rows:
         deliveries.add_metric([target, status], float(count))
-    return [grants, runs, durations, entries, waiting, scheduled, running, oldest, deliveries]
+    return [
+        up,
+        alive,
+        grants,
+        runs,
+        durations,
+        entries,
+        waiting,
+        scheduled,
+        running,
+        oldest,
+        unknown,
+        deliveries,
+    ]

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     sync_sweep_cron: str = "* * * * *"
     sync_heartbeat_seconds: float = Field(default=10.0, gt=0)
     sync_stalled_seconds: float = Field(default=60.0, gt=0)
+    # A sync POST waits past librdkafka's 300 s message timeout, so connect's answer is final: a
+    # run has no caller waiting, and a POST given up on is the one way to store a Bundle twice.
+    sync_lfh_timeout_seconds: float = Field(default=330.0, gt=0, le=3600)
+    # How long a worker keeps the ledger rows of a Bundle connect stored, waiting for the database.
+    sync_commit_deadline_seconds: float = Field(default=86_400.0, gt=0)
 
     @field_validator("cms_base_url", "lfh_url")
     @classmethod

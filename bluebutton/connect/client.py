@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bluebutton.errors import (
     ConnectError,
+    ConnectLocationUnknownError,
     ConnectRecordTooLargeError,
     ConnectTimeoutError,
     ConnectUnreachableError,
@@ -109,9 +110,11 @@ class ConnectClient(UpstreamClient):
         )
         return cls(settings, http, sleep=sleep, jitter=jitter)
 
-    async def post_bundle(self, body: bytes) -> StoredRecord:
-        """POST one Bundle; the answer is connect's envelope or a `ConnectError` saying why not."""
+    async def post_bundle(self, body: bytes, *, timeout: float | None = None) -> StoredRecord:  # noqa: ASYNC109
+        """POST one Bundle; the answer is connect's envelope or a `ConnectError` saying why not.
+        `timeout` replaces BLUEBUTTON_LFH_TIMEOUT_SECONDS for this call (grant keeping's own)."""
         origin = self._settings.lfh_origin
+        waited = timeout if timeout is not None else self._settings.lfh_timeout_seconds
         connect_failures = 0
         throttled = 0
         while True:
@@ -120,6 +123,9 @@ class ConnectClient(UpstreamClient):
                     "/fhir/Bundle",
                     content=body,
                     headers={"Content-Type": "application/fhir+json"},
+                    timeout=httpx.Timeout(waited, connect=min(waited, 10.0))
+                    if timeout is not None
+                    else httpx.USE_CLIENT_DEFAULT,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
                 # None of these sent a byte: no connection, or none free in the pool.
@@ -134,7 +140,7 @@ class ConnectClient(UpstreamClient):
             except httpx.TimeoutException as e:
                 raise ConnectTimeoutError(
                     f"LinuxForHealth connect did not answer within "
-                    f"{self._settings.lfh_timeout_seconds:g} s: the Bundle may have been stored; "
+                    f"{waited:g} s: the Bundle may have been stored; "
                     "retry with the same Idempotency-Key"
                 ) from e
             except httpx.TransportError as e:
@@ -191,8 +197,9 @@ def _stored_record(response: httpx.Response) -> StoredRecord:
             upstream_status=200,
         ) from e
     if not envelope.data_record_location:
-        raise ConnectError(
+        raise ConnectLocationUnknownError(
             "LinuxForHealth connect answered 200 but gave no data_record_location",
-            upstream_status=200,
+            record_uuid=envelope.uuid,
+            envelope=response.content,
         )
     return StoredRecord(envelope.uuid, envelope.data_record_location, response.content)

@@ -1,4 +1,4 @@
-"""Delivering the outbox: procrastinate tasks on the sync worker's app.
+"""Delivering the outbox: procrastinate tasks on a blueprint, run by the sync worker.
 
 - `dispatch_event(event_id)`, deferred with the event, creates one delivery row and one
   `deliver_event(event_id, target)` job per configured target, in one transaction (so a retried
@@ -10,8 +10,11 @@
 - `note_expiring_grants` runs hourly and emits `grant.expiring` (30 and 7 days before the end).
 - `prune_events` runs daily: events older than `BLUEBUTTON_EVENTS_RETENTION_DAYS` whose
   deliveries are over are deleted.
-- `recover_event_jobs` runs every minute: jobs of a worker whose heartbeat stopped (SIGKILL)
-  are queued again, so a crash never strands an event (the sync sweep recovers sync jobs only).
+- The sync sweep's reconcile (every minute) queues again the event jobs of a worker whose
+  heartbeat stopped (SIGKILL), so a crash never strands an event.
+
+The tasks read the process's `EventDelivery` from the worker's context; the retry strategy does
+what the task's `RetryLater` says, since only the task knows the settings.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import orjson
 import procrastinate
 from procrastinate import JobContext
 from procrastinate.jobs import Job
+from procrastinate.manager import JobManager
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import AsyncConnectionPool
 
@@ -35,81 +39,116 @@ from bluebutton.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DELIVER_TASK = "bluebutton.deliver_event"
-EXPIRING_TASK = "bluebutton.note_expiring_grants"
+DELIVER_TASK = "events:deliver_event"
 EXPIRING_CRON = "17 * * * *"
-RECOVER_TASK = "bluebutton.recover_event_jobs"
-PRUNE_TASK = "bluebutton.prune_events"
 DISPATCH_ATTEMPTS = 10
+DISPATCH_FIRST_WAIT_SECONDS = 1.0
 NATS_TARGET = "nats"
+EVENTS = "events"  # the key of the process's EventDelivery in the worker's additional_context
 
 
-class DeliveryFailedError(Exception):
-    """An attempt failed; retried until the attempts are spent."""
+class RetryLater(Exception):
+    """An attempt failed and is worth another at `retry_at` (None: the attempts are spent)."""
+
+    def __init__(self, message: str, retry_at: datetime | None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
-class Backoff(BaseRetryStrategy):
-    """`attempts` attempts in all, whatever failed (a lost database connection too: an event must
-    not be stranded); the n-th retry waits `first_wait * 2**(n-1)` seconds."""
+class DeliveryFailedError(RetryLater):
+    """A delivery attempt failed."""
 
-    def __init__(self, attempts: int, first_wait: float) -> None:
-        self.attempts = attempts
-        self.first_wait = first_wait
+
+class RetryAsTold(BaseRetryStrategy):
+    """The task decides (it knows the settings through its context): retry at the time its
+    `RetryLater` carries, never otherwise."""
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        if not isinstance(exception, Exception) or job.attempts + 1 >= self.attempts:
-            return None
-        wait = self.first_wait * 2**job.attempts
-        return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=wait))
+        if isinstance(exception, RetryLater) and exception.retry_at is not None:
+            return RetryDecision(retry_at=exception.retry_at)
+        return None
+
+
+def retry_at(attempts_so_far: int, attempts: int, first_wait: float) -> datetime | None:
+    """`attempts` in all; the n-th retry waits `first_wait * 2**(n-1)` seconds."""
+    if attempts_so_far + 1 >= attempts:
+        return None
+    return datetime.now(UTC) + timedelta(seconds=first_wait * 2**attempts_so_far)
+
+
+blueprint = procrastinate.Blueprint()
+
+# Older than a minute: a job deferred in a transaction that has not committed yet is not orphaned.
+_ORPHAN_EVENTS = (
+    "SELECT e.id FROM bluebutton_events e WHERE e.dispatched_at IS NULL "
+    "AND e.occurred_at < now() - interval '1 minute' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+    "WHERE j.task_name = %s AND j.args->>'event_id' = e.id::text AND j.status IN ('todo', 'doing'))"
+)
+_ORPHAN_DELIVERIES = (
+    "SELECT d.event_id, d.target FROM bluebutton_event_deliveries d JOIN bluebutton_events e "
+    "ON e.id = d.event_id WHERE d.status IN ('pending', 'retrying') "
+    "AND e.dispatched_at < now() - interval '1 minute' AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+    "WHERE j.task_name = %s AND j.args->>'event_id' = d.event_id::text AND j.args->>'target' = d.target "
+    "AND j.status IN ('todo', 'doing'))"
+)
+
+
+def delivery_of(context: JobContext) -> EventDelivery:
+    found = context.additional_context.get(EVENTS)
+    if not isinstance(found, EventDelivery):
+        raise RuntimeError("this worker was started without event delivery in its context")
+    return found
+
+
+@blueprint.task(name="dispatch_event", queue=outbox.QUEUE, pass_context=True, retry=RetryAsTold())
+async def dispatch_event(context: JobContext, event_id: str) -> int:
+    events = delivery_of(context)
+    try:
+        return await events.dispatch(uuid.UUID(event_id))
+    except Exception as e:  # a lost database too: an event must not be stranded
+        wait = max(events.settings.webhook_retry_wait_seconds, DISPATCH_FIRST_WAIT_SECONDS)
+        raise RetryLater(type(e).__name__, retry_at(context.job.attempts, DISPATCH_ATTEMPTS, wait)) from e
+
+
+@blueprint.task(name="deliver_event", queue=outbox.QUEUE, pass_context=True, retry=RetryAsTold())
+async def deliver_event(context: JobContext, event_id: str, target: str) -> str:
+    events = delivery_of(context)
+    settings = events.settings
+    later = retry_at(context.job.attempts, settings.webhook_attempts, settings.webhook_retry_wait_seconds)
+    try:
+        return await events.deliver(uuid.UUID(event_id), target, final=later is None)
+    except DeliveryFailedError as e:
+        raise DeliveryFailedError(str(e), later) from e
+    except Exception as e:
+        raise RetryLater(type(e).__name__, later) from e
+
+
+@blueprint.periodic(cron=EXPIRING_CRON, periodic_id="expiring-grants")
+@blueprint.task(name="note_expiring_grants", queue=outbox.QUEUE, pass_context=True, queueing_lock="expiring")
+async def note_expiring_grants(context: JobContext, timestamp: int) -> int:
+    return await outbox.note_expiring(delivery_of(context).pool)
+
+
+@blueprint.periodic(cron="41 3 * * *", periodic_id="prune-events")
+@blueprint.task(name="prune_events", queue=outbox.QUEUE, pass_context=True, queueing_lock="prune")
+async def prune_events(context: JobContext, timestamp: int) -> int:
+    events = delivery_of(context)
+    return await outbox.prune(events.pool, events.settings.events_retention_days)
 
 
 class EventDelivery:
-    """One process's event tasks; `pool` is set once the process's database is open."""
+    """One process's event delivery: its NATS and webhook clients and the database pool."""
 
-    def __init__(self, settings: Settings, app: procrastinate.App) -> None:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
         self.settings = settings
-        self.pool: AsyncConnectionPool | None = None
+        self.pool = pool
         context = build_ssl_context(settings)
         self.nats = NatsPublisher(settings, context) if settings.nats_url else None
         self.webhooks = WebhookSender(settings, context) if settings.webhook_targets else None
-        backoff = Backoff(settings.webhook_attempts, settings.webhook_retry_wait_seconds)
 
-        dispatch_backoff = Backoff(DISPATCH_ATTEMPTS, max(settings.webhook_retry_wait_seconds, 1.0))
-
-        @app.task(name=outbox.DISPATCH_TASK, queue=outbox.QUEUE, retry=dispatch_backoff)
-        async def dispatch_event(event_id: str) -> int:
-            return await self.dispatch(uuid.UUID(event_id))
-
-        @app.task(name=DELIVER_TASK, queue=outbox.QUEUE, pass_context=True, retry=backoff)
-        async def deliver_event(job: JobContext, event_id: str, target: str) -> str:
-            final = job.job.attempts + 1 >= backoff.attempts
-            return await self.deliver(uuid.UUID(event_id), target, final=final)
-
-        @app.periodic(cron=EXPIRING_CRON, periodic_id="expiring-grants")
-        @app.task(name=EXPIRING_TASK, queue=outbox.QUEUE, queueing_lock=EXPIRING_TASK)
-        async def note_expiring_grants(timestamp: int) -> int:
-            return await outbox.note_expiring(self._pool())
-
-        @app.periodic(cron="* * * * *", periodic_id="event-jobs")
-        @app.task(name=RECOVER_TASK, queue=outbox.QUEUE, queueing_lock=RECOVER_TASK)
-        async def recover_event_jobs(timestamp: int) -> int:
-            return await self.recover_stalled()
-
-        @app.periodic(cron="41 3 * * *", periodic_id="prune-events")
-        @app.task(name=PRUNE_TASK, queue=outbox.QUEUE, queueing_lock=PRUNE_TASK)
-        async def prune_events(timestamp: int) -> int:
-            return await outbox.prune(self._pool(), settings.events_retention_days)
-
-        self.app = app
-
-    def _pool(self) -> AsyncConnectionPool:
-        if self.pool is None:
-            raise RuntimeError("grant keeping is not open in this process")
-        return self.pool
-
-    async def recover_stalled(self) -> int:
-        """Queue again the event jobs of workers that stopped sending heartbeats."""
-        manager = self.app.job_manager
+    async def recover_stalled(self, manager: JobManager) -> int:
+        """Queue again the event jobs of workers that stopped sending heartbeats (the grant
+        keeping's reconcile calls this every sweep)."""
         recovered = 0
         for task in (outbox.DISPATCH_TASK, DELIVER_TASK):
             stalled = await manager.get_stalled_jobs(
@@ -119,7 +158,24 @@ class EventDelivery:
                 await manager.retry_job(job)
                 recovered += 1
                 logger.warning("re-queued event job %s: its worker stopped", job.id)
-        return recovered
+        return recovered + await self.requeue_orphans()
+
+    async def requeue_orphans(self) -> int:
+        """Events and deliveries left without a live job (a job aborted when its worker lost the
+        database, or lost with it) are queued again; both tasks are idempotent, so a spare job
+        costs nothing and a missing one would strand an event."""
+        async with self.pool.connection() as connection, connection.transaction():
+            events = await (await connection.execute(_ORPHAN_EVENTS, (outbox.DISPATCH_TASK,))).fetchall()
+            for (event_id,) in events:
+                await outbox.defer_in(connection, outbox.DISPATCH_TASK, {"event_id": str(event_id)})
+            targets = await (await connection.execute(_ORPHAN_DELIVERIES, (DELIVER_TASK,))).fetchall()
+            for event_id, target in targets:
+                await outbox.defer_in(connection, DELIVER_TASK, {"event_id": str(event_id), "target": target})
+        if events or targets:
+            logger.warning(
+                "re-queued %d event(s) and %d delivery(ies) left without a job", len(events), len(targets)
+            )
+        return len(events) + len(targets)
 
     def targets(self) -> list[str]:
         found = [NATS_TARGET] if self.nats else []
@@ -127,7 +183,7 @@ class EventDelivery:
 
     async def dispatch(self, event_id: uuid.UUID) -> int:
         """One delivery job per target, once; returns how many were queued."""
-        async with self._pool().connection() as connection, connection.transaction():
+        async with self.pool.connection() as connection, connection.transaction():
             row = await (
                 await connection.execute(
                     "SELECT dispatched_at FROM bluebutton_events WHERE id = %s FOR UPDATE", (event_id,)
@@ -148,7 +204,7 @@ class EventDelivery:
         return len(targets)
 
     async def deliver(self, event_id: uuid.UUID, target: str, *, final: bool) -> str:
-        pool = self._pool()
+        pool = self.pool
         async with pool.connection() as connection:
             body = await outbox.body_of(connection, event_id)
             row = await (
@@ -166,7 +222,7 @@ class EventDelivery:
             status = "failed" if final else "retrying"
             await self._record(pool, event_id, target, status, str(e))
             logger.warning("event %s to %s: attempt failed (%s); %s", event_id, target, e, status)
-            raise DeliveryFailedError(str(e)) from e
+            raise DeliveryFailedError(str(e), None) from e
         await self._record(pool, event_id, target, "delivered", None)
         return "delivered"
 

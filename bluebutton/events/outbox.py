@@ -29,7 +29,7 @@ EventType = Literal[
 
 # The sync worker's queue (bluebutton.sync.jobs.QUEUE): the worker that runs syncs delivers events.
 QUEUE = "bluebutton-sync"
-DISPATCH_TASK = "bluebutton.dispatch_event"
+DISPATCH_TASK = "events:dispatch_event"  # delivery.dispatch_event, namespaced
 EXPIRING_DAYS = (30, 7)
 
 _DEFER = (

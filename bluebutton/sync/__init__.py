@@ -1,14 +1,15 @@
 """Grant keeping: stored Blue Button grants kept current in connect by background incremental runs.
 
 database.py    the connection pool; the embedded PostgreSQL server (`embedded`)
-migrations/    procrastinate's schema plus our versioned SQL files, and their runner
+migrations/    procrastinate's migrations and our versioned SQL files, tracked by name, and their runner
 crypto.py      AES-256-GCM for tokens at rest (grant id as associated data), key rotation
 grants.py      the grants table: enrolment, tokens, states, due grants
 ledger.py      what connect holds per resource (content hash), quarantine, watermarks
-runs.py        the runs table: queued → running → succeeded | partial | failed
+runs.py        the runs table: queued → running → succeeded | partial | failed; a run and its job
 runner.py      one run: refresh, pull since the watermark, validate, forward what is new
-jobs.py        the procrastinate app: `sync_grant`, the periodic sweep, stalled-job recovery
-service.py     what a process opens for grant keeping, and `request_run`
-routes.py      the operator API (X-API-Key)
+jobs.py        the blueprint tasks (`run_sync(run_id)`, the periodic sweep) and the process's App
+keeping.py     a process's grant keeping: request_run, reconcile, sweep, the supervised worker
+journal.py     writes kept while the database is away (rotated tokens, ledger rows, run ends)
+service.py     what a process opens for grant keeping, and the operations the API calls
 cli.py         migrate, worker, keygen, rotate-keys
 """

@@ -12,26 +12,36 @@ from bluebutton.sync.crypto import TokenCipher
 
 async def _migrate(settings: Settings) -> int:
     from bluebutton.sync.database import open_pool, resolve_conninfo
-    from bluebutton.sync.jobs import SyncJobs
     from bluebutton.sync.migrations import migrate
 
     pool = await open_pool(await resolve_conninfo(settings), 2)
-    jobs = SyncJobs(settings)
     try:
-        await jobs.app.open_async(pool)
-        applied = await migrate(pool, jobs.app)
+        applied = await migrate(pool)
     finally:
-        await jobs.app.close_async()
         await pool.close()
     print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
     return 0
 
 
 async def _worker(settings: Settings) -> int:
+    """Runs until SIGINT/SIGTERM (exit 0), through database outages of any length; a
+    configuration error (the server refuses the credentials or the database name, the schema is
+    older than the code) ends it with exit code 2 and one line saying what to fix."""
+    import psycopg
+
+    from bluebutton.sync.migrations import SchemaOutdatedError
     from bluebutton.sync.service import open_standalone
 
-    async with open_standalone(settings, worker=False) as service:
-        await service.jobs.run_worker(install_signal_handlers=True)
+    try:
+        async with open_standalone(settings, worker=False) as service:
+            await service.jobs.run_worker(install_signal_handlers=True)
+    except SchemaOutdatedError as e:
+        print(f"bluebutton worker: {e}", file=sys.stderr)
+        return 2
+    except psycopg.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"bluebutton worker: the database refused the settings: {first}", file=sys.stderr)
+        return 2
     return 0
 
 

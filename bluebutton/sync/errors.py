@@ -5,12 +5,13 @@
     ├── AdminKeyError            401  X-API-Key missing or wrong
     ├── GrantNotFoundError       404
     ├── RunNotFoundError         404
-    └── GrantNotSyncingError     409  sync-now for a grant that is not active or failing
+    ├── GrantNotSyncingError     409  sync-now for a grant that is not active or failing
+    └── GrantKeepingStalledError 503  /health/grant-keeping: no database or no live worker
 
 Raised inside a run, never seen over HTTP:
 
     GrantEndedError              the grant will not sync again (revoked, expired)
-    TransientRunError            the run failed for a reason worth retrying (procrastinate retries)
+    TransientRunError            the run failed for a reason worth retrying (a new run follows)
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ class RunNotFoundError(BlueButtonError):
 class GrantNotSyncingError(BlueButtonError):
     status_code = 409
     code = "conflict"
+
+
+class GrantKeepingStalledError(BlueButtonError):
+    """Grant keeping cannot progress now (for monitors); `Retry-After` says when to look again."""
+
+    status_code = 503
+    code = "transient"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "10"})
 
 
 class GrantEndedError(Exception):

@@ -116,20 +116,48 @@ async def get_with(connection: AsyncConnection, grant_id: uuid.UUID, *, lock: bo
     return Grant.from_row(row) if row else None
 
 
+@dataclass(frozen=True)
+class SealedTokens:
+    """A refreshed token set, encrypted for its grant: what is written (and what the journal
+    keeps while the database is away)."""
+
+    access_token_ct: bytes
+    refresh_token_ct: bytes | None
+    access_expires_at: datetime
+    access_grant_expiration: datetime | None
+
+
+def seal_tokens(cipher: TokenCipher, grant_id: uuid.UUID, tokens: TokenSet) -> SealedTokens:
+    return SealedTokens(
+        cipher.encrypt(tokens.access_token, grant_id),
+        cipher.encrypt(tokens.refresh_token, grant_id) if tokens.refresh_token else None,
+        _expiry(tokens),
+        parse_instant(tokens.access_grant_expiration),
+    )
+
+
+async def store_sealed(connection: AsyncConnection, grant_id: uuid.UUID, sealed: SealedTokens) -> None:
+    """Persist a refreshed token set (committed before the new access token is used)."""
+    await connection.execute(
+        "UPDATE bluebutton_grants SET access_token_ct = %s, "
+        "refresh_token_ct = COALESCE(%s, refresh_token_ct), access_expires_at = %s, "
+        "access_grant_expiration = COALESCE(%s, access_grant_expiration), updated_at = now() "
+        "WHERE id = %s",
+        (
+            sealed.access_token_ct,
+            sealed.refresh_token_ct,
+            sealed.access_expires_at,
+            sealed.access_grant_expiration,
+            grant_id,
+        ),
+    )
+
+
 async def store_tokens(
     pool: AsyncConnectionPool, cipher: TokenCipher, grant_id: uuid.UUID, tokens: TokenSet
 ) -> None:
-    """Persist a refreshed token set (committed before the new access token is used)."""
-    refresh = cipher.encrypt(tokens.refresh_token, grant_id) if tokens.refresh_token else None
-    expiration = parse_instant(tokens.access_grant_expiration)
     async with pool.connection() as connection:
-        await connection.execute(
-            "UPDATE bluebutton_grants SET access_token_ct = %s, "
-            "refresh_token_ct = COALESCE(%s, refresh_token_ct), access_expires_at = %s, "
-            "access_grant_expiration = COALESCE(%s, access_grant_expiration), updated_at = now() "
-            "WHERE id = %s",
-            (cipher.encrypt(tokens.access_token, grant_id), refresh, _expiry(tokens), expiration, grant_id),
-        )
+        await store_sealed(connection, grant_id, seal_tokens(cipher, grant_id, tokens))
 
 
 _ENDED: dict[str, tuple[outbox.EventType, str]] = {
@@ -146,65 +174,63 @@ _ENDED: dict[str, tuple[outbox.EventType, str]] = {
 async def end(pool: AsyncConnectionPool, grant_id: uuid.UUID, state: GrantState) -> None:
     """A grant that will not sync again: its tokens are erased (and its event recorded, once)."""
     async with pool.connection() as connection, connection.transaction():
-        before = await (
-            await connection.execute(
-                "SELECT state, patient FROM bluebutton_grants WHERE id = %s FOR UPDATE", (grant_id,)
-            )
-        ).fetchone()
+        await end_with(connection, grant_id, state)
+
+
+async def end_with(connection: AsyncConnection, grant_id: uuid.UUID, state: GrantState) -> None:
+    before = await (
         await connection.execute(
-            "UPDATE bluebutton_grants SET state = %s, access_token_ct = NULL, refresh_token_ct = NULL, "
-            "access_expires_at = NULL, next_sync_at = NULL, updated_at = now() WHERE id = %s",
-            (state, grant_id),
+            "SELECT state, patient FROM bluebutton_grants WHERE id = %s FOR UPDATE", (grant_id,)
         )
-        if before is not None and before[0] != state and state in _ENDED:
-            event_type, reason = _ENDED[state]
-            await outbox.emit(connection, event_type, grant_id, before[1], reason=reason)
+    ).fetchone()
+    await connection.execute(
+        "UPDATE bluebutton_grants SET state = %s, access_token_ct = NULL, refresh_token_ct = NULL, "
+        "access_expires_at = NULL, next_sync_at = NULL, updated_at = now() WHERE id = %s",
+        (state, grant_id),
+    )
+    if before is not None and before[0] != state and state in _ENDED:
+        event_type, reason = _ENDED[state]
+        await outbox.emit(connection, event_type, grant_id, before[1], reason=reason)
 
 
-async def succeeded(pool: AsyncConnectionPool, grant_id: uuid.UUID, next_sync_at: datetime) -> None:
-    async with pool.connection() as connection:
+async def succeeded(connection: AsyncConnection, grant_id: uuid.UUID, next_sync_at: datetime) -> None:
+    """A run ended well: the next one is due an interval after its end."""
+    await connection.execute(
+        "UPDATE bluebutton_grants SET state = 'active', consecutive_failures = 0, next_sync_at = %s, "
+        "updated_at = now() WHERE id = %s AND state IN ('active', 'failing')",
+        (next_sync_at, grant_id),
+    )
+
+
+async def failed(connection: AsyncConnection, grant_id: uuid.UUID, delay_for: Any) -> int:
+    """Count a failure, set `failing` and the next attempt `delay_for(failures)` seconds after the
+    run's end."""
+    row = await (
         await connection.execute(
-            "UPDATE bluebutton_grants SET state = 'active', consecutive_failures = 0, next_sync_at = %s, "
-            "updated_at = now() WHERE id = %s AND state IN ('active', 'failing')",
-            (next_sync_at, grant_id),
+            "UPDATE bluebutton_grants SET state = 'failing', "
+            "consecutive_failures = consecutive_failures + 1, "
+            "updated_at = now() WHERE id = %s AND state IN ('active', 'failing') "
+            "RETURNING consecutive_failures",
+            (grant_id,),
         )
-
-
-async def failed(pool: AsyncConnectionPool, grant_id: uuid.UUID, delay_for: Any) -> int:
-    """Count a failure, set `failing` and the next attempt from `delay_for(failures)` seconds."""
-    async with pool.connection() as connection, connection.transaction():
-        row = await (
-            await connection.execute(
-                "UPDATE bluebutton_grants SET state = 'failing', "
-                "consecutive_failures = consecutive_failures + 1, "
-                "updated_at = now() WHERE id = %s AND state IN ('active', 'failing') "
-                "RETURNING consecutive_failures",
-                (grant_id,),
-            )
-        ).fetchone()
-        if row is None:
-            return 0
-        await connection.execute(
-            "UPDATE bluebutton_grants SET next_sync_at = now() + make_interval(secs => %s) WHERE id = %s",
-            (float(delay_for(row[0])), grant_id),
-        )
-        return int(row[0])
-
-
-async def postpone(connection: AsyncConnection, grant_id: uuid.UUID, seconds: int) -> None:
-    """A run is queued: the sweep need not queue another before it is done."""
+    ).fetchone()
+    if row is None:
+        return 0
     await connection.execute(
         "UPDATE bluebutton_grants SET next_sync_at = now() + make_interval(secs => %s) WHERE id = %s",
-        (seconds, grant_id),
+        (float(delay_for(row[0])), grant_id),
     )
+    return int(row[0])
 
 
 async def due(pool: AsyncConnectionPool, limit: int) -> list[uuid.UUID]:
     async with pool.connection() as connection:
         rows = await (
             await connection.execute(
-                "SELECT id FROM bluebutton_grants WHERE state IN ('active', 'failing') "
-                "AND next_sync_at <= now() ORDER BY next_sync_at LIMIT %s",
+                "SELECT g.id FROM bluebutton_grants g WHERE g.state IN ('active', 'failing') "
+                "AND g.next_sync_at <= now() AND NOT EXISTS (SELECT 1 FROM bluebutton_runs r "
+                "WHERE r.grant_id = g.id AND r.status IN ('queued', 'running')) "
+                "ORDER BY g.next_sync_at LIMIT %s",
                 (limit,),
             )
         ).fetchall()

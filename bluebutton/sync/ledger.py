@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 Kind = Literal["new", "changed", "unchanged"]
+LOCATION_UNKNOWN = "location unknown"
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,11 @@ async def record_stored(
     resource_type: str,
     entries: list[Entry],
     record_uuid: str,
-    location: str,
+    location: str | None,
     run_id: int,
 ) -> None:
-    """The entries of one Bundle connect stored; committed with the run's bundle list."""
+    """The entries of one Bundle connect stored (`location` None: connect did not say where);
+    committed with the run's bundle list."""
     async with connection.cursor() as cursor:
         await cursor.executemany(
             "INSERT INTO bluebutton_ledger (grant_id, resource_type, resource_id, content_hash, "
@@ -164,7 +166,15 @@ async def records(pool: AsyncConnectionPool, grant_id: uuid.UUID) -> list[dict[s
             (grant_id,),
         )
         rows = await cursor.fetchall()
-    return [{**row, "stored_at": row["stored_at"].isoformat()} for row in rows]
+    # connect stored these (it gave their uuid) but answered without a location (its race)
+    return [
+        {
+            **row,
+            "data_record_location": row["data_record_location"] or LOCATION_UNKNOWN,
+            "stored_at": row["stored_at"].isoformat(),
+        }
+        for row in rows
+    ]
 
 
 async def watermarks(pool: AsyncConnectionPool, grant_id: uuid.UUID) -> dict[str, str]:
@@ -178,11 +188,11 @@ async def watermarks(pool: AsyncConnectionPool, grant_id: uuid.UUID) -> dict[str
     return {kind: mark for kind, mark in rows}
 
 
-async def advance(pool: AsyncConnectionPool, grant_id: uuid.UUID, marks: dict[str, str]) -> None:
-    """Move the watermarks, only once a whole run is stored."""
+async def advance(connection: AsyncConnection, grant_id: uuid.UUID, marks: dict[str, str]) -> None:
+    """Move the watermarks, only once a whole run is stored (in the transaction that ends it)."""
     if not marks:
         return
-    async with pool.connection() as connection, connection.cursor() as cursor:
+    async with connection.cursor() as cursor:
         await cursor.executemany(
             "INSERT INTO bluebutton_watermarks (grant_id, resource_type, last_updated) VALUES (%s, %s, %s) "
             "ON CONFLICT (grant_id, resource_type) DO UPDATE SET last_updated = EXCLUDED.last_updated",
@@ -230,11 +240,12 @@ async def records_page(
 ) -> list[dict[str, Any]]:
     """Up to `limit` of `records`, after the (resource type, id) `after` (keyset on the primary key)."""
     query = (
-        "SELECT resource_type, resource_id AS id, record_uuid AS uuid, data_record_location, stored_at "
+        "SELECT resource_type, resource_id AS id, record_uuid AS uuid, "
+        "COALESCE(data_record_location, %s) AS data_record_location, stored_at "
         "FROM bluebutton_ledger WHERE grant_id = %s AND (resource_type, resource_id) > (%s, %s) "
         "ORDER BY resource_type, resource_id LIMIT %s"
     )
     async with pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(query, (grant_id, *(after or ("", "")), limit))
+        await cursor.execute(query, (LOCATION_UNKNOWN, grant_id, *(after or ("", "")), limit))
         rows = await cursor.fetchall()
     return [{**row, "stored_at": row["stored_at"].isoformat()} for row in rows]

@@ -14,8 +14,15 @@
    stored.
 
 A worker killed mid-run leaves its ledger rows up to the last stored Bundle: the recovered run
-finds them unchanged and sends only the rest. A Bundle whose POST was in flight at the kill may
-be in connect without a ledger row, and is then sent again (connect cannot be asked).
+finds them unchanged and sends only the rest. A Bundle whose POST got no answer (the worker was
+killed, connect timed out or reset the connection) may be in connect without a ledger row, and is
+then sent again (connect cannot be asked): at most that one Bundle per fault.
+
+When the database goes mid-run, what must not be lost is handed to the process's journal
+(`journal.py`): the ledger rows of a Bundle connect stored (written when the database answers,
+so it is never sent again), a rotated refresh token, and the end of the run (`failed`, "the
+database was unreachable", its grant queued again). connect's 200 without a location stores the
+record's uuid with the location unknown: it is stored, so it is not sent again.
 """
 
 from __future__ import annotations
@@ -24,18 +31,20 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections import defaultdict
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bluebutton.errors import (
     BlueButtonError,
     CmsForbiddenError,
     CmsRefreshRejectedError,
     CmsUnauthorizedError,
+    ConnectError,
+    ConnectLocationUnknownError,
+    ConnectTimeoutError,
     Issue,
     TransientUpstreamError,
     ValidationUnavailableError,
@@ -45,10 +54,15 @@ from bluebutton.pull.query import PAGE_SIZE
 from bluebutton.sync import grants, ledger, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
+from bluebutton.sync.database import ping, unreachable
 from bluebutton.sync.errors import GrantEndedError, TransientRunError
 from bluebutton.sync.grants import SYNCING, Grant
+from bluebutton.sync.journal import Pending
 from bluebutton.sync.ledger import Entry, EntryShapeError
 from bluebutton.sync.runs import RunStatus
+
+if TYPE_CHECKING:
+    from bluebutton.sync.keeping import Keeping
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +96,7 @@ class Report:
     issues: list[dict[str, Any]] = field(default_factory=list)
     marks: dict[str, str] = field(default_factory=dict)
     invalid: int = 0
+    location_unknown: int = 0
 
     def counts(self, kind: str) -> dict[str, int]:
         return self.resources.setdefault(
@@ -89,11 +104,23 @@ class Report:
         )
 
 
+class _Run:
+    """What one run shares between its steps: the process's grant keeping, its ids, its report."""
+
+    def __init__(self, keeping: Keeping, run_id: int, grant: Grant) -> None:
+        self.keeping = keeping
+        self.ctx: SyncContext = keeping.ctx
+        self.run_id = run_id
+        self.grant = grant
+        self.report = Report()
+
+
 class _Tokens:
     """The run's access token, renewed at most once more if CMS refuses it mid-run."""
 
-    def __init__(self, ctx: SyncContext, grant: Grant) -> None:
-        self.ctx = ctx
+    def __init__(self, keeping: Keeping, grant: Grant) -> None:
+        self.keeping = keeping
+        self.ctx = keeping.ctx
         self.grant = grant
         self.current = ""
         self.refreshed = False
@@ -140,6 +167,9 @@ class _Tokens:
                 ),
             )
         refresh_token = ctx.cipher.decrypt(grant.refresh_token_ct, grant.id)
+        # CMS rotates the refresh token and the old one dies: refresh only when the database has
+        # just answered, so the new one can be written at once.
+        await ping(ctx.pool)
         try:
             tokens = await ctx.oauth.refresh(refresh_token)
         except CmsRefreshRejectedError as e:
@@ -159,46 +189,85 @@ class _Tokens:
                     "expired" if state == "expired" else "security",
                 ),
             ) from e
-        # Committed before first use: the old refresh token no longer works.
-        await grants.store_tokens(ctx.pool, ctx.cipher, grant.id, tokens)
+        # Committed before first use: the old refresh token no longer works. If the database went
+        # meanwhile, the journal writes it when it answers, even if this run is gone by then.
+        sealed = grants.seal_tokens(ctx.cipher, grant.id, tokens)
+
+        async def write(connection: Any) -> None:
+            await grants.store_sealed(connection, grant.id, sealed)
+
+        try:
+            async with ctx.pool.connection() as connection:
+                await write(connection)
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            self.keeping.watch.went(e)
+            kept = self.keeping.journal.keep(Pending(f"the rotated tokens of grant {grant.id}", write))
+            await self.keeping.journal.written(kept)
         self.current = tokens.access_token
         return self.current
 
 
-async def run_grant(ctx: SyncContext, grant_id: uuid.UUID, job_id: int) -> str:
-    """Run once; returns the run's status. Raises `TransientRunError` for procrastinate to retry."""
+async def run_grant(keeping: Keeping, run_id: int, job_id: int) -> str:
+    """Run once; returns the run's status. A transient failure queues the next attempt."""
+    ctx = keeping.ctx
     started = time.perf_counter()
-    run_id = await runs.start(ctx.pool, grant_id, job_id)
-    report = Report()
-    grant = await grants.get(ctx.pool, grant_id)
+    async with ctx.pool.connection() as connection, connection.transaction():
+        grant_id = await runs.start(connection, run_id, job_id)
+        grant = await grants.get_with(connection, grant_id) if grant_id else None
+    if grant_id is None:
+        logger.warning(
+            "sync run %d is not waiting for job %d (ended meanwhile): nothing to do", run_id, job_id
+        )
+        return "skipped"
     if grant is None or grant.state not in SYNCING:
         state = grant.state if grant else "gone"
-        report.issues.append(_issue(f"the grant is {state}: nothing pulled", "business-rule"))
-        await runs.finish(ctx.pool, run_id, "failed", {}, report.issues)
+        async with ctx.pool.connection() as connection, connection.transaction():
+            await runs.finish(
+                connection,
+                run_id,
+                "failed",
+                {},
+                [_issue(f"the grant is {state}: nothing pulled", "business-rule")],
+            )
         return "failed"
+    run = _Run(keeping, run_id, grant)
+    report = run.report
     try:
-        tokens = _Tokens(ctx, grant)
+        tokens = _Tokens(keeping, grant)
         await tokens.first()
         marks = await ledger.watermarks(ctx.pool, grant_id)
-        await _pull_types(ctx, grant, marks, tokens, run_id, report)
+        await _pull_types(run, marks, tokens)
+        status: RunStatus = "partial" if report.invalid else "succeeded"
+        next_at = datetime.now(UTC) + timedelta(seconds=ctx.settings.sync_interval_seconds)
+        async with ctx.pool.connection() as connection, connection.transaction():
+            await ledger.advance(connection, grant_id, report.marks)
+            await runs.finish(connection, run_id, status, report.resources, report.issues)
+            await grants.succeeded(connection, grant_id, next_at)
     except GrantEndedError as e:
-        await grants.end(ctx.pool, grant_id, e.state)  # type: ignore[arg-type]
         report.issues.append(e.issue.as_fhir())
-        await runs.finish(ctx.pool, run_id, "failed", report.resources, report.issues)
+        async with ctx.pool.connection() as connection, connection.transaction():
+            await grants.end_with(connection, grant_id, e.state)  # type: ignore[arg-type]
+            await runs.finish(connection, run_id, "failed", report.resources, report.issues)
         logger.info("sync run %d of grant %s: grant %s", run_id, grant_id, e.state)
         return "failed"
     except Exception as e:
-        await _record_failure(ctx, grant_id, run_id, report, e)
-        if _transient(e):
-            raise TransientRunError(f"{type(e).__name__}: {_safe_text(e)}") from e
-        if isinstance(e, BlueButtonError | TokenKeyError):
+        if unreachable(e):
+            keeping.watch.went(e)
+            keeping.keep_unfinished(run_id)
+            raise
+        try:
+            await _record_failure(run, e)
+        except Exception as lost:
+            if not unreachable(lost):
+                raise
+            keeping.watch.went(lost)
+            keeping.keep_unfinished(run_id)
+            raise
+        if isinstance(e, BlueButtonError | TokenKeyError | TransientRunError | BrokenProcessPool):
             return "failed"
         raise
-    await ledger.advance(ctx.pool, grant_id, report.marks)
-    status: RunStatus = "partial" if report.invalid else "succeeded"
-    await runs.finish(ctx.pool, run_id, status, report.resources, report.issues)
-    next_at = datetime.now(UTC) + timedelta(seconds=ctx.settings.sync_interval_seconds)
-    await grants.succeeded(ctx.pool, grant_id, next_at)
     logger.info(
         "sync run %d of grant %s: %s in %.2fs %s",
         run_id,
@@ -223,27 +292,37 @@ def _safe_text(e: BaseException) -> str:
     return f"internal error ({type(e).__name__}); see the worker's log"
 
 
-async def _record_failure(
-    ctx: SyncContext, grant_id: uuid.UUID, run_id: int, report: Report, e: Exception
-) -> None:
+async def _record_failure(run: _Run, e: Exception) -> None:
+    """End the run `failed`; the grant backs off, and a transient failure is tried again after
+    BLUEBUTTON_SYNC_RETRY_WAIT_SECONDS (doubling) up to BLUEBUTTON_SYNC_RETRY_ATTEMPTS times."""
+    ctx, report = run.ctx, run.report
+    logger.warning("sync run %d of grant %s failed: %s", run.run_id, run.grant.id, type(e).__name__)
     if isinstance(e, BlueButtonError):
         report.issues += [i.as_fhir() for i in e.issues()]
     else:
         report.issues.append(_issue(_safe_text(e), "exception"))
+    settings = ctx.settings
+    async with ctx.pool.connection() as connection:
+        row = await (
+            await connection.execute("SELECT attempt FROM bluebutton_runs WHERE id = %s", (run.run_id,))
+        ).fetchone()
+    attempt = int(row[0]) if row else 1
+    retry = _transient(e) and attempt <= settings.sync_retry_attempts
+    wait = float(settings.sync_retry_wait_seconds * 2 ** (attempt - 1))
+    then = f"It is tried again in {wait:g} s." if retry else "It is retried with backoff."
     report.issues.append(
         _issue(
-            "The run failed; what it stored is recorded and will not be sent again. It is retried "
-            "with backoff.",
+            f"The run failed; what connect stored is recorded and will not be sent again. {then}",
             "incomplete",
             "information",
         )
     )
-    try:
-        await runs.finish(ctx.pool, run_id, "failed", report.resources, report.issues)
-        interval = ctx.settings.sync_interval_seconds
-        await grants.failed(ctx.pool, grant_id, lambda n: failure_delay(n, interval))
-    finally:
-        logger.warning("sync run %d of grant %s failed: %s", run_id, grant_id, type(e).__name__)
+    interval = settings.sync_interval_seconds
+    async with ctx.pool.connection() as connection, connection.transaction():
+        await runs.finish(connection, run.run_id, "failed", report.resources, report.issues)
+        await grants.failed(connection, run.grant.id, lambda n: failure_delay(n, interval))
+        if retry:
+            await runs.request(connection, run.grant.id, attempt=attempt + 1, delay=wait)
 
 
 async def _fetch(
@@ -265,16 +344,12 @@ async def _fetch(
             await tokens.renew_after(token)
 
 
-async def _pull_types(
-    ctx: SyncContext, grant: Grant, marks: dict[str, str], tokens: _Tokens, run_id: int, report: Report
-) -> None:
+async def _pull_types(run: _Run, marks: dict[str, str], tokens: _Tokens) -> None:
     """Every granted type at once: a run waits for one CMS round trip, not one per type. The
     types share nothing but the token and the report; the first failure stops the others."""
-    kinds = granted_types(grant.scopes)
-    pulls = [
-        asyncio.create_task(_pull_type(ctx, grant, kind, marks.get(kind), tokens, run_id, report))
-        for kind in kinds
-    ]
+    kinds = granted_types(run.grant.scopes)
+    report = run.report
+    pulls = [asyncio.create_task(_pull_type(run, kind, marks.get(kind), tokens)) for kind in kinds]
     try:
         await asyncio.gather(*pulls)
     except BaseException:
@@ -286,15 +361,8 @@ async def _pull_types(
         report.resources = {k: report.resources[k] for k in kinds if k in report.resources}
 
 
-async def _pull_type(
-    ctx: SyncContext,
-    grant: Grant,
-    kind: str,
-    since: str | None,
-    tokens: _Tokens,
-    run_id: int,
-    report: Report,
-) -> None:
+async def _pull_type(run: _Run, kind: str, since: str | None, tokens: _Tokens) -> None:
+    ctx, grant, report = run.ctx, run.grant, run.report
     params = [("_count", str(PAGE_SIZE))]
     if since:
         params.append(("_lastUpdated", f"ge{since}"))
@@ -339,8 +407,8 @@ async def _pull_type(
             report.issues.append(
                 {**issue, "diagnostics": f"{kind}/{entry.resource_id} quarantined: {issue['diagnostics']}"}
             )
-    await ledger.quarantine(ctx.pool, grant.id, kind, held, run_id)
-    await _forward(ctx, grant.id, kind, valid, run_id)
+    await ledger.quarantine(ctx.pool, grant.id, kind, held, run.run_id)
+    await _forward(run, kind, valid)
 
 
 async def _validate(
@@ -375,25 +443,90 @@ async def _validate(
     return valid, held
 
 
-async def _forward(ctx: SyncContext, grant_id: uuid.UUID, kind: str, valid: list[Entry], run_id: int) -> None:
+async def _forward(run: _Run, kind: str, valid: list[Entry]) -> None:
+    """Each piece to connect, then its ledger rows. The POST and the recording of its answer are
+    shielded from cancellation: a run stopped mid-POST still records what connect stored."""
     if not valid:
         return
     header = BundleHeader.fresh(total=len(valid))
-    pieces = split_entries([e.raw for e in valid], ctx.settings.lfh_max_bundle_bytes, header)
+    pieces = split_entries([e.raw for e in valid], run.ctx.settings.lfh_max_bundle_bytes, header)
     for piece in pieces:
-        record = await ctx.connect.post_bundle(piece.body)
-        stored = valid[piece.start : piece.stop]
+        await asyncio.shield(_send_piece(run, kind, piece.body, valid[piece.start : piece.stop]))
+
+
+async def _send_piece(run: _Run, kind: str, body: bytes, stored: list[Entry]) -> None:
+    ctx, report = run.ctx, run.report
+    timeout = ctx.settings.sync_lfh_timeout_seconds
+    try:
+        record = await ctx.connect.post_bundle(body, timeout=timeout)
+        record_uuid, location = record.uuid, record.location
+    except ConnectLocationUnknownError as e:
+        # connect's Kafka-callback race: stored (it gave the uuid), location unknown. Never resent.
+        record_uuid, location = e.record_uuid, None
+        report.location_unknown += 1
+        report.issues.append(
+            _issue(
+                f"connect stored Bundle {record_uuid} ({len(stored)} {kind}) but answered without its "
+                "data_record_location (a known race in connect); recorded as stored, location unknown, "
+                "and not sent again",
+                "informational",
+                "information",
+            )
+        )
+    except ConnectTimeoutError as e:
+        raise ConnectTimeoutError(
+            f"LinuxForHealth connect did not answer a Bundle of {len(stored)} {kind} within "
+            f"{timeout:g} s (BLUEBUTTON_SYNC_LFH_TIMEOUT_SECONDS); connect may have stored it. It has no "
+            "ledger row, so the next run sends these entries again: connect may hold this one Bundle "
+            "twice, nothing else"
+        ) from e
+    except ConnectError as e:
+        if "may or may not have been stored" not in e.message:
+            raise
+        raise ConnectError(
+            f"the connection to LinuxForHealth connect failed after a Bundle of {len(stored)} {kind} "
+            "was sent; connect may have stored it. It has no ledger row, so the next run sends these "
+            "entries again: connect may hold this one Bundle twice, nothing else"
+        ) from e
+    bundle = {
+        "uuid": record_uuid,
+        "data_record_location": location or ledger.LOCATION_UNKNOWN,
+        "entry_count": len(stored),
+        "resource_type": kind,
+    }
+    grant_id, run_id = run.grant.id, run.run_id
+
+    async def commit(connection: Any) -> None:
+        await ledger.record_stored(connection, grant_id, kind, stored, record_uuid, location, run_id)
+        await runs.add_bundle(connection, run_id, bundle)
+
+    try:
         async with ctx.pool.connection() as connection, connection.transaction():
-            await ledger.record_stored(
-                connection, grant_id, kind, stored, record.uuid, record.location, run_id
-            )
-            await runs.add_bundle(
-                connection,
-                run_id,
-                {
-                    "uuid": record.uuid,
-                    "data_record_location": record.location,
-                    "entry_count": len(stored),
-                    "resource_type": kind,
-                },
-            )
+            await commit(connection)
+        return
+    except Exception as e:
+        if not unreachable(e):
+            raise
+        run.keeping.watch.went(e)
+        failure = e
+    deadline = ctx.settings.sync_commit_deadline_seconds
+    where = location or "location unknown"
+    issue = _issue(
+        f"connect stored Bundle {record_uuid} ({len(stored)} {kind}, {where}) but the database did not "
+        f"take its ledger rows within {deadline:g} s (BLUEBUTTON_SYNC_COMMIT_DEADLINE_SECONDS): the next "
+        "run sends these entries again, so connect may hold this Bundle twice",
+        "incomplete",
+    )
+
+    async def note(connection: Any) -> None:
+        await runs.add_issue(connection, run_id, issue)
+
+    run.keeping.journal.keep(
+        Pending(
+            f"the ledger rows of Bundle {record_uuid} ({len(stored)} {kind}, run {run_id})",
+            commit,
+            expires_at=time.monotonic() + deadline,
+            instead=lambda: Pending(f"the issue of run {run_id} about Bundle {record_uuid}", note),
+        )
+    )
+    raise failure

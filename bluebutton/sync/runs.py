@@ -1,13 +1,14 @@
-"""The runs table: one row per attempt of `sync_grant`, queued → running → succeeded|partial|failed.
+"""The runs table: one row per run, queued → running → succeeded|partial|failed.
 
-A deferred job waits under one `queued` run (found by its job id); the attempt that starts takes
-that row, and a retried attempt opens a new one, so each attempt's outcome stays in the audit.
+A run is written before its job and the job carries only the run's id (`request`); a grant has at
+most one open run. A retry after a transient failure is a new run (`attempt` + 1), so each
+attempt's outcome stays in the audit.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -32,73 +33,125 @@ _LATEST = (
 )
 
 
-async def queue(connection: AsyncConnection, grant_id: uuid.UUID, job_id: int) -> int | None:
-    """The queued run of a job still waiting (created now if needed); None once the job started.
+QUEUE = "bluebutton-sync"
+SYNC_TASK = "sync:run_sync"  # the namespaced name of `jobs.run_sync` (checked there)
+OPEN = ("queued", "running")
+_DEFER = (
+    "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, 0, %s, NULL, %s, %s)"
+    "::procrastinate_job_to_defer_v1]))[1]"
+)
 
-    The job row is locked while the run is written, so a worker cannot start it in between
-    (procrastinate fetches with SKIP LOCKED and simply takes it a moment later).
+
+async def request(
+    connection: AsyncConnection, grant_id: uuid.UUID, *, attempt: int = 1, delay: float = 0.0
+) -> tuple[int, bool]:
+    """The grant's open run, or a new queued run and its job; (run id, whether it is new).
+
+    The run row comes first and its job (argument: the run id; lock: the grant, so two runs of
+    a grant never overlap: refresh tokens are single-use) is deferred in the same transaction,
+    so neither exists without the other. The partial unique index on open runs makes concurrent
+    requests wait for each other: any number of them make one run. A waiting run asked for
+    again is brought forward (a retry scheduled later runs now).
     """
-    waiting = await (
-        await connection.execute(
-            "SELECT 1 FROM procrastinate_jobs WHERE id = %s AND status = 'todo' FOR UPDATE", (job_id,)
-        )
-    ).fetchone()
-    if waiting is None:
-        return None
-    await connection.execute(
-        "INSERT INTO bluebutton_runs (grant_id, job_id, status) VALUES (%s, %s, 'queued') "
-        "ON CONFLICT (job_id) WHERE status = 'queued' DO NOTHING",
-        (grant_id, job_id),
-    )
-    row = await (
-        await connection.execute(
-            "SELECT id FROM bluebutton_runs WHERE job_id = %s AND status = 'queued'", (job_id,)
-        )
-    ).fetchone()
-    return int(row[0]) if row else None
-
-
-async def latest_of_job(connection: AsyncConnection, job_id: int) -> int | None:
-    row = await (
-        await connection.execute("SELECT max(id) FROM bluebutton_runs WHERE job_id = %s", (job_id,))
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
-async def start(pool: AsyncConnectionPool, grant_id: uuid.UUID, job_id: int) -> int:
-    """Mark the job's run running; close any earlier run of the grant a killed worker left open.
-
-    Only one run of a grant executes at a time (the job lock), so a `running` row seen here
-    belongs to a worker that died.
-    """
-    async with pool.connection() as connection, connection.transaction():
-        stopped = "the worker running this run stopped (killed or lost); the job was recovered and run again"
-        closed = await (
-            await connection.execute(
-                "UPDATE bluebutton_runs SET status = 'failed', finished_at = now(), issues = issues || %s "
-                "WHERE grant_id = %s AND status = 'running' RETURNING id",
-                (Jsonb([{"severity": "error", "code": "incomplete", "diagnostics": stopped}]), grant_id),
-            )
-        ).fetchall()
-        for (closed_id,) in closed:
-            await _emit_finished(connection, closed_id, "failed", None, stopped)
+    for _ in range(10):  # the open run can finish between the two statements: ask again
         row = await (
             await connection.execute(
-                "UPDATE bluebutton_runs SET status = 'running', started_at = now() "
-                "WHERE job_id = %s AND status = 'queued' RETURNING id",
-                (job_id,),
+                "INSERT INTO bluebutton_runs (grant_id, status, attempt) VALUES (%s, 'queued', %s) "
+                "ON CONFLICT (grant_id) WHERE status IN ('queued', 'running') DO NOTHING RETURNING id",
+                (grant_id, attempt),
             )
         ).fetchone()
-        if row is None:
-            row = await (
+        if row is not None:
+            run_id = int(row[0])
+            at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
+            job = await (
                 await connection.execute(
-                    "INSERT INTO bluebutton_runs (grant_id, job_id, status, started_at) "
-                    "VALUES (%s, %s, 'running', now()) RETURNING id",
-                    (grant_id, job_id),
+                    _DEFER, (QUEUE, SYNC_TASK, str(grant_id), Jsonb({"run_id": run_id}), at)
                 )
             ).fetchone()
-        assert row is not None
-        return int(row[0])
+            assert job is not None
+            await connection.execute("UPDATE bluebutton_runs SET job_id = %s WHERE id = %s", (job[0], run_id))
+            return run_id, True
+        found = await (
+            await connection.execute(
+                "SELECT id, status, job_id FROM bluebutton_runs "
+                "WHERE grant_id = %s AND status IN ('queued', 'running')",
+                (grant_id,),
+            )
+        ).fetchone()
+        if found is not None:
+            if found[1] == "queued" and delay <= 0 and found[2] is not None:
+                await connection.execute(
+                    "UPDATE procrastinate_jobs SET scheduled_at = NULL "
+                    "WHERE id = %s AND status = 'todo' AND scheduled_at > now()",
+                    (found[2],),
+                )
+            return int(found[0]), False
+    raise RuntimeError(f"grant {grant_id}: no run could be queued")
+
+
+async def start(connection: AsyncConnection, run_id: int, job_id: int) -> uuid.UUID | None:
+    """Mark the queued run running; its grant, or None if the run is not this job's to start
+    (already closed: recovered after an outage, or a job run twice)."""
+    row = await (
+        await connection.execute(
+            "UPDATE bluebutton_runs SET status = 'running', started_at = now() "
+            "WHERE id = %s AND status = 'queued' AND job_id = %s RETURNING grant_id",
+            (run_id, job_id),
+        )
+    ).fetchone()
+    return row[0] if row else None
+
+
+async def close_unfinished(connection: AsyncConnection, run_id: int, reason: str) -> uuid.UUID | None:
+    """End a run that cannot finish (its worker stopped, the database went) as `failed` with
+    `reason`; its grant, or None if it had already ended."""
+    row = await (
+        await connection.execute(
+            "UPDATE bluebutton_runs SET status = 'failed', finished_at = now(), issues = issues || %s "
+            "WHERE id = %s AND status IN ('queued', 'running') RETURNING grant_id",
+            (Jsonb([{"severity": "error", "code": "incomplete", "diagnostics": reason}]), run_id),
+        )
+    ).fetchone()
+    if row is None:
+        return None
+    await _emit_finished(connection, run_id, "failed", None, reason)
+    return uuid.UUID(str(row[0]))
+
+
+_ORPHANS = (
+    "SELECT r.id, r.status, j.status::text FROM bluebutton_runs r "
+    "LEFT JOIN procrastinate_jobs j ON j.id = r.job_id "
+    "LEFT JOIN procrastinate_workers w ON w.id = j.worker_id "
+    "WHERE r.status IN ('queued', 'running') AND (j.id IS NULL OR j.status NOT IN ('todo', 'doing') "
+    "OR (j.status = 'doing' AND (w.id IS NULL "
+    "OR w.last_heartbeat < now() - make_interval(secs => %s))))"
+)
+
+
+async def orphans(connection: AsyncConnection, stalled_seconds: float) -> list[tuple[int, str, str | None]]:
+    """Open runs without a live job behind them: (run id, run status, job status or None). A job
+    is live while `todo`, or `doing` under a worker whose heartbeat is fresh."""
+    rows = await (await connection.execute(_ORPHANS, (stalled_seconds,))).fetchall()
+    return [(int(r[0]), str(r[1]), r[2]) for r in rows]
+
+
+async def add_issue(connection: AsyncConnection, run_id: int, issue: dict[str, Any]) -> None:
+    await connection.execute(
+        "UPDATE bluebutton_runs SET issues = issues || %s WHERE id = %s", (Jsonb([issue]), run_id)
+    )
+
+
+async def oldest_queued_seconds(connection: AsyncConnection) -> float | None:
+    """How long the oldest run due now has waited for a worker (None: none waits)."""
+    row = await (
+        await connection.execute(
+            "SELECT extract(epoch FROM now() - min(r.queued_at)) FROM bluebutton_runs r "
+            "LEFT JOIN procrastinate_jobs j ON j.id = r.job_id WHERE r.status = 'queued' "
+            "AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+        )
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
 
 
 async def add_bundle(connection: AsyncConnection, run_id: int, bundle: dict[str, Any]) -> None:
@@ -108,21 +161,25 @@ async def add_bundle(connection: AsyncConnection, run_id: int, bundle: dict[str,
 
 
 async def finish(
-    pool: AsyncConnectionPool,
+    connection: AsyncConnection,
     run_id: int,
     status: RunStatus,
     resources: dict[str, dict[str, int]],
     issues: list[dict[str, Any]],
-) -> None:
-    async with pool.connection() as connection, connection.transaction():
-        await connection.execute(
-            "UPDATE bluebutton_runs SET status = %s, finished_at = now(), resources = %s, "
-            "issues = issues || %s WHERE id = %s",
-            (status, Jsonb(resources), Jsonb(issues), run_id),
-        )
-        errors = [i["diagnostics"] for i in issues if i.get("severity") in ("error", "fatal")]
-        reason = errors[0] if status == "failed" and errors else None
-        await _emit_finished(connection, run_id, status, resources, reason)
+) -> bool:
+    """Close the run (in the caller's transaction) with its event; False if it was closed already
+    (recovered meanwhile: its end was written by whoever recovered it)."""
+    closed = await connection.execute(
+        "UPDATE bluebutton_runs SET status = %s, finished_at = now(), resources = %s, "
+        "issues = issues || %s WHERE id = %s AND status IN ('queued', 'running')",
+        (status, Jsonb(resources), Jsonb(issues), run_id),
+    )
+    if closed.rowcount == 0:
+        return False
+    errors = [i["diagnostics"] for i in issues if i.get("severity") in ("error", "fatal")]
+    reason = errors[0] if status == "failed" and errors else None
+    await _emit_finished(connection, run_id, status, resources, reason)
+    return True
 
 
 async def _emit_finished(

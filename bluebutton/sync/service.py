@@ -24,13 +24,15 @@ from bluebutton.events.delivery import EventDelivery
 from bluebutton.outbound.logs import redact_http_logs
 from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
-from bluebutton.sync import grants, listing
+from bluebutton.sync import grants, ledger, listing, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
+from bluebutton.sync.database import unreachable
 from bluebutton.sync.errors import GrantNotFoundError, GrantNotSyncingError
 from bluebutton.sync.grants import SYNCING, Grant
-from bluebutton.sync.jobs import SyncJobs
-from bluebutton.sync.migrations import migrate, migration_files
+from bluebutton.sync.jobs import opened
+from bluebutton.sync.keeping import Keeping
+from bluebutton.sync.migrations import check, migrate
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def sync_off() -> NotConfiguredError:
 @dataclass
 class SyncService:
     context: SyncContext
-    jobs: SyncJobs
+    jobs: Keeping
     events: EventDelivery | None = None
 
     @property
@@ -60,16 +62,16 @@ class SyncService:
             raise GrantNotSyncingError(
                 "Blue Button's token response names no patient, so the grant cannot be kept"
             )
-        settings = self.context.settings
-        grant_id = await grants.enrol(
-            self.pool, self.context.cipher, tokens, settings.cms_api_version, tokens.patient
+        settings, patient = self.context.settings, tokens.patient
+        grant_id = await self.jobs.database(
+            lambda: grants.enrol(self.pool, self.context.cipher, tokens, settings.cms_api_version, patient)
         )
         run_id = await self.jobs.request_run(grant_id)
         logger.info("enrolled grant %s; run %d queued", grant_id, run_id)
         return grant_id, run_id
 
     async def grant(self, grant_id: uuid.UUID) -> Grant:
-        found = await grants.get(self.pool, grant_id)
+        found = await self.jobs.database(lambda: grants.get(self.pool, grant_id))
         if found is None:
             raise GrantNotFoundError(f"No grant {grant_id}. List them with GET /bluebutton/grants.")
         return found
@@ -94,58 +96,104 @@ class SyncService:
             except TokenKeyError:
                 continue  # unusable anyway; erased below
             await self.context.oauth.revoke(token)
-        await grants.end(self.pool, grant_id, "disconnected")
+        await self.jobs.database(lambda: grants.end(self.pool, grant_id, "disconnected"))
         logger.info("disconnected grant %s", grant_id)
 
     async def grant_json(self, grant_id: uuid.UUID) -> dict[str, Any]:
-        return (await listing.describe(self.pool, [await self.grant(grant_id)]))[0]
+        grant = await self.grant(grant_id)
 
+        async def read() -> dict[str, Any]:
+            return (await listing.describe(self.pool, [grant]))[0]
 
-async def _check_schema(pool: AsyncConnectionPool) -> None:
-    async with pool.connection() as connection:
-        exists = await (
-            await connection.execute("SELECT to_regclass('bluebutton_schema_migrations') IS NOT NULL")
-        ).fetchone()
-        applied: set[str] = set()
-        if exists and exists[0]:
-            rows = await (
-                await connection.execute("SELECT version FROM bluebutton_schema_migrations")
-            ).fetchall()
-            applied = {r[0] for r in rows}
-    missing = [v for v, _ in migration_files() if v not in applied]
-    if missing:
-        raise RuntimeError(
-            f"the database lacks schema migration(s) {', '.join(missing)}: run python -m bluebutton "
-            "migrate (or leave BLUEBUTTON_DATABASE_MIGRATE on)"
-        )
+        return await self.jobs.database(read)
+
+    async def run_json(self, run_id: int) -> dict[str, Any] | None:
+        row = await self.jobs.database(lambda: runs.get(self.pool, run_id))
+        return runs.as_json(row) if row else None
+
+    async def runs_json(self, grant_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        await self.grant(grant_id)
+        found = await self.jobs.database(lambda: runs.of_grant(self.pool, grant_id, limit))
+        return [runs.as_json(r) for r in found]
+
+    async def records_json(self, grant_id: uuid.UUID) -> list[dict[str, Any]]:
+        await self.grant(grant_id)
+        return await self.jobs.database(lambda: ledger.records(self.pool, grant_id))
+
+    async def health(self) -> dict[str, Any]:
+        """Grant keeping's state for `/health`: database reachable, workers with a fresh
+        heartbeat (any process), this process's worker, age of the oldest run due and waiting."""
+        keeping = self.jobs
+        state: dict[str, Any] = {
+            "database": "reachable",
+            "workers": None,
+            "embedded_worker": None,
+            "oldest_queued_run_seconds": None,
+            "pending_writes": len(keeping.journal.pending),
+        }
+        if self.context.settings.sync_worker == "embedded":
+            state["embedded_worker"] = "running" if keeping.worker.running else "restarting"
+        try:
+            async with self.pool.connection(timeout=2.0) as connection:
+                row = await (
+                    await connection.execute(
+                        "SELECT count(*) FROM procrastinate_workers "
+                        "WHERE last_heartbeat > now() - make_interval(secs => %s)",
+                        (self.context.settings.sync_stalled_seconds,),
+                    )
+                ).fetchone()
+                state["workers"] = int(row[0]) if row else 0
+                state["oldest_queued_run_seconds"] = await runs.oldest_queued_seconds(connection)
+            keeping.watch.answered()
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            keeping.watch.went(e)
+            state["database"] = "unreachable"
+        down = keeping.watch.down_for()
+        if down is not None:
+            state["database_unreachable_seconds"] = round(down, 1)
+        state["progressing"] = state["database"] == "reachable" and bool(state["workers"])
+        return state
 
 
 @asynccontextmanager
 async def open_sync(context: SyncContext, *, worker: bool) -> AsyncIterator[SyncService]:
-    """Procrastinate on the root's pool, migrations (or a check of them), the event delivery and,
-    optionally, a worker task; closed in reverse. The pool itself stays the root's to close."""
+    """procrastinate on the root's pool, migrations (or a check of them), the event delivery and,
+    optionally, a supervised worker; closed in reverse. The pool itself stays the root's to close."""
     settings = context.settings
-    jobs = SyncJobs(settings)
-    events = EventDelivery(settings, jobs.app)  # its tasks, on the same app and worker
-    events.pool = context.pool
-    task: asyncio.Task[None] | None = None
-    try:
-        await jobs.app.open_async(context.pool)
+    async with contextlib.AsyncExitStack() as stack:
+        events = EventDelivery(settings, context.pool)
+        stack.push_async_callback(events.aclose)
+        app = await stack.enter_async_context(opened(settings, context.pool))
         if settings.database_migrate:
-            await migrate(context.pool, jobs.app)
+            await migrate(context.pool)
         else:
-            await _check_schema(context.pool)
-        jobs.context = context
+            await check(context.pool)
+        keeping = Keeping(context, app, events)
         if worker:
-            task = asyncio.create_task(jobs.run_worker(install_signal_handlers=False), name="sync-worker")
-        yield SyncService(context, jobs, events)
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await jobs.app.close_async()
-        await events.aclose()
+            task = asyncio.create_task(_embedded(keeping), name="sync-worker")
+            stack.push_async_callback(_cancel, task)
+        yield SyncService(context, keeping, events)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _embedded(keeping: Keeping) -> None:
+    """The web process's worker: restarted whenever it stops, until the process shuts down."""
+    while True:
+        try:
+            await keeping.run_worker(install_signal_handlers=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("the embedded sync worker stopped; restarting it")
+        keeping.worker.restarts += 1
+        await asyncio.sleep(1.0)
 
 
 @asynccontextmanager

@@ -6,13 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bluebutton.errors import BlueButtonError, Issue
+from bluebutton.errors import BlueButtonError, DatabaseUnavailableError, Issue
 from bluebutton.fhir.bundles import FHIR_JSON
+from bluebutton.sync.database import unreachable
 from bluebutton.web.allow import allowed_methods
 from bluebutton.web.error_page import BROWSER_PATHS, error_page, wants_html
 
@@ -74,12 +77,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return outcome([Issue(str(exc.detail), code)], exc.status_code, headers)
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A route reached grant keeping's database while it was away: the one class of the tree that
+    says so (503, Retry-After), never a 500. The sync layer raises it itself; this maps what
+    reached the pool directly."""
+    if not unreachable(exc):
+        raise exc
+    return await _blue_button_error(request, DatabaseUnavailableError())
+
+
 def add_exception_handlers(app: FastAPI) -> None:
-    """One handler for our error tree, one for FastAPI's validation, one for Starlette's 4xx."""
+    """One handler for our error tree, one for FastAPI's validation, one for Starlette's 4xx, and
+    the database's outage mapped onto the tree."""
     handlers: dict[Any, Any] = {
         BlueButtonError: _blue_button_error,
         RequestValidationError: _request_validation_error,
         StarletteHTTPException: _http_error,
+        psycopg.OperationalError: _database_error,
+        PoolTimeout: _database_error,
     }
     for exc_class, handler in handlers.items():
         app.add_exception_handler(exc_class, handler)

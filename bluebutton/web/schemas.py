@@ -40,10 +40,25 @@ class ForwardedBundles(BaseModel):
     bundles: list[ForwardedBundle]
 
 
+class GrantKeepingHealth(BaseModel):
+    database: Literal["reachable", "unreachable"]
+    database_unreachable_seconds: float | None = None
+    workers: int | None = Field(description="Workers (any process) whose heartbeat is fresh")
+    embedded_worker: Literal["running", "restarting"] | None = None
+    oldest_queued_run_seconds: float | None = Field(
+        description="How long the oldest run due now has waited for a worker"
+    )
+    pending_writes: int = Field(description="Writes this process keeps until the database answers")
+    progressing: bool = Field(description="Whether grant keeping can progress now")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     validation: Literal["fast", "standard"] = Field(
         description="Whether the validation workers run with the speedup patches or without"
+    )
+    grant_keeping: GrantKeepingHealth | None = Field(
+        default=None, description="Grant keeping's state (absent when it is off); never fails /health"
     )
 
 

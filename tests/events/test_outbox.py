@@ -100,10 +100,23 @@ async def test_a_change_that_does_not_commit_leaves_no_event(
         assert await _dispatch_jobs(service) == 1
 
 
+async def _started_run(service: SyncService, grant_id: uuid.UUID) -> int:
+    """A queued run and its job, taken by a worker that is not there (the run is `running`)."""
+    async with service.pool.connection() as connection, connection.transaction():
+        run_id, _ = await runs.request(connection, grant_id)
+        job = await (
+            await connection.execute("SELECT job_id FROM bluebutton_runs WHERE id = %s", (run_id,))
+        ).fetchone()
+        assert job is not None
+        assert await runs.start(connection, run_id, job[0]) == grant_id
+        await connection.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", (job[0],))
+    return run_id
+
+
 async def test_a_run_that_fails_to_finish_leaves_no_run_event(database_url: str, token_keys: str) -> None:
     async with opened(database_url, token_keys) as service:
         grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-        run_id = await runs.start(service.pool, grant_id, 424242)
+        run_id = await _started_run(service, grant_id)
         async with service.pool.connection() as connection:
             await connection.execute(
                 b"CREATE FUNCTION bb_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -114,20 +127,22 @@ async def test_a_run_that_fails_to_finish_leaves_no_run_event(database_url: str,
                 b"FOR EACH ROW EXECUTE FUNCTION bb_fault()"
             )
         with pytest.raises(psycopg.Error):
-            await runs.finish(service.pool, run_id, "succeeded", {}, [])
+            async with service.pool.connection() as connection, connection.transaction():
+                await runs.finish(connection, run_id, "succeeded", {}, [])
         row = await runs.get(service.pool, run_id)
         assert row is not None and row["status"] == "running"  # the run's change rolled back with it
         async with service.pool.connection() as connection:
             await connection.execute(b"DROP TRIGGER bb_fault ON bluebutton_events")
-        await runs.finish(service.pool, run_id, "succeeded", {"Coverage": {"fetched": 1}}, [])
+        async with service.pool.connection() as connection, connection.transaction():
+            await runs.finish(connection, run_id, "succeeded", {"Coverage": {"fetched": 1}}, [])
         assert await _events(service) == ["grant.created", "run.succeeded"]
 
 
 async def test_a_run_left_by_a_killed_worker_is_told_failed(database_url: str, token_keys: str) -> None:
     async with opened(database_url, token_keys) as service:
         grant_id = await enrol_only(service, service.upstreams)  # type: ignore[attr-defined]
-        stale = await runs.start(service.pool, grant_id, 1001)
-        await runs.start(service.pool, grant_id, 1002)  # the recovered job closes the stale run
+        stale = await _started_run(service, grant_id)
+        assert await service.jobs.reconcile() == 1  # its job has no live worker: ended, grant requeued
         failed = await rows(service, "SELECT body FROM bluebutton_events WHERE type = 'run.failed'")
         assert [b[0]["run_id"] for b in failed] == [stale]
         assert "stopped" in failed[0][0]["reason"]
@@ -146,7 +161,7 @@ async def test_a_dispatch_run_twice_queues_each_delivery_once(database_url: str,
             assert await service.events.dispatch(uuid.uuid4()) == 0
             jobs = await rows(
                 service,
-                "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'bluebutton.deliver_event'",
+                "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'events:deliver_event'",
             )
             assert jobs == [(1,)]
 

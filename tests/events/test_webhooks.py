@@ -199,7 +199,7 @@ async def test_a_delivery_left_by_a_killed_worker_is_recovered(
                     await connection.execute(
                         "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (worker[0],)
                     )
-                assert await service.events.recover_stalled() == 1  # also every minute, on any worker
+                assert await service.events.recover_stalled(service.jobs.app.job_manager) == 1  # every sweep
                 await drain(service)
                 assert [r.headers["webhook-id"] for r in receiver.requests] == [str(event_id)]
                 assert await deliveries(service, str(event_id)) == [(target_of(receiver.url), "delivered", 1)]

@@ -81,7 +81,8 @@ async def test_new_claims_are_forwarded_exactly_once_and_a_changed_claim_once(
             )  # the ledger points at the new version
 
             # the same version seen again (the `ge` boundary) is not sent again
-            await ledger.advance(service.pool, grant_id, {"ExplanationOfBenefit": "2020-01-01"})
+            async with service.pool.connection() as connection:
+                await ledger.advance(connection, grant_id, {"ExplanationOfBenefit": "2020-01-01"})
             run = await run_once(service, grant_id)
             assert run["resources"]["ExplanationOfBenefit"]["unchanged"] == 10
             assert len(upstreams.stored_ids()) == stored + 4
@@ -111,7 +112,8 @@ async def test_invalid_claims_are_quarantined_and_the_valid_ones_stored(
             assert len(described["quarantined"]) == 3
 
             # a full re-pull validates nothing again: the quarantined versions are known
-            await ledger.advance(service.pool, grant_id, {"ExplanationOfBenefit": "2020-01-01"})
+            async with service.pool.connection() as connection:
+                await ledger.advance(connection, grant_id, {"ExplanationOfBenefit": "2020-01-01"})
             posts = len(upstreams.posts)
             run = await run_once(service, grant_id)
             assert run["status"] == "succeeded"

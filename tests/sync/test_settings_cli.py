@@ -14,6 +14,7 @@ from bluebutton.__main__ import main
 from bluebutton.settings import describe_error
 from bluebutton.sync.crypto import TokenCipher, new_key
 from tests.factories import ROOT, make_settings
+from tests.sync.conftest import with_database
 from tests.test_main import service_env
 
 
@@ -112,3 +113,23 @@ def test_commands_need_a_database(
     monkeypatch.chdir(ROOT / "tests")
     assert main(["worker"]) == 2
     assert "BLUEBUTTON_DATABASE_URL" in capsys.readouterr().err
+
+
+def test_a_worker_refused_by_the_database_exits_2_with_one_line(
+    tmp_path, database_server: str, token_keys: str
+) -> None:
+    """A configuration error (here a database that does not exist) is the one way a worker stops
+    by itself, and it says so with a non-zero code; an unreachable server is waited for instead."""
+    missing = with_database(database_server, "bluebutton_no_such_database")
+    env = service_env(TLS="false", DATABASE_URL=missing, TOKEN_KEYS=token_keys)
+    done = subprocess.run(
+        [sys.executable, "-m", "bluebutton", "worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("bluebutton worker:")]
+    assert len(lines) == 1 and "does not exist" in lines[0], done.stderr

@@ -9,15 +9,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, Response
 
-from bluebutton.sync import listing, runs
-from bluebutton.sync.errors import RunNotFoundError
+from bluebutton.sync import listing
+from bluebutton.sync.errors import GrantKeepingStalledError, RunNotFoundError
 from bluebutton.sync.grants import STATES, GrantState
 from bluebutton.sync.keyset import MAX_CURSOR
 from bluebutton.sync.listing import PATIENT_SEARCH
-from bluebutton.web.deps import AdminDep
+from bluebutton.sync.service import SyncService
+from bluebutton.web.deps import AdminDep, require_sync
 from bluebutton.web.grant_schemas import (
     GrantInfo,
     GrantList,
@@ -64,8 +65,8 @@ async def list_grants(
     limit: PageSize = 100,
     cursor: Cursor = None,
 ) -> Response:
-    page, counts = await listing.grants_page(
-        service.pool, state=state, patient=patient, limit=limit, cursor=cursor
+    page, counts = await service.jobs.database(
+        lambda: listing.grants_page(service.pool, state=state, patient=patient, limit=limit, cursor=cursor)
     )
     body = GrantList.model_validate(
         {"grants": page.items, "next_cursor": page.next_cursor, "limit": limit, "total": page.total}
@@ -89,8 +90,33 @@ async def get_grant(grant_id: uuid.UUID, service: AdminDep) -> GrantInfo:
     status_code=202,
     responses=outcome_responses(401, 404, 409, 422, 429, 503),
 )
-async def sync_now(grant_id: uuid.UUID, service: AdminDep) -> RunQueued:
-    return RunQueued(run_id=await service.sync_now(grant_id))
+async def sync_now(grant_id: uuid.UUID, service: AdminDep, response: Response) -> RunQueued:
+    """While a run of the grant is queued or running, this answers that run: any number of
+    presses make one run."""
+    run_id = await service.sync_now(grant_id)
+    response.headers["Location"] = f"/bluebutton/runs/{run_id}"
+    return RunQueued(run_id=run_id)
+
+
+@router.get(
+    "/health/grant-keeping",
+    tags=["service"],
+    summary="200 while grant keeping can progress, 503 while it cannot (for monitors)",
+    responses=outcome_responses(503),
+)
+async def grant_keeping_health(service: Annotated[SyncService, Depends(require_sync)]) -> JSONResponse:
+    """The state `/health` reports under `grant_keeping`, with a status that follows it: 503 (an
+    OperationOutcome saying why) while the database is unreachable or no worker has a fresh
+    heartbeat."""
+    state = await service.health()
+    if not state["progressing"]:
+        why = (
+            "its database is unreachable"
+            if state["database"] == "unreachable"
+            else "no sync worker has a fresh heartbeat"
+        )
+        raise GrantKeepingStalledError(f"Grant keeping cannot progress: {why}.")
+    return JSONResponse(state)
 
 
 @router.get("/bluebutton/grants/{grant_id}/runs", summary="The grant's runs, newest first", responses=_COMMON)
@@ -98,7 +124,7 @@ async def grant_runs(
     grant_id: uuid.UUID, service: AdminDep, limit: PageSize = 100, cursor: Cursor = None
 ) -> RunList:
     await service.grant(grant_id)
-    page = await listing.runs_page(service.pool, grant_id, limit, cursor)
+    page = await service.jobs.database(lambda: listing.runs_page(service.pool, grant_id, limit, cursor))
     return RunList.model_validate(
         {"runs": page.items, "next_cursor": page.next_cursor, "limit": limit, "total": page.total}
     )
@@ -113,7 +139,7 @@ async def grant_records(
     grant_id: uuid.UUID, service: AdminDep, limit: PageSize = MAX_PAGE, cursor: Cursor = None
 ) -> RecordList:
     await service.grant(grant_id)
-    page = await listing.records_page(service.pool, grant_id, limit, cursor)
+    page = await service.jobs.database(lambda: listing.records_page(service.pool, grant_id, limit, cursor))
     return RecordList.model_validate(
         {"records": page.items, "next_cursor": page.next_cursor, "limit": limit, "total": page.total}
     )
@@ -133,7 +159,7 @@ async def disconnect(grant_id: uuid.UUID, service: AdminDep) -> Response:
 
 @router.get("/bluebutton/runs/{run_id}", summary="One run", responses=_COMMON)
 async def get_run(run_id: int, service: AdminDep) -> RunInfo:
-    row = await runs.get(service.pool, run_id)
-    if row is None:
+    found = await service.run_json(run_id)
+    if found is None:
         raise RunNotFoundError(f"No run {run_id}.")
-    return RunInfo.model_validate(runs.as_json(row))
+    return RunInfo.model_validate(found)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from bluebutton.metrics import CONTENT_TYPE, read_database
+from bluebutton.metrics import CONTENT_TYPE, database_down, read_database
+from bluebutton.sync.database import unreachable
 from bluebutton.sync.grants import STATES
 from bluebutton.web.deps import ApiKeyDep, MetricsDep, SettingsDep, SyncDep, check_admin_key
 from bluebutton.web.schemas import outcome_responses
@@ -34,5 +35,12 @@ def _scraper(request: Request, settings: SettingsDep, key: ApiKeyDep) -> None:
     },
 )
 async def metrics(metrics: MetricsDep, sync: SyncDep) -> Response:
-    database = await read_database(sync.pool, STATES) if sync is not None else None
+    database = None
+    if sync is not None:
+        try:
+            database = await read_database(sync.pool, STATES, sync.context.settings.sync_stalled_seconds)
+        except Exception as e:  # the scrape still answers, saying the database is down
+            if not unreachable(e):
+                raise
+            database = database_down()
     return Response(metrics.render(database), media_type=CONTENT_TYPE)

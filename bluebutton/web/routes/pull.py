@@ -10,17 +10,20 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
 from bluebutton.pull.idempotency import HEADER_DOC
-from bluebutton.web.deps import BearerTokenDep, FhirQueryDep, IdempotentDep, ValidatorDep
+from bluebutton.web.deps import BearerTokenDep, FhirQueryDep, IdempotentDep, SyncDep, ValidatorDep
 from bluebutton.web.schemas import Health, outcome_responses
 
 router = APIRouter()
 
 
 @router.get("/health", tags=["service"])
-async def health(validator: ValidatorDep) -> Health:
-    """Liveness: answers without touching any upstream. `validation` says whether the validation
-    workers run with the speedup patches (`fast`) or the library as it is (`standard`)."""
-    return Health(validation=validator.mode)
+async def health(validator: ValidatorDep, sync: SyncDep) -> Health:
+    """Liveness: answers 200 while the one-shot route can serve, touching no upstream.
+    `validation` says whether the validation workers run with the speedup patches (`fast`) or
+    the library as it is (`standard`); `grant_keeping` adds the database's and the workers' state
+    (see `/health/grant-keeping` for a status code that follows it)."""
+    keeping = await sync.health() if sync is not None else None
+    return Health(validation=validator.mode, grant_keeping=keeping)
 
 
 FHIR_DOC = """Pull every page of a Blue Button search, validate it as FHIR R4, and store it in

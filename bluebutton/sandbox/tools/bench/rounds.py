@@ -15,8 +15,8 @@ import httpx
 
 from bluebutton.sandbox.tools.bench.procfs import cpu_seconds, cpu_used
 from bluebutton.sandbox.tools.stack import Stack
-from bluebutton.sync.jobs import TASK
 from bluebutton.sync.runner import RESOURCE_TYPES
+from bluebutton.sync.runs import SYNC_TASK as TASK
 from bluebutton.sync.service import SyncService
 
 WORKERS = ("worker-1", "worker-2")
