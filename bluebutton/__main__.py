@@ -132,7 +132,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def grant_keeping(action: Callable[[Settings], int]) -> Callable[[argparse.Namespace], int]:
-    """A command of `bluebutton.sync.cli` that needs the settings (and checks they enable sync)."""
+    """A command of `bluebutton.commands` that needs the settings (and checks they enable sync)."""
 
     def run(args: argparse.Namespace) -> int:
         configure_logging()
@@ -143,19 +143,19 @@ def grant_keeping(action: Callable[[Settings], int]) -> Callable[[argparse.Names
 
 
 def migrate(settings: Settings) -> int:
-    from bluebutton.sync import cli
+    from bluebutton import commands as cli
 
     return cli.migrate(settings)
 
 
 def worker(settings: Settings) -> int:
-    from bluebutton.sync import cli
+    from bluebutton import commands as cli
 
     return cli.worker(settings)
 
 
 def rotate_keys(settings: Settings) -> int:
-    from bluebutton.sync import cli
+    from bluebutton import commands as cli
 
     return cli.rotate_keys(settings)
 

@@ -2,7 +2,8 @@
 
 Every process opens it on the resources of the composition root (`bluebutton.resources`): the web
 lifespan (with `BLUEBUTTON_SYNC_WORKER=embedded`, a worker inside), `python -m bluebutton worker`
-and the CLI through `open_standalone`, the benchmark. Any number of them share one database.
+and the CLI through `bluebutton.commands.open_standalone`, the benchmark. Any number of them
+share one database.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from psycopg_pool import AsyncConnectionPool
 from bluebutton.cms.oauth import TokenSet
 from bluebutton.errors import NotConfiguredError
 from bluebutton.events.delivery import EventDelivery
-from bluebutton.outbound.logs import redact_http_logs
-from bluebutton.resources import Overrides, open_resources
-from bluebutton.settings import Settings
 from bluebutton.sync import grants, ledger, listing, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
@@ -194,18 +192,3 @@ async def _embedded(keeping: Keeping) -> None:
             logger.exception("the embedded sync worker stopped; restarting it")
         keeping.worker.restarts += 1
         await asyncio.sleep(1.0)
-
-
-@asynccontextmanager
-async def open_standalone(
-    settings: Settings, *, worker: bool, overrides: Overrides | None = None
-) -> AsyncIterator[SyncService]:
-    """Grant keeping with the process's own resources, for the CLI and standalone workers."""
-    if not settings.sync_enabled:
-        raise sync_off()
-    redact_http_logs()
-    async with (
-        open_resources(settings, overrides) as resources,
-        open_sync(resources, worker=worker) as service,
-    ):
-        yield service

@@ -15,12 +15,13 @@ import orjson
 import respx
 
 from bluebutton.cms.oauth import TokenSet
+from bluebutton.commands import open_standalone
 from bluebutton.sandbox.cms.app import create_cms_app
 from bluebutton.sandbox.cms.config import CmsSandboxConfig
 from bluebutton.sandbox.cms.data import patient_id
 from bluebutton.sandbox.cms.tokens import Grant as CmsGrant
 from bluebutton.settings import Settings
-from bluebutton.sync.service import SyncService, open_standalone
+from bluebutton.sync.service import SyncService
 from tests.factories import make_settings
 from tests.sync.conftest import ADMIN_KEY
 

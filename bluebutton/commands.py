@@ -1,13 +1,18 @@
-"""`python -m bluebutton migrate | worker | rotate-keys`: grant keeping from the shell (the command
-list and `--help` are `bluebutton.__main__.COMMANDS`)."""
+"""`python -m bluebutton migrate | worker | rotate-keys`: grant keeping from the shell, on the
+composition root (the command list and `--help` are `bluebutton.__main__.COMMANDS`)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from bluebutton.outbound.logs import redact_http_logs
+from bluebutton.resources import Overrides, open_resources
 from bluebutton.settings import Settings
 from bluebutton.sync.crypto import TokenCipher
+from bluebutton.sync.service import SyncService, open_sync, sync_off
 
 
 async def _migrate(settings: Settings) -> int:
@@ -30,7 +35,6 @@ async def _worker(settings: Settings) -> int:
     import psycopg
 
     from bluebutton.sync.migrations import SchemaOutdatedError
-    from bluebutton.sync.service import open_standalone
 
     try:
         async with open_standalone(settings, worker=False) as service:
@@ -80,3 +84,18 @@ def worker(settings: Settings) -> int:
 
 def rotate_keys(settings: Settings) -> int:
     return asyncio.run(_rotate(settings)) if _sync_enabled(settings) else 2
+
+
+@asynccontextmanager
+async def open_standalone(
+    settings: Settings, *, worker: bool, overrides: Overrides | None = None
+) -> AsyncIterator[SyncService]:
+    """Grant keeping with the process's own resources, for the CLI and standalone workers."""
+    if not settings.sync_enabled:
+        raise sync_off()
+    redact_http_logs()
+    async with (
+        open_resources(settings, overrides) as resources,
+        open_sync(resources, worker=worker) as service,
+    ):
+        yield service
