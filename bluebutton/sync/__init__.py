@@ -11,5 +11,8 @@ jobs.py        the blueprint tasks (`run_sync(run_id)`, the periodic sweep) and 
 keeping.py     a process's grant keeping: request_run, reconcile, sweep, the supervised worker
 journal.py     writes kept while the database is away (rotated tokens, ledger rows, run ends)
 service.py     what a process opens for grant keeping, and the operations the API calls
-cli.py         migrate, worker, keygen, rotate-keys
+listing.py     the paged listings of grants, runs and records (one query a page, not a row)
+keyset.py      the opaque keyset cursors of those pages
+
+The shell commands (migrate, worker, rotate-keys) are `bluebutton/commands.py`.
 """
