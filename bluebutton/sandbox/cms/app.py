@@ -15,8 +15,13 @@ from bluebutton.sandbox.cms.data import CmsDataset
 from bluebutton.sandbox.cms.faults import RAW_SEND_KEY, FaultMiddleware, FaultState
 from bluebutton.sandbox.cms.fhir import FhirApi
 from bluebutton.sandbox.cms.oauth import OAuthApi
+from bluebutton.sandbox.cms.ratelimit import Throttle, ThrottleMiddleware
 from bluebutton.sandbox.cms.schedule import ClaimSchedule
 from bluebutton.sandbox.cms.tokens import TokenStore
+from bluebutton.sandbox.cms.v3admin import V3Admin
+from bluebutton.sandbox.cms.v3data import V3State
+from bluebutton.sandbox.cms.v3fhir import V3FhirApi
+from bluebutton.sandbox.cms.v3oauth import V3OAuthApi
 
 
 class CmsApp(Starlette):
@@ -40,10 +45,18 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     dataset = CmsDataset(config.claims_override, config.cached_users, schedule, clock)
     faults = FaultState(config.faults.model_copy())
     counts = RequestCounts()
+    v3 = V3State()
+    throttle = Throttle(clock)
+    admin = AdminApi(tokens, dataset, faults, config.faults, clock)
+    admin.on_reset += [v3.reset, throttle.reset]
     routes = (
         OAuthApi(config, tokens).routes()
         + FhirApi(config, tokens, dataset, faults).routes()
-        + AdminApi(tokens, dataset, faults, config.faults, clock).routes()
+        + V3OAuthApi(config, tokens, v3).routes()
+        + V3FhirApi(config, tokens, dataset, faults, v3).routes()
+        + admin.routes()
+        + V3Admin(v3).routes()
+        + throttle.routes()
         + counts.routes()
     )
     app = CmsApp(
@@ -53,6 +66,7 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
             Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6),
             Middleware(RequestCountMiddleware, counts=counts),  # before faults: they count too
             Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms, sleep=config.sleep),
+            Middleware(ThrottleMiddleware, throttle=throttle),  # after faults: a fault's 429 has no headers
         ],
     )
     app.state.config = config
@@ -61,4 +75,6 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     app.state.dataset = dataset
     app.state.faults = faults
     app.state.counts = counts
+    app.state.v3 = v3
+    app.state.throttle = throttle
     return app
