@@ -64,9 +64,8 @@ class SyncService:
             raise GrantNotSyncingError(
                 "Blue Button's token response names no patient, so the grant cannot be kept"
             )
-        settings = self.context.settings
         grant_id = await grants.enrol(
-            self.pool, self.context.cipher, tokens, settings.cms_api_version, tokens.patient
+            self.pool, self.context.cipher, tokens, tokens.api_version, tokens.patient
         )
         run_id = await self.jobs.request_run(grant_id)
         logger.info("enrolled grant %s; run %d queued", grant_id, run_id)

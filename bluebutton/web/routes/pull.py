@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from bluebutton.cms.oauth import callback_error, new_pending_authorization
+from bluebutton.cms.versions import ApiVersion
 from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.pull.idempotency import HEADER_DOC
 from bluebutton.web.callback_page import callback_page
@@ -35,6 +36,12 @@ from bluebutton.web.schemas import (
 )
 
 router = APIRouter()
+
+VERSION_HEADER = "X-Blue-Button-Version"  # which API version a pull used (its token's)
+VersionQuery = Annotated[
+    ApiVersion | None,
+    Query(description="The Blue Button API version (2 or 3); default BLUEBUTTON_CMS_API_VERSION"),
+]
 
 STATE_SPENT = Issue(
     "This authorization is used up: its state is single-use and this callback spent it, so "
@@ -66,6 +73,9 @@ stored; an invalid Bundle (422) is never forwarded.
 An empty search result is not forwarded: the answer is `ForwardedBundles` with `bundle_count` 0
 (or the empty CMS Bundle), with `X-LFH-Bundle-Count: 0` and `X-LFH-Skipped` saying why.
 
+`version` names the Blue Button API version the token belongs to (2 or 3, default
+`BLUEBUTTON_CMS_API_VERSION`); `X-Blue-Button-Version` says which one the pull used.
+
 Retry with the same `Idempotency-Key`: a finished pull is replayed, a partial one completed, and no
 Bundle known to be stored is sent again. The whole pull has one deadline,
 `BLUEBUTTON_PULL_TIMEOUT_SECONDS` (504)."""
@@ -80,6 +90,12 @@ Bundle known to be stored is sent again. The whole pull has one deadline,
     responses={
         200: {
             "description": "Stored in connect",
+            "headers": {
+                VERSION_HEADER: {
+                    "description": "The Blue Button API version of the pull (2 or 3)",
+                    "schema": {"type": "string"},
+                }
+            },
             "content": {
                 "application/json": {
                     "schema": {
@@ -103,10 +119,11 @@ async def fetch_fhir(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=HEADER_DOC)] = None,
 ) -> Response:
     answer = await transfer(idempotency_key, query, token, caller_gone=lambda: _disconnected(request))
+    version = {VERSION_HEADER: str(query.version)}
     return StreamingResponse(
         _send(answer.parts),
         media_type=answer.media_type,
-        headers={**answer.headers, "Content-Length": str(answer.length)},
+        headers={**answer.headers, **version, "Content-Length": str(answer.length)},
     )
 
 
@@ -128,11 +145,11 @@ async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     response_model=Userinfo,
     responses=outcome_responses(401, 403, 404, 429, 502, 504),
 )
-async def userinfo(token: BearerTokenDep, cms: CmsDep) -> JSONResponse:
+async def userinfo(token: BearerTokenDep, cms: CmsDep, version: VersionQuery = None) -> JSONResponse:
     """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
     `/v{n}/connect/userinfo`, as CMS sent it. 403 when the beneficiary withheld demographic data
     (no `profile` scope). Nothing is stored in connect."""
-    return JSONResponse(await cms.get_userinfo(token))
+    return JSONResponse(await cms.get_userinfo(token, version))
 
 
 def _wants_html(request: Request) -> bool:
@@ -154,11 +171,13 @@ async def authorize(
     sync: Annotated[
         bool, Query(description="true: the service keeps the grant and keeps the data current in connect")
     ] = False,
+    version: VersionQuery = None,
 ) -> Response | AuthorizeLink:
-    """Browsers go straight to CMS; API clients (Swagger) get the URL to open."""
+    """Browsers go straight to CMS; API clients (Swagger) get the URL to open. The callback
+    exchanges the code on the same version (v3: its pilot users, BBUser09001-09005 in the sandbox)."""
     if sync:
         sync_routes.require_sync(request)
-    authorization = new_pending_authorization(sync)
+    authorization = new_pending_authorization(sync, version or settings.cms_api_version)
     url = oauth.authorization_url(authorization)
     await pending.put(authorization, settings.state_ttl_seconds)
     if _wants_html(request):
@@ -196,7 +215,7 @@ async def authorize_callback(
     if authorization.sync:
         sync_routes.require_sync(request)  # before the single-use code is spent
     try:
-        tokens = await oauth.exchange_code(code, authorization.verifier)
+        tokens = await oauth.exchange_code(code, authorization.verifier, authorization.version)
     except CmsError as e:
         e.extra_issues.append(STATE_SPENT)  # the state is gone: retrying this callback cannot work
         raise
@@ -216,7 +235,7 @@ async def authorize_callback(
     responses=outcome_responses(400, 401, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
-    tokens = await oauth.refresh(body.refresh_token)
+    tokens = await oauth.refresh(body.refresh_token, body.api_version)
     return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
 
 
@@ -229,5 +248,5 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     responses=outcome_responses(400, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
-    await oauth.revoke(body.token)
+    await oauth.revoke(body.token, body.api_version)
     return Response(status_code=204)
