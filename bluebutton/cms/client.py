@@ -17,6 +17,7 @@ import httpx
 import orjson
 
 from bluebutton.cms.paging import PageLog, check_link
+from bluebutton.cms.rate_limit import RateLimitPacer
 from bluebutton.cms.search_page import Page, parse_page
 from bluebutton.errors import (
     CmsBadRequestError,
@@ -91,6 +92,8 @@ class CmsClient(UpstreamClient):
         self._clock = clock
         self._wall_clock = wall_clock
         self._base = httpx.URL(settings.cms_fhir_base)
+        # One for the process: CMS's budget is per token, whichever pull spends it (rate_limit.py).
+        self.rate_limit = RateLimitPacer(settings.cms_fetch_concurrency, sleep, clock)
 
     @classmethod
     def create(
@@ -211,6 +214,7 @@ class CmsClient(UpstreamClient):
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
             await pacer.wait()
+            await self.rate_limit.wait(token)
             try:
                 response = await self._client.get(
                     url,
@@ -232,6 +236,7 @@ class CmsClient(UpstreamClient):
                 )
                 cause = e
             else:
+                self.rate_limit.observe(token, response.headers)
                 try:
                     if response.status_code == 200:
                         try:
