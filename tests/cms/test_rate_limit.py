@@ -74,7 +74,9 @@ class SlidingWindowCms:
         self.seen[token] = seen
         reset = seen[0] + self.window - now
         page = self.pages[int(request.url.params.get("_offset", "0")) // 10]
-        return fhir_response(page, **headers(str(self.limit - len(seen)), f"{reset:.3f}"))
+        response = fhir_response(page)
+        response.headers.update(headers(str(self.limit - len(seen)), f"{reset:.3f}"))
+        return response
 
 
 def v3_pages(count: int) -> list[dict[str, object]]:
