@@ -42,7 +42,7 @@ from bluebutton.errors import (
 )
 from bluebutton.fhir.bundles import BundleHeader, split_entries
 from bluebutton.pull.query import PAGE_SIZE
-from bluebutton.sync import grants, ledger, runs
+from bluebutton.sync import grants, ledger, runs, v3
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.errors import GrantEndedError, TransientRunError
@@ -97,6 +97,7 @@ class _Tokens:
         self.grant = grant
         self.current = ""
         self.refreshed = False
+        self.notes: list[dict[str, Any]] = []  # for the run's report (a merged beneficiary)
         self._renewing = asyncio.Lock()  # the types pull at once; a 401 on two renews once
 
     async def renew_after(self, refused: str) -> str:
@@ -141,7 +142,7 @@ class _Tokens:
             )
         refresh_token = ctx.cipher.decrypt(grant.refresh_token_ct, grant.id)
         try:
-            tokens = await ctx.oauth.refresh(refresh_token)
+            tokens = await ctx.oauth.refresh(refresh_token, grant.api_version)
         except CmsRefreshRejectedError as e:
             detail = (e.detail or "").lower()
             if "timed out" in detail or "expired" in detail:
@@ -161,6 +162,8 @@ class _Tokens:
             ) from e
         # Committed before first use: the old refresh token no longer works.
         await grants.store_tokens(ctx.pool, ctx.cipher, grant.id, tokens)
+        if tokens.patient and tokens.patient != grant.patient:
+            self.notes.append(await v3.follow_merge(ctx.pool, grant.id, grant.patient, tokens.patient))
         self.current = tokens.access_token
         return self.current
 
@@ -181,6 +184,7 @@ async def run_grant(ctx: SyncContext, grant_id: uuid.UUID, job_id: int) -> str:
         await tokens.first()
         marks = await ledger.watermarks(ctx.pool, grant_id)
         await _pull_types(ctx, grant, marks, tokens, run_id, report)
+        report.issues += tokens.notes
     except GrantEndedError as e:
         await grants.end(ctx.pool, grant_id, e.state)  # type: ignore[arg-type]
         report.issues.append(e.issue.as_fhir())
@@ -256,7 +260,7 @@ async def _fetch(
         first = True
         token = tokens.current
         try:
-            async for page in ctx.cms.iter_pages(kind, params, token):
+            async for page in ctx.cms.iter_pages(kind, params, token, tokens.grant.api_version):
                 if first:
                     mark, first = page.last_updated, False
                 raw += page.entries

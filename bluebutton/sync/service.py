@@ -104,6 +104,7 @@ class SyncService:
         return {
             "id": str(grant.id),
             "patient": grant.patient,
+            "api_version": grant.api_version,
             "state": grant.state,
             "scopes": grant.scopes,
             "access_grant_expiration": _instant(grant.access_grant_expiration),

@@ -66,6 +66,7 @@ class QuarantinedEntry(BaseModel):
 class GrantInfo(BaseModel):
     id: uuid.UUID
     patient: str | None
+    api_version: int = Field(description="The Blue Button API version the grant reads (2 or 3)")
     state: GrantState = Field(
         description="active, failing (transient failures, retried with backoff), expired (the data-access "
         "grant ended), revoked (CMS refused the refresh token) or disconnected (by the operator)"
@@ -108,6 +109,7 @@ class Enrolment(BaseModel):
     grant_id: uuid.UUID
     run_id: int = Field(description="The first full run, queued at once")
     patient: str | None
+    api_version: int = Field(description="The Blue Button API version the grant reads (2 or 3)")
     scope: list[str]
     access_grant_expiration: str | None = Field(description="As CMS sent it (empty for research apps)")
     access_token: str

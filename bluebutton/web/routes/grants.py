@@ -152,6 +152,7 @@ async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Respons
         grant_id=grant_id,
         run_id=run_id,
         patient=tokens.patient,
+        api_version=tokens.api_version,
         scope=tokens.scope,
         access_grant_expiration=tokens.access_grant_expiration,
         access_token=tokens.access_token,
