@@ -42,7 +42,7 @@ from bluebutton.errors import (
 )
 from bluebutton.fhir.bundles import BundleHeader, split_entries
 from bluebutton.pull.query import PAGE_SIZE
-from bluebutton.sync import grants, ledger, runs, v3
+from bluebutton.sync import crossversion, grants, ledger, runs, v3
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.errors import GrantEndedError, TransientRunError
@@ -82,6 +82,7 @@ class Report:
     issues: list[dict[str, Any]] = field(default_factory=list)
     marks: dict[str, str] = field(default_factory=dict)
     invalid: int = 0
+    lineage: crossversion.Lineage | None = None  # the grant between API versions (crossversion.py)
 
     def counts(self, kind: str) -> dict[str, int]:
         return self.resources.setdefault(
@@ -182,7 +183,8 @@ async def run_grant(ctx: SyncContext, grant_id: uuid.UUID, job_id: int) -> str:
     try:
         tokens = _Tokens(ctx, grant)
         await tokens.first()
-        marks = await ledger.watermarks(ctx.pool, grant_id)
+        report.lineage = await crossversion.Lineage.load(ctx.pool, grant.id, grant.api_version, grant.scopes)
+        marks = await ledger.watermarks(ctx.pool, grant_id) if report.lineage.known else {}
         await _pull_types(ctx, grant, marks, tokens, run_id, report)
         report.issues += tokens.notes
     except GrantEndedError as e:
@@ -304,7 +306,11 @@ async def _pull_type(
         params.append(("_lastUpdated", f"ge{since}"))
     try:
         raw, mark = await _fetch(ctx, kind, params, tokens)
+        if kind == "Coverage" and report.lineage is not None:
+            report.issues += await report.lineage.read_coverage(ctx, raw)
     except CmsForbiddenError:
+        if report.lineage is not None:
+            report.lineage.unread()
         report.issues.append(
             _issue(
                 f"{kind}: Blue Button answered 403 (the scope for it was withheld); not pulled",
@@ -330,6 +336,9 @@ async def _pull_type(
             continue
         entries[entry.resource_id] = entry  # a resource seen twice (the search grew): the last wins
     classified = await ledger.classify(ctx.pool, grant.id, kind, list(entries.values()))
+    if kind == "ExplanationOfBenefit":
+        assert report.lineage is not None
+        classified = await crossversion.settle(ctx, grant.id, classified, report.lineage, counts, run_id)
     candidates: list[Entry] = []
     for entry, verdict in classified:
         counts[verdict] += 1
@@ -391,6 +400,8 @@ async def _forward(ctx: SyncContext, grant_id: uuid.UUID, kind: str, valid: list
             await ledger.record_stored(
                 connection, grant_id, kind, stored, record.uuid, record.location, run_id
             )
+            if kind == "ExplanationOfBenefit":
+                await crossversion.record_stored(connection, ctx, grant_id, stored)
             await runs.add_bundle(
                 connection,
                 run_id,

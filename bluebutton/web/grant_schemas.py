@@ -33,6 +33,13 @@ class ResourceCounts(BaseModel):
     changed: int = Field(description="In the ledger with other content: forwarded")
     unchanged: int = Field(description="As the ledger holds them: neither validated nor forwarded")
     invalid: int = Field(description="Quarantined: not forwarded")
+    held_under_v2: int = Field(
+        default=0,
+        description="v3 claims the ledger proves stored by the v2 grant this one took over: not sent",
+    )
+    possibly_held_under_v2: int = Field(
+        default=0, description="v3 claims not provably stored under v2 (stored now; may repeat one of them)"
+    )
 
 
 class StoredBundle(BaseModel):
@@ -69,7 +76,8 @@ class GrantInfo(BaseModel):
     api_version: int = Field(description="The Blue Button API version the grant reads (2 or 3)")
     state: GrantState = Field(
         description="active, failing (transient failures, retried with backoff), expired (the data-access "
-        "grant ended), revoked (CMS refused the refresh token) or disconnected (by the operator)"
+        "grant ended), revoked (CMS refused the refresh token), disconnected (by the operator) or "
+        "migrated (the beneficiary consented on Blue Button v3; their v3 grant took over)"
     )
     scopes: list[str]
     access_grant_expiration: datetime | None = Field(description="When CMS ends the data-access grant")

@@ -90,3 +90,68 @@ async def test_a_merged_beneficiary_keeps_syncing(
             assert grant is not None and grant.patient == new != old
             assert any(new in issue["diagnostics"] for issue in run["issues"]), run["issues"]
             assert run["resources"]["ExplanationOfBenefit"]["new"] == 2  # the ledger was kept
+
+
+async def claim_posts(upstreams: Upstreams) -> list[str]:
+    return [
+        e["resource"]["id"]
+        for p in upstreams.posts
+        for e in p["bundle"].get("entry", [])
+        if e["resource"]["resourceType"] == "ExplanationOfBenefit"
+    ]
+
+
+async def test_a_v2_grant_moved_to_v3_sends_no_claim_the_ledger_proves_held(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    with upstreams.router():
+        async with open_service(sync_settings(database_url, token_keys)) as service:
+            v2_id, _ = await service.enrol(upstreams.authorize(PILOT))
+            first = await run_once(service, v2_id)
+            assert first["resources"]["ExplanationOfBenefit"]["new"] == 60
+            stored_v2 = len(await claim_posts(upstreams))
+            assert stored_v2 == 60
+            async with service.pool.connection() as connection:  # 3 claims stored before keys were kept
+                await connection.execute(
+                    "DELETE FROM bluebutton_claim_keys WHERE (grant_id, claim_key) IN "
+                    "(SELECT grant_id, claim_key FROM bluebutton_claim_keys WHERE grant_id = %s LIMIT 3)",
+                    (v2_id,),
+                )
+
+            # The beneficiary consents on v3 (CMS deletes the app's v2 tokens for them, §2.5).
+            v3_id, _ = await service.enrol(authorize_v3(upstreams, PILOT, samhsa=True))
+            run = await run_once(service, v3_id)
+
+            assert run["status"] == "succeeded", run
+            eob = run["resources"]["ExplanationOfBenefit"]
+            assert eob["fetched"] == 60
+            assert eob["held_under_v2"] == 57 and eob["possibly_held_under_v2"] == 3 and eob["new"] == 3
+            assert len(await claim_posts(upstreams)) == stored_v2 + 3
+            v2 = await grants.get(service.pool, v2_id)
+            assert v2 is not None and v2.state == "migrated" and v2.refresh_token_ct is None
+            assert any(str(v2_id) in issue["diagnostics"] for issue in run["issues"])
+            async with service.pool.connection() as connection:  # the v3 ledger holds all 60
+                row = await (
+                    await connection.execute(
+                        "SELECT count(*) FROM bluebutton_ledger WHERE grant_id = %s "
+                        "AND resource_type = 'ExplanationOfBenefit'",
+                        (v3_id,),
+                    )
+                ).fetchone()
+            assert row is not None and row[0] == 60
+
+            again = await run_once(service, v3_id)  # and the next run has nothing to send
+            assert again["status"] == "succeeded" and len(await claim_posts(upstreams)) == stored_v2 + 3
+
+
+async def test_keys_agree_across_versions_for_every_claim() -> None:
+    from bluebutton.sandbox.cms.data import generate_claims
+    from bluebutton.sandbox.cms.v3data import v3_eob
+    from bluebutton.sync.crossversion import claim_key
+
+    for claim in generate_claims(PILOT):
+        v2 = claim.resource()
+        for form in v3_forms(claim):
+            v3 = v3_eob(claim.resource(), form, "-30250000009002")
+            assert claim_key(v2) is not None and claim_key(v2) == claim_key(v3)
+            assert v2["id"] != v3["id"]
