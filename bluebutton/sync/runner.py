@@ -42,7 +42,7 @@ from bluebutton.errors import (
 )
 from bluebutton.fhir.bundles import BundleHeader, split_entries
 from bluebutton.pull.query import PAGE_SIZE
-from bluebutton.sync import crossversion, grants, ledger, runs, v3
+from bluebutton.sync import card, crossversion, grants, ledger, runs, v3
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.errors import GrantEndedError, TransientRunError
@@ -281,6 +281,9 @@ async def _pull_types(
         asyncio.create_task(_pull_type(ctx, grant, kind, marks.get(kind), tokens, run_id, report))
         for kind in kinds
     ]
+    if card.wanted(grant):  # v3: the digital insurance card too (card.py)
+        kinds = [*kinds, card.CARD]
+        pulls.append(asyncio.create_task(card.pull(ctx, grant, tokens, run_id, report)))
     try:
         await asyncio.gather(*pulls)
     except BaseException:

@@ -65,9 +65,20 @@ async def test_a_v3_grant_syncs_on_v3_and_a_withheld_claim_is_no_deletion(
             described = await service.grant_json(grant_id)
             assert described["api_version"] == 3
 
+            assert run["resources"]["InsuranceCard"]["new"] == 1
+            cards = [p["bundle"] for p in upstreams.posts if p["bundle"]["type"] == "collection"]
+            assert len(cards) == 1 and cards[0]["entry"][0]["fullUrl"].startswith("urn:uuid:")
+
             posts = len(upstreams.posts)
             again = await run_once(service, grant_id)
             assert again["status"] == "succeeded", again
+            assert again["resources"]["InsuranceCard"] == {
+                "fetched": 1,
+                "new": 0,
+                "changed": 0,
+                "unchanged": 1,
+                "invalid": 0,
+            }  # a fresh card (new random ids) with the same content
             assert len(upstreams.posts) == posts  # nothing re-sent, nothing deleted
 
 
@@ -155,3 +166,14 @@ async def test_keys_agree_across_versions_for_every_claim() -> None:
             v3 = v3_eob(claim.resource(), form, "-30250000009002")
             assert claim_key(v2) is not None and claim_key(v2) == claim_key(v3)
             assert v2["id"] != v3["id"]
+
+
+def test_the_card_hash_ignores_what_cms_makes_up_on_each_call() -> None:
+    from bluebutton.sandbox.cms.v3resources import insurance_card
+    from bluebutton.sync.card import card_hash
+
+    first, second = insurance_card(PILOT, "-30250000009002"), insurance_card(PILOT, "-30250000009002")
+    assert first["entry"][0]["fullUrl"] != second["entry"][0]["fullUrl"]
+    assert card_hash(first) == card_hash(second)
+    other = insurance_card(9002, "-30250000009003")
+    assert card_hash(other) != card_hash(first)
