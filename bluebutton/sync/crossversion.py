@@ -240,6 +240,17 @@ def _keys_of(entries: list[Entry], key: bytes) -> dict[str, bytes]:
     return found
 
 
+def _not_final(entries: list[Entry]) -> set[str]:
+    """Ids of v3 claims tagged `Final-Action|NotFinalAction` (shared-system claims, §3.1)."""
+    found = set()
+    for entry in entries:
+        meta = orjson.loads(entry.raw).get("resource", {}).get("meta") or {}
+        tags = meta.get("tag") if isinstance(meta, dict) else None
+        if any(isinstance(t, dict) and t.get("code") == "NotFinalAction" for t in tags or []):
+            found.add(entry.resource_id)
+    return found
+
+
 async def settle(
     ctx: SyncContext,
     grant_id: uuid.UUID,
@@ -250,10 +261,12 @@ async def settle(
 ) -> list[tuple[Entry, Kind]]:
     """The run's EOB verdicts after the cross-version keys: new claims proven held under the v2
     grant are recorded as held (not sent); a final claim replacing a stored not-final one is
-    `changed`; keys of unchanged claims are recorded (the ledger proves them stored)."""
+    `changed`; a not-final claim whose final version is stored or comes in this run is not sent
+    (counted `unchanged`); keys of unchanged claims are recorded (the ledger proves them stored)."""
     predecessor = await lineage.predecessor()
     key = hmac_key(_token_keys(ctx))
     keys = _keys_of([e for e, _ in classified], key)
+    not_final = _not_final([e for e, _ in classified])
     unchanged = [
         (e.resource_id, keys[e.resource_id])
         for e, kind in classified
@@ -278,10 +291,19 @@ async def settle(
                 )
             ).fetchall()
             held = {bytes(k): (uuid_, location) for k, uuid_, location in rows}
+        finals = {d for rid, d in fresh.items() if rid not in not_final}
         settled: list[tuple[Entry, Kind]] = []
         proven: list[Entry] = []
         for entry, kind in classified:
             digest_ = fresh.get(entry.resource_id)
+            if (
+                kind == "new"
+                and entry.resource_id in not_final
+                and digest_ is not None
+                and (digest_ in finals or (digest_ in own and own[digest_] not in not_final))
+            ):
+                settled.append((entry, "unchanged"))  # its final version is (being) stored
+                continue
             if kind == "new" and digest_ is not None and digest_ in own and own[digest_] != entry.resource_id:
                 settled.append((entry, "changed"))
             elif kind == "new" and digest_ is not None and digest_ in held:

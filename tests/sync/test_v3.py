@@ -177,3 +177,26 @@ def test_the_card_hash_ignores_what_cms_makes_up_on_each_call() -> None:
     assert card_hash(first) == card_hash(second)
     other = insurance_card(9002, "-30250000009003")
     assert card_hash(other) != card_hash(first)
+
+
+async def test_not_final_claims_never_count_twice(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    from bluebutton.sandbox.cms.data import generate_claims
+
+    shared = sum(1 for c in generate_claims(PILOT) for f in v3_forms(c) if not f.final)
+    assert shared > 0
+    settings = sync_settings(database_url, token_keys, cms_include_not_final=True)
+    with upstreams.router():
+        async with open_service(settings) as service:
+            grant_id, _ = await service.enrol(authorize_v3(upstreams, PILOT, samhsa=True))
+            run = await run_once(service, grant_id)
+    assert run["status"] == "succeeded", run
+    eob = run["resources"]["ExplanationOfBenefit"]
+    assert eob["fetched"] == 60 + shared
+    assert (eob["new"], eob["unchanged"]) == (60, shared)  # each claim once: its final version
+    sent = await claim_posts(upstreams)
+    assert len(sent) == len(set(sent)) == 60
+    assert "_source=NCH%2CDDPS%2CFISS%2CMCS%2CVMS" in str(
+        upstreams.requests_to("/v3/fhir/ExplanationOfBenefit")[0].url
+    )
