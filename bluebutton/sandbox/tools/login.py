@@ -105,6 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sync", action="store_true", help="enrol for grant keeping (authorize?sync=true): prints the grant"
     )
+    parser.add_argument(
+        "--api-version",
+        type=int,
+        choices=(2, 3),
+        default=None,
+        help="the Blue Button API version (v3: BBUser09001-09005)",
+    )
+    parser.add_argument(
+        "--share-samhsa", action="store_true", help="v3: tick the consent's substance-use (SAMHSA) box"
+    )
     args = parser.parse_args(argv)
     user = parse_username(args.user)
     if user is None or user >= USER_COUNT:
@@ -112,7 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     connector = args.connector.rstrip("/")
     try:
         response = authorize(
-            connector, user, share_demographics=not args.withhold_demographics, sync=args.sync
+            connector,
+            user,
+            share_demographics=not args.withhold_demographics,
+            sync=args.sync,
+            version=args.api_version,
+            share_samhsa=args.share_samhsa,
         )
     except httpx.TransportError as e:
         print(f"login: cannot reach {connector} ({e}); is the demo running (./scripts/run)?", file=sys.stderr)
