@@ -40,6 +40,13 @@ logger = logging.getLogger(__name__)
 
 SYNC_SETTINGS = "BLUEBUTTON_DATABASE_URL (postgresql://... or embedded) and BLUEBUTTON_TOKEN_KEYS"
 
+# What a v3 consent can hide from the app without any signal in the token, scopes or userinfo
+# (bb2-v3.md §5): a claim missing from a later result is not a deletion.
+WITHHELD_ON_V3 = [
+    "substance-use (42 CFR Part 2) claims: the v3 consent's box is unticked by default",
+    "every claim but Part D (DDPS) when CMS made the app Part-D-only",
+]
+
 
 def sync_off() -> NotConfiguredError:
     return NotConfiguredError(
@@ -105,6 +112,7 @@ class SyncService:
             "id": str(grant.id),
             "patient": grant.patient,
             "api_version": grant.api_version,
+            "may_be_withheld": WITHHELD_ON_V3 if grant.api_version == 3 else [],
             "state": grant.state,
             "scopes": grant.scopes,
             "access_grant_expiration": _instant(grant.access_grant_expiration),

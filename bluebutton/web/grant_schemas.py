@@ -74,6 +74,11 @@ class GrantInfo(BaseModel):
     id: uuid.UUID
     patient: str | None
     api_version: int = Field(description="The Blue Button API version the grant reads (2 or 3)")
+    may_be_withheld: list[str] = Field(
+        default_factory=list,
+        description="What CMS may leave out of this grant's results without notice (v3 consent rules); "
+        "a claim that disappears is never taken for deleted",
+    )
     state: GrantState = Field(
         description="active, failing (transient failures, retried with backoff), expired (the data-access "
         "grant ended), revoked (CMS refused the refresh token), disconnected (by the operator) or "

@@ -64,6 +64,7 @@ async def test_a_v3_grant_syncs_on_v3_and_a_withheld_claim_is_no_deletion(
             assert not upstreams.requests_to("/v2/fhir/ExplanationOfBenefit")
             described = await service.grant_json(grant_id)
             assert described["api_version"] == 3
+            assert any("42 CFR Part 2" in text for text in described["may_be_withheld"])
 
             assert run["resources"]["InsuranceCard"]["new"] == 1
             cards = [p["bundle"] for p in upstreams.posts if p["bundle"]["type"] == "collection"]
