@@ -318,3 +318,13 @@ async def test_unknown_v3_refresh_is_403_where_v2_says_400() -> None:
         form = {"grant_type": "refresh_token", "refresh_token": "unknown"}
         v3 = await cms.client.post("/v3/o/token", data=form, auth=CLIENT)
         assert v3.status_code == 403
+
+
+async def test_last_updated_filters_patient_and_coverage_too() -> None:
+    async with open_v3() as cms:
+        token = (await cms.v3_login())["access_token"]
+        for name in ("Patient", "Coverage"):
+            everything = (await cms.v3(name, token, {"_lastUpdated": "ge2000-01-01"})).json()
+            assert everything["entry"]
+            later = (await cms.v3(name, token, {"_lastUpdated": "ge2030-01-01"})).json()
+            assert "entry" not in later

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bluebutton.sandbox.cms.beneficiary import person
 from bluebutton.sandbox.cms.config import CmsSandboxConfig
 from bluebutton.sandbox.cms.data import CmsDataset, iso_instant
 from bluebutton.sandbox.cms.faults import FHIR_MEDIA_TYPE, FaultState
@@ -246,6 +247,9 @@ class V3FhirApi(FhirApi):
             found = [self._patient(user, own)] if not wanted or wanted[-1] == own else []
         else:
             found = build_coverages_v3(user, own) if own == self.state.current_id(user) else []
+        updated = datetime.fromisoformat(person(user).last_updated)
+        if not all(f.accepts(updated) for f in query.last_updated):
+            found = []
         entries = [orjson.dumps(r) for r in found]
         return v3_searchset([], len(entries), entries, now)
 
