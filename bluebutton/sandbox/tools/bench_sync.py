@@ -204,16 +204,20 @@ def _form_action(page: httpx.Response) -> str:
     return str(page.url.join(unescape(match[1])))
 
 
-async def _consent(browser: httpx.AsyncClient, oauth: OAuthClient, user: int) -> tuple[str, str]:
-    """Log `BBUser<user>` in on the emulator's forms and consent; (code, PKCE verifier)."""
-    pending = new_pending_authorization(sync=True)
+async def _consent(
+    browser: httpx.AsyncClient, oauth: OAuthClient, user: int, version: int = 2
+) -> tuple[str, str]:
+    """Log `BBUser<user>` in on the emulator's forms and consent (on v3, SAMHSA data shared too);
+    (code, PKCE verifier)."""
+    pending = new_pending_authorization(sync=True, version=version)
     start = await browser.get(oauth.authorization_url(pending), follow_redirects=True)
     consent = await browser.post(
         _form_action(start),
         data={"username": f"BBUser{user:05d}", "password": f"PW{user:05d}!"},
         follow_redirects=True,
     )
-    redirect = await browser.post(_form_action(consent), data={"share_demographics": "yes", "allow": "true"})
+    decision = {"share_demographics": "yes", "allow": "true", "share_samhsa_data": ["False", "True"]}
+    redirect = await browser.post(_form_action(consent), data=decision)
     query = parse_qs(urlsplit(redirect.headers.get("location", "")).query)
     if "code" not in query or query.get("state") != [pending.state]:
         raise SystemExit(f"bench sync: consent for user {user} did not redirect with a code")
@@ -227,7 +231,7 @@ async def enrol_all(service: SyncService, cms_url: str, users: range) -> list[En
 
     async def one(browser: httpx.AsyncClient, user: int) -> Enrolled:
         async with gate:
-            code, verifier = await _consent(browser, ctx.oauth, user)
+            code, verifier = await _consent(browser, ctx.oauth, user, ctx.settings.cms_api_version)
             tokens = await ctx.oauth.exchange_code(code, verifier)
             assert tokens.patient is not None
             grant_id = await grants.enrol(
@@ -357,6 +361,7 @@ class Options:
     sample: int
     database_url: str | None
     keep_database: bool
+    api_version: int = 2
 
 
 def worker_env(stack: Stack, database_url: str, token_keys: str, concurrency: int) -> dict[str, str]:
@@ -399,6 +404,7 @@ async def open_bench_service(settings: Settings) -> AsyncIterator[tuple[SyncServ
 async def measure(stack: Stack, options: Options, database_url: str) -> dict[str, Any]:
     keys = new_key()
     env = worker_env(stack, database_url, keys, options.concurrency)
+    env["BLUEBUTTON_CMS_API_VERSION"] = str(options.api_version)
     settings = bench_settings(env)
     async with (
         open_bench_service(settings) as (service, cms),
@@ -406,6 +412,8 @@ async def measure(stack: Stack, options: Options, database_url: str) -> dict[str
     ):
         for name in WORKERS:
             stack.launch(name, ["-m", "bluebutton", "worker"], env)
+        if options.api_version == 3:  # CMS's sandbox has five v3 users; the emulator can have all
+            (await admin.put(f"{stack.cms_url}/_sandbox/v3", json={"all_users": True})).raise_for_status()
         started = time.perf_counter()
         enrolled = await enrol_all(service, stack.cms_url, range(options.grants))
         enrol_seconds = time.perf_counter() - started
@@ -483,7 +491,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
     only_new = second.grants_posting == changed
     resent = second.validated() - len(changed) * options.new_claims
     lines = [
-        f"bench sync: {n} grants x {options.claims} claims, {options.rtt_ms} ms added per CMS request, "
+        f"bench sync: {n} grants x {options.claims} claims on Blue Button v{options.api_version}, "
+        f"{options.rtt_ms} ms added per CMS request, "
         f"2 worker processes x {options.concurrency} concurrent grants, {cores} cores",
         f"enrolment (emulator login + consent, code exchange, grant store): {found['enrol_seconds']:.1f} s",
         f"first round: {first.seconds:.1f} s, {n / first.seconds * 60:.0f} grants/min (all queued after "
@@ -515,7 +524,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
         f"{once})",
         f"database size: {found['database_bytes'] / 1e6:.1f} MB",
         "peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in found["rss"].items()),
-        f"bench sync grants={n} claims={options.claims} rtt_ms={options.rtt_ms} "
+        f"bench sync api_version={options.api_version} grants={n} claims={options.claims} "
+        f"rtt_ms={options.rtt_ms} "
         f"first_s={first.seconds:.1f} first_grants_per_min={n / first.seconds * 60:.0f} "
         f"incremental_s={second.seconds:.1f} incremental_cms_requests={requests_2} "
         f"incremental_posts={second.posts} only_new={'yes' if only_new else 'no'} "
@@ -546,6 +556,13 @@ def parse(argv: list[str] | None) -> Options:
         "else an embedded server in a temporary directory)",
     )
     parser.add_argument("--keep-database", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--api-version",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="the Blue Button API version the grants use",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.grants <= 30_000:
         parser.error("--grants must be 1..30000 (the emulator's users)")
@@ -561,6 +578,7 @@ def parse(argv: list[str] | None) -> Options:
         max(1, min(args.sample, args.grants)),
         args.database_url,
         args.keep_database,
+        args.api_version,
     )
 
 
