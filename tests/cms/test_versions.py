@@ -148,3 +148,16 @@ async def test_the_redis_pending_authorization_remembers_its_version() -> None:
     async with redis_store(REDIS_URL) as (store, _):
         await store.put(pending, 60)
         assert await store.take(pending.state) == pending
+
+
+async def test_userinfo_takes_the_version_and_refuses_a_misspelt_one(cms: respx.MockRouter) -> None:
+    cms.get("/v3/connect/userinfo").mock(
+        return_value=httpx.Response(200, json={"sub": "-3025", "patient": "-3025"})
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with open_client(make_settings()) as client:
+        answer = await client.get("/bluebutton/userinfo", params={"version": "3"}, headers=headers)
+        assert answer.status_code == 200 and answer.json()["patient"] == "-3025"
+        typo = await client.get("/bluebutton/userinfo", params={"versoin": "3"}, headers=headers)
+        assert typo.status_code == 422
+        assert typo.json()["issue"][0]["expression"] == ["versoin"]

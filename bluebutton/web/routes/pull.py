@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from bluebutton.cms.oauth import callback_error, new_pending_authorization
@@ -145,10 +146,20 @@ async def _send(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     response_model=Userinfo,
     responses=outcome_responses(401, 403, 404, 429, 502, 504),
 )
-async def userinfo(token: BearerTokenDep, cms: CmsDep, version: VersionQuery = None) -> JSONResponse:
+async def userinfo(
+    request: Request, token: BearerTokenDep, cms: CmsDep, version: VersionQuery = None
+) -> JSONResponse:
     """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
     `/v{n}/connect/userinfo`, as CMS sent it. 403 when the beneficiary withheld demographic data
     (no `profile` scope). Nothing is stored in connect."""
+    unknown = sorted({name for name in request.query_params if name != "version"})
+    if unknown:  # as GET /bluebutton/fhir: a misspelt `version` must not silently mean the default
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", n), "msg": "unknown parameter", "input": None}
+                for n in unknown
+            ]
+        )
     return JSONResponse(await cms.get_userinfo(token, version))
 
 
@@ -232,7 +243,7 @@ async def authorize_callback(
     tags=["oauth"],
     summary="Exchange a refresh token for a new token set (refresh tokens are single-use)",
     response_model=TokenResponse,
-    responses=outcome_responses(400, 401, 422, 502, 503),
+    responses=outcome_responses(400, 401, 413, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     tokens = await oauth.refresh(body.refresh_token, body.api_version)
@@ -245,7 +256,7 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     summary="Revoke an access or refresh token (RFC 7009)",
     status_code=204,
     response_class=Response,
-    responses=outcome_responses(400, 422, 502, 503),
+    responses=outcome_responses(400, 413, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
     await oauth.revoke(body.token, body.api_version)
