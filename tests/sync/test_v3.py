@@ -3,6 +3,7 @@ searches and refreshes, SAMHSA-withheld claims are not deletions, a merged benef
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -201,3 +202,65 @@ async def test_not_final_claims_never_count_twice(
     assert "_source=NCH%2CDDPS%2CFISS%2CMCS%2CVMS" in str(
         upstreams.requests_to("/v3/fhir/ExplanationOfBenefit")[0].url
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "scopes", "expected"),
+    [
+        pytest.param(2, [], False, id="v2-never"),
+        pytest.param(3, [], True, id="v3-all-scopes"),
+        pytest.param(3, ["patient/Patient.r", "patient/Coverage.s"], True, id="read-and-search"),
+        pytest.param(3, ["patient/Patient.s", "patient/Coverage.rs"], False, id="no-patient-read"),
+        pytest.param(3, ["patient/Patient.read", "patient/Coverage.r"], False, id="no-coverage-search"),
+    ],
+)
+def test_the_card_is_asked_for_only_with_its_scopes(version: int, scopes: list[str], expected: bool) -> None:
+    from bluebutton.sync.card import wanted
+
+    grant = grants.Grant(
+        id=uuid.uuid4(),
+        patient="-1",
+        api_version=version,
+        state="active",
+        scopes=scopes,
+        access_grant_expiration=None,
+        access_token_ct=None,
+        refresh_token_ct=None,
+        access_expires_at=None,
+        created_at=datetime.now(UTC),
+        next_sync_at=None,
+        consecutive_failures=0,
+    )
+    assert wanted(grant) is expected
+
+
+@pytest.mark.parametrize(
+    "eob",
+    [
+        pytest.param({}, id="no-type"),
+        pytest.param(
+            {
+                "type": {
+                    "coding": [
+                        {"system": "https://bluebutton.cms.gov/fhir/CodeSystem/EOB-TYPE", "code": "CARRIER"}
+                    ]
+                }
+            },
+            id="no-control-number",
+        ),
+        pytest.param(
+            {
+                "type": {
+                    "coding": [
+                        {"system": "https://bluebutton.cms.gov/fhir/CodeSystem/EOB-TYPE", "code": "PDE"}
+                    ]
+                }
+            },
+            id="part-d-without-rx",
+        ),
+    ],
+)
+def test_a_claim_without_its_whole_key_has_none(eob: dict[str, object]) -> None:
+    from bluebutton.sync.crossversion import claim_key
+
+    assert claim_key(eob) is None
