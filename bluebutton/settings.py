@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     cms_client_id: str | None = None
     cms_client_secret: SecretStr | None = None
     cms_scopes: str = DEFAULT_SCOPES
+    cms_include_not_final: bool = False  # v3: shared-system (not yet final) claims too (bb2-v3.md §4)
     callback_url: HttpUrl = HttpUrl("https://localhost:5200/bluebutton/authorize_callback")
     lfh_url: HttpUrl = HttpUrl("https://localhost:5000")
     ca_file: Path | None = None
@@ -190,11 +191,18 @@ class Settings(BaseSettings):
     @property
     def cms_fhir_base(self) -> str:
         """FHIR base with its trailing slash, e.g. https://sandbox.bluebutton.cms.gov/v2/fhir/."""
-        return f"{self.cms_origin}/v{self.cms_api_version}/fhir/"
+        return self.fhir_base(self.cms_api_version)
 
     @property
     def cms_oauth_base(self) -> str:
-        return f"{self.cms_origin}/v{self.cms_api_version}/o/"
+        return self.oauth_base(self.cms_api_version)
+
+    def fhir_base(self, version: int) -> str:
+        """The FHIR base of one API version: a deployment speaks v2 and v3 at once."""
+        return f"{self.cms_origin}/v{version}/fhir/"
+
+    def oauth_base(self, version: int) -> str:
+        return f"{self.cms_origin}/v{version}/o/"
 
     @property
     def lfh_origin(self) -> str:

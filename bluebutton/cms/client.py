@@ -17,6 +17,7 @@ import httpx
 import orjson
 
 from bluebutton.cms.paging import PageLog, check_link
+from bluebutton.cms.rate_limit import RateLimitPacer
 from bluebutton.cms.search_page import Page, parse_page
 from bluebutton.errors import (
     CmsBadRequestError,
@@ -84,6 +85,8 @@ class CmsClient(UpstreamClient):
         self._clock = clock
         self._wall_clock = wall_clock
         self._base = httpx.URL(settings.cms_fhir_base)
+        # One for the process: CMS's budget is per token, whichever pull spends it (rate_limit.py).
+        self.rate_limit = RateLimitPacer(settings.cms_fetch_concurrency, sleep, clock)
 
     @classmethod
     def create(
@@ -112,27 +115,52 @@ class CmsClient(UpstreamClient):
     def pacer(self) -> Pacer:
         return Pacer(self._sleep, self._clock)
 
+    def base(self, version: int | None = None) -> httpx.URL:
+        """The FHIR base of an API version (default: `BLUEBUTTON_CMS_API_VERSION`)."""
+        return self._base if version is None else httpx.URL(self._settings.fhir_base(version))
+
+    def search_params(
+        self, resource_type: str, params: list[tuple[str, str]], version: int | None
+    ) -> list[tuple[str, str]]:
+        """The search as sent: on v3, `BLUEBUTTON_CMS_INCLUDE_NOT_FINAL` asks for the shared-system
+        claims CMS leaves out by default (`_source=NCH,DDPS` unless `_source`/`_tag` is given,
+        WS `ba0c6856a`, bb2-v3.md §4)."""
+        version = self._settings.cms_api_version if version is None else version
+        named = {name for name, _ in params}
+        if (
+            version == 3
+            and resource_type == "ExplanationOfBenefit"
+            and self._settings.cms_include_not_final
+            and not named & {"_source", "_tag"}
+        ):
+            return [*params, ("_source", "NCH,DDPS,FISS,MCS,VMS")]
+        return params
+
     async def iter_pages(
-        self, resource_type: str, params: list[tuple[str, str]], token: str
+        self, resource_type: str, params: list[tuple[str, str]], token: str, version: int | None = None
     ) -> AsyncIterator[Page]:
         """Yield every page of a search in CMS order.
 
-        After the first page has told the `total`, the remaining pages are asked for at once by
-        index (`startIndex` in v2, `_offset` in v3), a few at a time; without a usable total or
-        index the pull follows `link[relation=next]` page by page. `paging.PageLog` refuses any
-        link back to a page already fetched.
+        On v2, after the first page has told the `total`, the remaining pages are asked for at
+        once by `startIndex`, a few at a time. On v3 `total` is absent until the last page and then
+        counts only that page (BFD `EobHandler`, bb2-v3.md §4), so a v3 pull, like any without a
+        usable total or index, follows `link[relation=next]` page by page. `paging.PageLog`
+        refuses any link back to a page already fetched.
         """
+        version = self._settings.cms_api_version if version is None else version
+        base = self.base(version)
+        params = self.search_params(resource_type, params, version)
         pacer = self.pacer()
         log = PageLog(self._settings.cms_max_pages)
-        url: httpx.URL = self._base.join(resource_type)
+        url: httpx.URL = base.join(resource_type)
         first = await self.get_page(url, params, token, pacer)
         first_link = url.copy_merge_params(tuple(params))  # sendable: it was just sent
         log.claim(first_link, default_index=0)
         log.fetched(first_link, first)
         yield first
         planned: list[httpx.URL] = []
-        if first.next_url is not None:
-            planned = log.plan(first, check_link(self._base, first.next_url))
+        if first.next_url is not None and version == 2:
+            planned = log.plan(first, check_link(base, first.next_url))
         last = first
         async for link, page in self._fetch_concurrently(planned, token, pacer):
             log.fetched(link, page)
@@ -141,7 +169,7 @@ class CmsClient(UpstreamClient):
         # Follow `next` from the last page we have (all of them, when there was no plan; any
         # left over, when the search grew while we were pulling).
         while (next_url := last.next_url) is not None:
-            link = check_link(self._base, next_url)
+            link = check_link(base, next_url)
             log.claim(link)
             last = await self.get_page(link, None, token, pacer)
             log.fetched(link, last)
@@ -181,6 +209,7 @@ class CmsClient(UpstreamClient):
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
             await pacer.wait()
+            await self.rate_limit.wait(token)
             try:
                 response = await self._client.get(
                     url,
@@ -202,6 +231,7 @@ class CmsClient(UpstreamClient):
                 )
                 cause = e
             else:
+                self.rate_limit.observe(token, response.headers)
                 try:
                     if response.status_code == 200:
                         try:
@@ -226,12 +256,13 @@ class CmsClient(UpstreamClient):
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def get_userinfo(self, token: str) -> dict[str, Any]:
+    async def get_userinfo(self, token: str, version: int | None = None) -> dict[str, Any]:
         """The beneficiary's profile (`/v{n}/connect/userinfo`, bb2-api.md §2.12), as the CMS SDK
         reads it: the same origin, TLS and error translation as the FHIR searches; one attempt
         (it is one small GET that a caller can repeat)."""
         settings = self._settings
-        url = f"{settings.cms_origin}/v{settings.cms_api_version}/connect/userinfo"
+        version = settings.cms_api_version if version is None else version
+        url = f"{settings.cms_origin}/v{version}/connect/userinfo"
         try:
             response = await self._client.get(
                 url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}

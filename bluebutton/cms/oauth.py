@@ -45,13 +45,14 @@ def s256_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def new_pending_authorization(sync: bool = False) -> PendingAuthorization:
+def new_pending_authorization(sync: bool = False, version: int = 2) -> PendingAuthorization:
     # 32 random bytes → 43 URL-safe characters for the state; 64 → 86 for the verifier (43-128).
     return PendingAuthorization(
         state=secrets.token_urlsafe(32),
         verifier=secrets.token_urlsafe(64),
         created_at=time.time(),
         sync=sync,
+        version=version,
     )
 
 
@@ -65,6 +66,7 @@ class TokenSet:
     scope: list[str]
     patient: str | None
     access_grant_expiration: str | None
+    api_version: int = 2  # tokens are version-bound (bb2-v3.md §2.5): the version they came from
 
     @property
     def demographics_declined(self) -> bool:
@@ -80,10 +82,11 @@ class TokenSet:
             "scope": self.scope,
             "patient": self.patient,
             "access_grant_expiration": self.access_grant_expiration,
+            "api_version": self.api_version,
         }
 
 
-def _token_set(response: httpx.Response) -> TokenSet:
+def _token_set(response: httpx.Response, version: int) -> TokenSet:
     try:
         body = orjson.loads(response.content)
         access_token = body["access_token"]
@@ -106,11 +109,17 @@ def _token_set(response: httpx.Response) -> TokenSet:
         scope=scope.split() if isinstance(scope, str) else [],
         patient=body.get("patient"),
         access_grant_expiration=body.get("access_grant_expiration"),
+        api_version=version,
     )
 
 
 class OAuthClient:
-    """Verb methods over CMS's `/v{n}/o/` endpoints, sharing the CMS HTTP client."""
+    """Verb methods over CMS's `/v{n}/o/` endpoints, sharing the CMS HTTP client.
+
+    Each call names its API version (default: `BLUEBUTTON_CMS_API_VERSION`), so one deployment
+    keeps v2 and v3 grants side by side. v3's rules (bb2-v3.md §2): `scope` is required at
+    authorize (always sent), a refresh must be form-urlencoded (it always is here), and an unknown
+    refresh token is a 403 "Request denied" (v2: 400), both refused refreshes alike."""
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._settings = settings
@@ -136,6 +145,9 @@ class OAuthClient:
         assert settings.cms_client_id is not None and settings.cms_client_secret is not None
         return settings.cms_client_id, settings.cms_client_secret.get_secret_value()
 
+    def _version(self, version: int | None) -> int:
+        return self._settings.cms_api_version if version is None else version
+
     def authorization_url(self, pending: PendingAuthorization) -> str:
         client_id, _ = self.credentials()
         query = {
@@ -145,17 +157,22 @@ class OAuthClient:
             "state": pending.state,
             "code_challenge": s256_challenge(pending.verifier),
             "code_challenge_method": "S256",
+            # Always sent: v3 requires it (bb2-v3.md §2.2); `.read` scopes are valid on both (§2.3).
             "scope": self._settings.cms_scopes,
         }
         # quote_via: scopes are space-delimited and CMS expects %20, not '+' (bb2-api.md §2.2).
-        return f"{self._settings.cms_oauth_base}authorize/?" + urlencode(query, quote_via=quote)
+        base = self._settings.oauth_base(pending.version)
+        return f"{base}authorize/?" + urlencode(query, quote_via=quote)
 
-    async def _post(self, endpoint: str, data: dict[str, str], advice: str = "") -> httpx.Response:
-        """POST a form to `{base}/v{n}/o/<endpoint>` with HTTP Basic client authentication."""
+    async def _post(
+        self, endpoint: str, data: dict[str, str], version: int, advice: str = ""
+    ) -> httpx.Response:
+        """POST a form (`application/x-www-form-urlencoded`, which v3's refresh needs, bb2-v3.md
+        §2.4) to `{base}/v{n}/o/<endpoint>` with HTTP Basic client authentication."""
         client_id, secret = self.credentials()
         try:
             return await self._client.post(
-                f"{self._settings.cms_oauth_base}{endpoint}",
+                f"{self._settings.oauth_base(version)}{endpoint}",
                 data=data,
                 auth=httpx.BasicAuth(client_id, secret),
                 headers={"Accept": "application/json"},
@@ -165,36 +182,40 @@ class OAuthClient:
                 f"could not reach Blue Button's {endpoint.rstrip('/')} endpoint ({type(e).__name__})" + advice
             ) from e
 
-    async def _token_request(self, data: dict[str, str]) -> httpx.Response:
+    async def _token_request(self, data: dict[str, str], version: int) -> httpx.Response:
         return await self._post(
             "token/",
             data,
+            version,
             "; authorization codes are single-use, so start again at /bluebutton/authorize",
         )
 
-    async def exchange_code(self, code: str, verifier: str) -> TokenSet:
+    async def exchange_code(self, code: str, verifier: str, version: int | None = None) -> TokenSet:
+        version = self._version(version)
         response = await self._token_request(
             {
                 "grant_type": "authorization_code",
                 "code": code,
                 "redirect_uri": str(self._settings.callback_url),
                 "code_verifier": verifier,
-            }
+            },
+            version,
         )
         if response.status_code != 200:
             raise _token_error(response, "exchanging the authorization code")
-        return _token_set(response)
+        return _token_set(response, version)
 
-    async def refresh(self, refresh_token: str) -> TokenSet:
+    async def refresh(self, refresh_token: str, version: int | None = None) -> TokenSet:
         """Refresh once per token: concurrent callers with the same token share CMS's answer."""
-        key = hashlib.sha256(refresh_token.encode()).hexdigest()
+        version = self._version(version)
+        key = hashlib.sha256(f"{version}:{refresh_token}".encode()).hexdigest()
         running = self._refreshing.get(key)
         if running is not None:
             return await asyncio.shield(running)
         future: asyncio.Future[TokenSet] = asyncio.get_running_loop().create_future()
         self._refreshing[key] = future
         try:
-            result = await self._refresh_once(refresh_token)
+            result = await self._refresh_once(refresh_token, version)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # mark retrieved: waiters re-raise it themselves
@@ -205,26 +226,28 @@ class OAuthClient:
         finally:
             del self._refreshing[key]
 
-    async def _refresh_once(self, refresh_token: str) -> TokenSet:
-        response = await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
+    async def _refresh_once(self, refresh_token: str, version: int) -> TokenSet:
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        response = await self._token_request(data, version)
         if response.status_code == 200:
-            return _token_set(response)
+            return _token_set(response, version)
         said = read_error_body(response)
         if response.status_code >= 500 or (said.error == "invalid_client" and response.status_code == 401):
             raise _token_error(response, "refreshing the token")
         raise CmsRefreshRejectedError(
             "Blue Button refused the refresh token. Refresh tokens are single-use (each refresh "
             "returns a new one, and the old one stops working), a newer authorization of the same "
-            "beneficiary ends its earlier tokens, and the beneficiary's 13-month grant may have "
-            "expired or been revoked: use the newest token set, or re-authorize at "
+            "beneficiary ends its earlier tokens (on either API version: a v3 consent ends the v2 "
+            "tokens), and the beneficiary's 13-month grant may have expired or been revoked: use "
+            "the newest token set, refresh on the version the token came from, or re-authorize at "
             "GET /bluebutton/authorize.",
             upstream_status=response.status_code,
             detail=said.detail,
         )
 
-    async def revoke(self, token: str) -> None:
+    async def revoke(self, token: str, version: int | None = None) -> None:
         """RFC 7009 revocation; CMS answers 200 even for unknown tokens."""
-        response = await self._post("revoke_token/", {"token": token})
+        response = await self._post("revoke_token/", {"token": token}, self._version(version))
         if response.status_code != 200:
             raise _token_error(response, "revoking the token")
 

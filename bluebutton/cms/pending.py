@@ -30,6 +30,7 @@ class PendingAuthorization:
     verifier: str
     created_at: float
     sync: bool = False  # authorize?sync=true: the callback stores the grant instead of handing it out
+    version: int = 2  # the Blue Button API version the code is exchanged on (bb2-v3.md §8 item 1)
 
 
 MAX_PENDING = 10_000
@@ -146,7 +147,12 @@ class RedisPendingStore:
 
     async def put(self, pending: PendingAuthorization, ttl_seconds: int) -> None:
         value = orjson.dumps(
-            {"verifier": pending.verifier, "created_at": pending.created_at, "sync": pending.sync}
+            {
+                "verifier": pending.verifier,
+                "created_at": pending.created_at,
+                "sync": pending.sync,
+                "version": pending.version,
+            }
         )
         keys = [self.index_key, self._key(pending.state)]
         wait_ms = int(await self._put(keys=keys, args=[value, ttl_seconds, self._max]))
@@ -162,7 +168,13 @@ class RedisPendingStore:
         if raw is None:
             return None
         value = orjson.loads(raw)
-        return PendingAuthorization(state, value["verifier"], value["created_at"], bool(value.get("sync")))
+        return PendingAuthorization(
+            state,
+            value["verifier"],
+            value["created_at"],
+            bool(value.get("sync")),
+            int(value.get("version", 2)),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

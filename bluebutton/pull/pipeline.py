@@ -71,7 +71,7 @@ async def pull(query: FhirQuery, token: str, cms: CmsClient, validator: Validato
     sizes: list[int] = []
     pages = 0
     try:
-        async for page in cms.iter_pages(query.resource_type, query.cms_params(), token):
+        async for page in cms.iter_pages(query.resource_type, query.cms_params(), token, query.version):
             pages += 1
             checks += validator.submit_chunks(page.entries, len(entries))
             entries += page.entries

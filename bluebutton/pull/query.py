@@ -12,6 +12,8 @@ from typing import Annotated, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bluebutton.cms.versions import ApiVersion
+
 ResourceType = Literal["Patient", "Coverage", "ExplanationOfBenefit"]
 
 EOB_TYPES = ("carrier", "pde", "dme", "hha", "hospice", "inpatient", "outpatient", "snf")
@@ -97,6 +99,14 @@ class FhirQuery(BaseModel):
     service_date: list[str] = Field(
         default_factory=list,
         description=f"ExplanationOfBenefit only, at most {MAX_DATE_BOUNDS} (a range): e.g. ge2023-01-01.",
+    )
+    version: ApiVersion | None = Field(
+        default=None,
+        description=(
+            "The Blue Button API version the token belongs to (tokens are version-bound): 2 or 3; "
+            "default BLUEBUTTON_CMS_API_VERSION. The answer says which in `X-Blue-Button-Version`."
+        ),
+        examples=[3],
     )
     last_updated: list[str] = Field(
         default_factory=list,

@@ -19,7 +19,7 @@ from bluebutton.cms.oauth import TokenSet
 from bluebutton.events import outbox
 from bluebutton.sync.crypto import TokenCipher
 
-GrantState = Literal["active", "failing", "expired", "revoked", "disconnected"]
+GrantState = Literal["active", "failing", "expired", "revoked", "disconnected", "migrated"]
 _SELECT = (
     "SELECT id, patient, api_version, state, scopes, access_grant_expiration, access_token_ct, "
     "refresh_token_ct, access_expires_at, created_at, next_sync_at, consecutive_failures "
@@ -28,7 +28,7 @@ _SELECT = (
 _SELECT_ONE = _SELECT + "WHERE id = %s"
 _SELECT_LOCKED = _SELECT + "WHERE id = %s FOR UPDATE"
 SYNCING: tuple[GrantState, ...] = ("active", "failing")
-STATES: tuple[GrantState, ...] = ("active", "failing", "expired", "revoked", "disconnected")
+STATES: tuple[GrantState, ...] = ("active", "failing", "expired", "revoked", "disconnected", "migrated")
 
 
 @dataclass(frozen=True)

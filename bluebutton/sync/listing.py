@@ -54,6 +54,14 @@ def _state_reason(grant: Grant, last_failure: str | None) -> str | None:
     return grants.ended_reason(grant.state)
 
 
+# What a v3 consent can hide from the app without any signal in the token, scopes or userinfo
+# (bb2-v3.md §5): a claim missing from a later result is not a deletion.
+WITHHELD_ON_V3 = [
+    "substance-use (42 CFR Part 2) claims: the v3 consent's box is unticked by default",
+    "every claim but Part D (DDPS) when CMS made the app Part-D-only",
+]
+
+
 async def describe(pool: AsyncConnectionPool, found: list[Grant]) -> list[dict[str, Any]]:
     """The grants as the API shows them: four queries for the whole list, none per grant."""
     ids = [g.id for g in found]
@@ -70,6 +78,8 @@ async def describe(pool: AsyncConnectionPool, found: list[Grant]) -> list[dict[s
             {
                 "id": str(grant.id),
                 "patient": grant.patient,
+                "api_version": grant.api_version,
+                "may_be_withheld": WITHHELD_ON_V3 if grant.api_version == 3 else [],
                 "state": grant.state,
                 "state_reason": _state_reason(grant, failure),
                 "scopes": grant.scopes,

@@ -51,7 +51,7 @@ from bluebutton.errors import (
 )
 from bluebutton.fhir.bundles import BundleHeader, split_entries
 from bluebutton.pull.query import PAGE_SIZE
-from bluebutton.sync import grants, ledger, runs
+from bluebutton.sync import card, crossversion, grants, ledger, runs, v3
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.database import ping, unreachable
@@ -97,6 +97,7 @@ class Report:
     marks: dict[str, str] = field(default_factory=dict)
     invalid: int = 0
     location_unknown: int = 0
+    lineage: crossversion.Lineage | None = None  # the grant between API versions (crossversion.py)
 
     def counts(self, kind: str) -> dict[str, int]:
         return self.resources.setdefault(
@@ -124,6 +125,7 @@ class _Tokens:
         self.grant = grant
         self.current = ""
         self.refreshed = False
+        self.notes: list[dict[str, Any]] = []  # for the run's report (a merged beneficiary)
         self._renewing = asyncio.Lock()  # the types pull at once; a 401 on two renews once
 
     async def renew_after(self, refused: str) -> str:
@@ -171,7 +173,7 @@ class _Tokens:
         # just answered, so the new one can be written at once.
         await ping(ctx.pool)
         try:
-            tokens = await ctx.oauth.refresh(refresh_token)
+            tokens = await ctx.oauth.refresh(refresh_token, grant.api_version)
         except CmsRefreshRejectedError as e:
             detail = (e.detail or "").lower()
             if "timed out" in detail or "expired" in detail:
@@ -205,6 +207,8 @@ class _Tokens:
             self.keeping.watch.went(e)
             kept = self.keeping.journal.keep(Pending(f"the rotated tokens of grant {grant.id}", write))
             await self.keeping.journal.written(kept)
+        if tokens.patient and tokens.patient != grant.patient:
+            self.notes.append(await v3.follow_merge(ctx.pool, grant.id, grant.patient, tokens.patient))
         self.current = tokens.access_token
         return self.current
 
@@ -237,8 +241,10 @@ async def run_grant(keeping: Keeping, run_id: int, job_id: int) -> str:
     try:
         tokens = _Tokens(keeping, grant)
         await tokens.first()
-        marks = await ledger.watermarks(ctx.pool, grant_id)
+        report.lineage = await crossversion.Lineage.load(ctx.pool, grant.id, grant.api_version, grant.scopes)
+        marks = await ledger.watermarks(ctx.pool, grant_id) if report.lineage.known else {}
         await _pull_types(run, marks, tokens)
+        report.issues += tokens.notes
         status: RunStatus = "partial" if report.invalid else "succeeded"
         next_at = datetime.now(UTC) + timedelta(seconds=ctx.settings.sync_interval_seconds)
         async with ctx.pool.connection() as connection, connection.transaction():
@@ -335,7 +341,7 @@ async def _fetch(
         first = True
         token = tokens.current
         try:
-            async for page in ctx.cms.iter_pages(kind, params, token):
+            async for page in ctx.cms.iter_pages(kind, params, token, tokens.grant.api_version):
                 if first:
                     mark, first = page.last_updated, False
                 raw += page.entries
@@ -350,6 +356,13 @@ async def _pull_types(run: _Run, marks: dict[str, str], tokens: _Tokens) -> None
     kinds = granted_types(run.grant.scopes)
     report = run.report
     pulls = [asyncio.create_task(_pull_type(run, kind, marks.get(kind), tokens)) for kind in kinds]
+    if card.wanted(run.grant):  # v3: the digital insurance card too (card.py)
+        kinds = [*kinds, card.CARD]
+
+        async def send(body: bytes, stored: list[Entry]) -> None:
+            await asyncio.shield(_send_piece(run, card.CARD, body, stored))
+
+        pulls.append(asyncio.create_task(card.pull(run.ctx, run.grant, tokens, run.run_id, report, send)))
     try:
         await asyncio.gather(*pulls)
     except BaseException:
@@ -368,7 +381,11 @@ async def _pull_type(run: _Run, kind: str, since: str | None, tokens: _Tokens) -
         params.append(("_lastUpdated", f"ge{since}"))
     try:
         raw, mark = await _fetch(ctx, kind, params, tokens)
+        if kind == "Coverage" and report.lineage is not None:
+            report.issues += await report.lineage.read_coverage(ctx, raw)
     except CmsForbiddenError:
+        if report.lineage is not None:
+            report.lineage.unread()
         report.issues.append(
             _issue(
                 f"{kind}: Blue Button answered 403 (the scope for it was withheld); not pulled",
@@ -394,6 +411,9 @@ async def _pull_type(run: _Run, kind: str, since: str | None, tokens: _Tokens) -
             continue
         entries[entry.resource_id] = entry  # a resource seen twice (the search grew): the last wins
     classified = await ledger.classify(ctx.pool, grant.id, kind, list(entries.values()))
+    if kind == "ExplanationOfBenefit":
+        assert report.lineage is not None
+        classified = await crossversion.settle(ctx, grant.id, classified, report.lineage, counts, run.run_id)
     candidates: list[Entry] = []
     for entry, verdict in classified:
         counts[verdict] += 1
@@ -498,6 +518,8 @@ async def _send_piece(run: _Run, kind: str, body: bytes, stored: list[Entry]) ->
 
     async def commit(connection: Any) -> None:
         await ledger.record_stored(connection, grant_id, kind, stored, record_uuid, location, run_id)
+        if kind == "ExplanationOfBenefit":
+            await crossversion.record_stored(connection, ctx, grant_id, stored)
         await runs.add_bundle(connection, run_id, bundle)
 
     try:

@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 SYNC_SETTINGS = "BLUEBUTTON_DATABASE_URL (postgresql://... or embedded) and BLUEBUTTON_TOKEN_KEYS"
 
-
 def sync_off() -> NotConfiguredError:
     return NotConfiguredError(
         f"Grant keeping is off: set {SYNC_SETTINGS} (python -m bluebutton keygen makes a key), and "
@@ -60,9 +59,9 @@ class SyncService:
             raise GrantNotSyncingError(
                 "Blue Button's token response names no patient, so the grant cannot be kept"
             )
-        settings, patient = self.context.settings, tokens.patient
+        patient = tokens.patient
         grant_id = await self.jobs.database(
-            lambda: grants.enrol(self.pool, self.context.cipher, tokens, settings.cms_api_version, patient)
+            lambda: grants.enrol(self.pool, self.context.cipher, tokens, tokens.api_version, patient)
         )
         run_id = await self.jobs.request_run(grant_id)
         logger.info("enrolled grant %s; run %d queued", grant_id, run_id)

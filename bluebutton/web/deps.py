@@ -166,7 +166,8 @@ ApiKeyDep = Annotated[str | None, Depends(api_key)]
 
 def get_fhir_query(request: Request, query: Annotated[FhirQuery, Query()]) -> FhirQuery:
     """The query, refusing a single-valued parameter given twice
-    (`resource_type=Patient&resource_type=Coverage`) rather than silently running the last one."""
+    (`resource_type=Patient&resource_type=Coverage`) rather than silently running the last one;
+    without `version`, the configured one."""
     names = [name for name, _ in request.query_params.multi_items()]
     repeated = repeated_single_values(names)
     if repeated:
@@ -181,6 +182,8 @@ def get_fhir_query(request: Request, query: Annotated[FhirQuery, Query()]) -> Fh
                 for name in repeated
             ]
         )
+    if query.version is None:
+        query = query.model_copy(update={"version": get_settings(request).cms_api_version})
     return query
 
 

@@ -33,6 +33,13 @@ class ResourceCounts(BaseModel):
     changed: int = Field(description="In the ledger with other content: forwarded")
     unchanged: int = Field(description="As the ledger holds them: neither validated nor forwarded")
     invalid: int = Field(description="Quarantined: not forwarded")
+    held_under_v2: int = Field(
+        default=0,
+        description="v3 claims the ledger proves stored by the v2 grant this one took over: not sent",
+    )
+    possibly_held_under_v2: int = Field(
+        default=0, description="v3 claims not provably stored under v2 (stored now; may repeat one of them)"
+    )
 
 
 class StoredBundle(BaseModel):
@@ -71,9 +78,16 @@ class LastFailure(BaseModel):
 class GrantInfo(BaseModel):
     id: uuid.UUID
     patient: str | None
+    api_version: int = Field(description="The Blue Button API version the grant reads (2 or 3)")
+    may_be_withheld: list[str] = Field(
+        default_factory=list,
+        description="What CMS may leave out of this grant's results without notice (v3 consent rules); "
+        "a claim that disappears is never taken for deleted",
+    )
     state: GrantState = Field(
         description="active, failing (transient failures, retried with backoff), expired (the data-access "
-        "grant ended), revoked (CMS refused the refresh token) or disconnected (by the operator)"
+        "grant ended), revoked (CMS refused the refresh token), disconnected (by the operator) or "
+        "migrated (the beneficiary consented on Blue Button v3; their v3 grant took over)"
     )
     scopes: list[str]
     access_grant_expiration: datetime | None = Field(description="When CMS ends the data-access grant")
@@ -138,6 +152,7 @@ class Enrolment(BaseModel):
     grant_id: uuid.UUID
     run_id: int = Field(description="The first full run, queued at once")
     patient: str | None
+    api_version: int = Field(description="The Blue Button API version the grant reads (2 or 3)")
     scope: list[str]
     access_grant_expiration: str | None = Field(description="As CMS sent it (empty for research apps)")
     access_token: str

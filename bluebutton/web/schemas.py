@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bluebutton.cms.versions import ApiVersion
 from bluebutton.connect.client import LfhEnvelope
 from bluebutton.fhir.bundles import FHIR_JSON
 
@@ -67,12 +68,17 @@ class AuthorizeLink(BaseModel):
     expires_in: int = Field(description="Seconds this authorization stays open (its state expires)")
 
 
+_VERSION_DOC = "The Blue Button API version the token came from (2 or 3); default BLUEBUTTON_CMS_API_VERSION."
+
+
 class RefreshRequest(BaseModel):
     refresh_token: str = Field(min_length=1, max_length=4096)
+    api_version: ApiVersion | None = Field(default=None, description=_VERSION_DOC)
 
 
 class RevokeRequest(BaseModel):
     token: str = Field(min_length=1, max_length=4096)
+    api_version: ApiVersion | None = Field(default=None, description=_VERSION_DOC)
 
 
 class TokenResponse(BaseModel):
@@ -84,6 +90,7 @@ class TokenResponse(BaseModel):
     scope: list[str]
     patient: str | None
     access_grant_expiration: str | None
+    api_version: int = Field(description="The Blue Button API version the tokens belong to (2 or 3)")
 
 
 class Userinfo(BaseModel):

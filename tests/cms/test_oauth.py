@@ -243,7 +243,9 @@ async def test_callback_json_is_the_token_set(settings: Settings, cms: respx.Moc
             "scope",
             "patient",
             "access_grant_expiration",
+            "api_version",
         }
+        assert body["api_version"] == settings.cms_api_version
         assert body["access_token"] == cms_tokens["access_token"]
         assert body["refresh_token"] == cms_tokens["refresh_token"]
         assert body["token_type"] == "Bearer"

@@ -44,7 +44,8 @@ def test_bench_prints_its_table_and_a_machine_readable_last_line() -> None:
 
 SYNC_TOY = "sync --grants 5 --claims 5 --rtt-ms 5 --new-share 0.4 --new-claims 2 --sample 2"
 SYNC_LAST_LINE = re.compile(
-    r"bench sync grants=(?P<grants>\d+) claims=5 rtt_ms=5 first_s=\d+\.\d first_grants_per_min=\d+ "
+    r"bench sync api_version=(?P<version>[23]) grants=(?P<grants>\d+) claims=5 rtt_ms=5 "
+    r"first_s=\d+\.\d first_grants_per_min=\d+ "
     r"incremental_s=\d+\.\d incremental_cms_requests=(?P<requests>\d+) incremental_posts=(?P<posts>\d+) "
     r"only_new=(?P<only_new>yes|no) validated_per_core_s=\d+ validated_per_cpu_s=\d+ "
     r"validator_per_cpu_s=\d+ db_mb=\d+\.\d "
@@ -53,12 +54,13 @@ SYNC_LAST_LINE = re.compile(
 
 
 @pytest.mark.e2e
-def test_bench_sync_runs_both_rounds_through_the_workers_and_sends_only_what_is_new() -> None:
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_bench_sync_runs_both_rounds_through_the_workers_and_sends_only_what_is_new(version: str) -> None:
     """Five grants through two real workers: the incremental round asks CMS three times per grant,
     POSTs once for each grant given new claims (a share of 0.4 of five is every second grant:
-    users 0, 2 and 4), and validates nothing it had stored."""
+    users 0, 2 and 4), and validates nothing it had stored; on either API version."""
     database = os.environ.get("BLUEBUTTON_TEST_DATABASE_URL")
-    argv = [*SYNC_TOY.split(), *(["--database-url", database] if database else [])]
+    argv = [*SYNC_TOY.split(), "--api-version", version, *(["--database-url", database] if database else [])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEBUTTON_")}
     done = subprocess.run(
         [sys.executable, "-m", "bluebutton.sandbox.tools.bench", *argv],
@@ -73,8 +75,9 @@ def test_bench_sync_runs_both_rounds_through_the_workers_and_sends_only_what_is_
     lines = done.stdout.strip().splitlines()
     match = SYNC_LAST_LINE.fullmatch(lines[-1])
     assert match, lines[-1]
-    assert match["grants"] == "5"
-    assert match["requests"] == "15"  # Patient, Coverage, ExplanationOfBenefit: one page each
+    assert match["grants"] == "5" and match["version"] == version
+    # Patient, Coverage, ExplanationOfBenefit: one page each; v3 also asks for the insurance card
+    assert match["requests"] == ("15" if version == "2" else "20")
     assert (match["posts"], match["only_new"], match["resent"], match["once"]) == ("3", "yes", "0", "yes")
     table = "\n".join(lines)
     for label in ("first round:", "incremental round (3 grants", "database size:", "CPU seconds:"):

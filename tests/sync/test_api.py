@@ -65,6 +65,7 @@ async def test_enrol_with_sync_then_operate_the_grant(
                 "grant_id",
                 "run_id",
                 "patient",
+                "api_version",
                 "scope",
                 "access_grant_expiration",
                 "access_token",

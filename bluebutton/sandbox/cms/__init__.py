@@ -1,4 +1,4 @@
-"""An offline stand-in for the CMS Blue Button 2.0 API (v2): OAuth 2.0 + FHIR R4, as a Starlette app.
+"""An offline stand-in for the CMS Blue Button API, v2 and v3 side by side: OAuth 2.0 + FHIR R4.
 
 Used by the one-command demo, the end-to-end tests (httpx and headless Chromium over real sockets)
 and the benchmark. It is meant to be faithful, errors included (bb2-api.md): a permissive fake
@@ -31,6 +31,12 @@ Modules (one concern each; imports only point down this list's dependencies, nev
     beneficiary.py  Patient, Coverage and userinfo of a user
     claims.py       one ExplanationOfBenefit per claim type (valid R4 unless a defect is asked)
     codes.py        code systems and code tables
+    ratelimit.py    the per-token throttle and its X-RateLimit-* headers (v2 and v3)
+    v3data.py       v3 ids, the v3 form of each claim (same keys, other ids), v3 state (merges, flags)
+    v3resources.py  v3 Patient, Coverage, userinfo and the digital insurance card
+    v3oauth.py      `/v3/o/...`: v2's views with v3's rules (scope, pilot users, SAMHSA box, refresh)
+    v3fhir.py       `/v3/fhir/...`: `_offset` paging, `_source`/`_tag`, SAMHSA, Part-D-only, merges
+    v3admin.py      `/_sandbox/v3`: early adopter, Part-D-only, all users; record merges
 
 Users, ids, claim counts and the deliberately invalid users are documented in `data.py`; the
 admin endpoints in `admin.py`; fault semantics in `faults.py`. The package imports nothing on its

@@ -13,6 +13,10 @@
     GET   /_sandbox/clock           the emulated time, its offset, weeks of scheduled claims arrived
     POST  /_sandbox/clock           {"advance_seconds": 604800} -> time moves on (tokens age, grants
                                     end, that week's scheduled claims arrive; schedule.py)
+    GET|PUT /_sandbox/v3           CMS's v3 switches for the app (early adopter, Part-D-only, all
+                                    users rather than the pilot ones); `v3admin.py`
+    POST  /_sandbox/v3/merge        {"user": ...} -> CMS merges the beneficiary's v3 record
+    GET|PUT /_sandbox/rate_limit    the per-token throttle (`ratelimit.py`)
     PUT   /_sandbox/token_lifetime  {"seconds": 120} -> access tokens issued from now live that long
     GET   /_sandbox/stats           token endpoint calls by grant type (e.g. refresh_token: 1)
 
@@ -25,6 +29,7 @@ authentication: the emulator only ever listens on loopback or a private compose 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +78,7 @@ class AdminApi:
         self.dataset = dataset
         self.faults = faults
         self.initial_faults = initial_faults
+        self.on_reset: list[Callable[[], None]] = []  # other parts' state (v3, the throttle)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -194,6 +200,8 @@ class AdminApi:
         self.tokens.reset()
         self.tokens.access_token_seconds = self.initial_token_seconds
         self.faults.faults = self.initial_faults.model_copy()
+        for reset in self.on_reset:
+            reset()
         return JSONResponse({"reset": True})
 
     async def user(self, request: Request) -> Response:

@@ -17,9 +17,14 @@ from bluebutton.sandbox.cms.data import CmsDataset
 from bluebutton.sandbox.cms.faults import RAW_SEND_KEY, FaultMiddleware, FaultState
 from bluebutton.sandbox.cms.fhir import FhirApi
 from bluebutton.sandbox.cms.oauth import OAuthApi
+from bluebutton.sandbox.cms.ratelimit import Throttle, ThrottleMiddleware
 from bluebutton.sandbox.cms.schedule import ClaimSchedule
 from bluebutton.sandbox.cms.state import StateFile, StateMiddleware, restore, save_state
 from bluebutton.sandbox.cms.tokens import TokenStore
+from bluebutton.sandbox.cms.v3admin import V3Admin
+from bluebutton.sandbox.cms.v3data import V3State
+from bluebutton.sandbox.cms.v3fhir import V3FhirApi
+from bluebutton.sandbox.cms.v3oauth import V3OAuthApi
 
 
 class CmsApp(Starlette):
@@ -49,6 +54,12 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
         Middleware(RequestCountMiddleware, counts=counts),  # before faults: they count too
         Middleware(FaultMiddleware, state=faults, base_latency_ms=config.latency_ms, sleep=config.sleep),
     ]
+    v3 = V3State()
+    throttle = Throttle(clock)
+    # After faults: a fault's 429 has no headers.
+    middleware.append(Middleware(ThrottleMiddleware, throttle=throttle))
+    admin = AdminApi(tokens, dataset, faults, config.faults, clock)
+    admin.on_reset += [v3.reset, throttle.reset]
     epoch = clock()
     if config.state_path is not None:
         state_file = StateFile(config.state_path)
@@ -61,7 +72,11 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     routes = (
         OAuthApi(config, tokens).routes()
         + FhirApi(config, tokens, dataset, faults).routes()
-        + AdminApi(tokens, dataset, faults, config.faults, clock).routes()
+        + V3OAuthApi(config, tokens, v3).routes()
+        + V3FhirApi(config, tokens, dataset, faults, v3).routes()
+        + admin.routes()
+        + V3Admin(v3).routes()
+        + throttle.routes()
         + counts.routes()
     )
     app = CmsApp(routes=routes, middleware=middleware)
@@ -71,4 +86,6 @@ def create_cms_app(config: CmsSandboxConfig) -> Starlette:
     app.state.dataset = dataset
     app.state.faults = faults
     app.state.counts = counts
+    app.state.v3 = v3
+    app.state.throttle = throttle
     return app

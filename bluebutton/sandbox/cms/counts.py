@@ -20,7 +20,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 KINDS: Final = ("Patient", "Coverage", "ExplanationOfBenefit", "token")
-_COUNTED: Final = re.compile(r"^/v2/(?:fhir/(Patient|Coverage|ExplanationOfBenefit)(?:/[^/]*)?|o/(token))/?$")
+_COUNTED: Final = re.compile(
+    r"^/v[23]/(?:fhir/(Patient|Coverage|ExplanationOfBenefit)(?:/[^/]*)?|o/(token))/?$"
+)
 
 
 class RequestCounts:

@@ -29,6 +29,7 @@ Documented users (claim counts without `claims_override`):
     BBUser00002     7 claims
     BBUser00003    52 claims  (6 pages of 10, like CMS's SDK fixtures)
     BBUser00004   200 claims  (the maximum)
+    BBUser09001    60 claims  (the first v3 pilot user, the demo's; v3 forms in `v3data.py`)
     BBUser29999   146 claims  (like CMS's sample download for this user)
     any other     0..200, drawn from the seed (`claim_count(N)` tells)
 
@@ -61,7 +62,7 @@ from bluebutton.sandbox.cms.codes import CLAIM_TYPES
 
 USER_COUNT: Final = 30_000
 INVALID_USERS: Final = range(29_900, 29_910)
-DOCUMENTED_COUNTS: Final = {0: 155, 1: 0, 2: 7, 3: 52, 4: 200, 29_999: 146}
+DOCUMENTED_COUNTS: Final = {0: 155, 1: 0, 2: 7, 3: 52, 4: 200, 9001: 60, 29_999: 146}
 MAX_NATURAL_CLAIMS: Final = 200
 
 # Weights of claim types for drawn claims (carrier and Part D dominate real histories).

@@ -4,8 +4,8 @@
 `PUT /_sandbox/faults`); `FaultMiddleware` applies it in front of the FHIR routes. Counters count
 down as they fire; `foreign_next_link` and `fail_page` stay until changed.
 
-Which requests: latency is added to every `/v2/fhir/...` response (metadata included); the other
-faults only hit data requests (`/v2/fhir/Patient|Coverage|ExplanationOfBenefit...`), before token
+Which requests: latency is added to every `/v2|v3/fhir/...` response (metadata included); the other
+faults only hit data requests (`/v2|v3/fhir/Patient|Coverage|ExplanationOfBenefit...`), before token
 checks, so a counter of N hits exactly the next N data requests. Precedence when several are armed:
 drop_connections, rate_limit, server_errors, fail_page.
 
@@ -33,8 +33,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 RAW_SEND_KEY: Final = "bluebutton.sandbox.raw_send"
 FHIR_MEDIA_TYPE: Final = "application/fhir+json"
-_DATA_PATH: Final = re.compile(r"^/v2/fhir/(Patient|Coverage|ExplanationOfBenefit)(/[^/]*)?/?$")
-_SEARCH_PATH: Final = re.compile(r"^/v2/fhir/(Patient|Coverage|ExplanationOfBenefit)/?$")
+_DATA_PATH: Final = re.compile(r"^/v[23]/fhir/(Patient|Coverage|ExplanationOfBenefit)(/[^/]*)?/?$")
+_SEARCH_PATH: Final = re.compile(r"^/v[23]/fhir/(Patient|Coverage|ExplanationOfBenefit)/?$")
 _LB_503: Final = (
     b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n"
     b"<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n"
@@ -54,7 +54,7 @@ class Faults(BaseModel):
     server_error_status: Literal[500, 502, 503] = 502
     drop_connections: int = Field(0, ge=0, description="close the next N without a response")
     foreign_next_link: bool = Field(False, description="`next` links point at evil.example.com")
-    fail_page: int | None = Field(None, ge=0, description="500 for searches at this startIndex")
+    fail_page: int | None = Field(None, ge=0, description="500 for searches at this startIndex/_offset")
 
 
 class FaultState:
@@ -128,7 +128,7 @@ class FaultMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not path.startswith("/v2/fhir/"):
+        if not path.startswith(("/v2/fhir/", "/v3/fhir/")):
             await self.app(scope, receive, send)
             return
         faults = self.state.faults
@@ -158,7 +158,7 @@ class FaultMiddleware:
             return server_error(faults.server_error_status)
         if faults.fail_page is not None and _SEARCH_PATH.match(path):
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            start = query.get("startIndex", ["0"])[-1]
+            start = query.get("_offset", query.get("startIndex", ["0"]))[-1]
             if start == str(faults.fail_page):
                 return server_error(500)
         return None

@@ -35,7 +35,7 @@ from bluebutton.sandbox.cms.faults import FHIR_MEDIA_TYPE, FaultState
 from bluebutton.sandbox.cms.oauth import NO_PERMISSION, authenticate_bearer, json_error
 from bluebutton.sandbox.cms.scopes import RESOURCES, SUPPORTED_SCOPES, allows
 from bluebutton.sandbox.cms.search import UPSTREAM_400, SearchQuery, paging_links, parse_search, searchset
-from bluebutton.sandbox.cms.tokens import TokenStore
+from bluebutton.sandbox.cms.tokens import AccessToken, TokenStore
 
 _COVERAGE_ID: Final = re.compile(r"^part-([abcd])-(-?\d+)$")
 
@@ -80,7 +80,7 @@ class FhirApi:
 
     def _authorize(
         self, request: Request, resource: str, interaction: Literal["read", "search"]
-    ) -> tuple[int, str] | Response:
+    ) -> tuple[AccessToken, str] | Response:
         media = media_type(request)
         if media is None:
             return json_error(406, {"detail": "Could not satisfy the request Accept header."})
@@ -89,14 +89,22 @@ class FhirApi:
             return token
         if not allows(token.scopes, resource, interaction):  # e.g. demographics withheld
             return json_error(403, {"detail": NO_PERMISSION}, media_type=media)
-        return token.user, media
+        if resource == "ExplanationOfBenefit" and self.refuses_eob(token):
+            return json_error(403, {"detail": NO_PERMISSION}, media_type=media)
+        return token, media
+
+    def refuses_eob(self, token: AccessToken) -> bool:
+        """v1/v2 refuse EOB to a v3 token with SAMHSA withheld or of a Part-D-only app (WS
+        `V2ExplanationOfBenefitPermission`, bb2-v3.md §2.5)."""
+        return not token.consent.include_samhsa or token.consent.part_d_only
 
     async def search(self, request: Request) -> Response:
         resource = request.url.path.split("/")[3]
         checked = self._authorize(request, resource, "search")
         if isinstance(checked, Response):
             return checked
-        user, media = checked
+        token, media = checked
+        user = token.user
         own = patient_id(user)
         params = request.query_params
         # SearchCrosswalkPermission: patient must equal the own id, beneficiary contain it (§3.1).
@@ -159,7 +167,8 @@ class FhirApi:
         checked = self._authorize(request, resource, "read")
         if isinstance(checked, Response):
             return checked
-        user, media = checked
+        token, media = checked
+        user = token.user
         own = patient_id(user)
         resource_id = request.path_params["resource_id"]
         not_found = json_error(404, {"detail": "Not found."}, media_type=media)

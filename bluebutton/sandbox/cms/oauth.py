@@ -36,7 +36,7 @@ from bluebutton.sandbox.cms.config import CmsSandboxConfig
 from bluebutton.sandbox.cms.data import parse_username, password, patient_id, user_for_patient_id, username
 from bluebutton.sandbox.cms.pages import consent_page, error_page, login_page
 from bluebutton.sandbox.cms.scopes import granted_scopes, within, without_demographics
-from bluebutton.sandbox.cms.tokens import AccessToken, TokenStore
+from bluebutton.sandbox.cms.tokens import AccessToken, Consent, TokenStore
 
 NO_CREDENTIALS = "Authentication credentials were not provided."
 NO_PERMISSION = "You do not have permission to perform this action."
@@ -103,11 +103,19 @@ def pkce_s256(verifier: str) -> str:
 
 
 class OAuthApi:
-    """Authorization server endpoints for one registered client (the connector)."""
+    """Authorization server endpoints for one registered client (the connector).
+
+    `prefix` is the version's path (`/v2`); `v3oauth.V3OAuthApi` reuses these views under `/v3`."""
+
+    prefix = "/v2"
 
     def __init__(self, config: CmsSandboxConfig, tokens: TokenStore) -> None:
         self.config = config
         self.tokens = tokens
+
+    def token_patient(self, user: int) -> str:
+        """The `patient` of a token response: the version's id of the beneficiary."""
+        return patient_id(user)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -181,24 +189,28 @@ class OAuthApi:
         if not scopes:
             return json_error(400, {"status_code": 400, "message": "Invalid scopes."})
         pending = self.tokens.begin(client_id, redirect_uri, state, query["code_challenge"], scopes)
-        return RedirectResponse(f"/v2/o/authorize/{pending.id}/", status_code=302)
+        return RedirectResponse(f"{self.prefix}/o/authorize/{pending.id}/", status_code=302)
 
     async def approval(self, request: Request) -> Response:
         pending_id = request.path_params["pending_id"]
         pending = self.tokens.find_pending(pending_id)
         if pending is None:  # unknown or older than 600 s (Approval.expired)
             return json_error(404, {"status_code": 404, "message": "Not found."})
-        action = f"/v2/o/authorize/{pending.id}/"
+        action = f"{self.prefix}/o/authorize/{pending.id}/"
         app_name = self.config.app_name
         if request.method == "GET":
             if pending.user is None:
                 return HTMLResponse(login_page(action, app_name))
-            return HTMLResponse(consent_page(action, app_name, username(pending.user), pending.scopes))
+            return HTMLResponse(self.consent_form(action, username(pending.user), pending.scopes))
         form = await request.form()
         if "username" in form or "password" in form:
             user = parse_username(_field(form, "username") or "")
             given = _field(form, "password") or ""
-            if user is None or not secrets.compare_digest(given.encode(), password(user).encode()):
+            if (
+                user is None
+                or not secrets.compare_digest(given.encode(), password(user).encode())
+                or not self.may_log_in(user)
+            ):
                 return HTMLResponse(login_page(action, app_name, "Invalid username or password."))
             pending.user = user
             return RedirectResponse(action, status_code=303)
@@ -213,9 +225,21 @@ class OAuthApi:
                 _with_params(pending.redirect_uri, {"error": "access_denied", "state": pending.state}), 302
             )
         code = self.tokens.approve(pending, scopes)
+        code.consent = self.consent_from(form)
         return RedirectResponse(
             _with_params(pending.redirect_uri, {"code": code.code, "state": pending.state}), 302
         )
+
+    def may_log_in(self, user: int) -> bool:
+        """Whether the user can sign in on this version (v3: the pilot users only)."""
+        return True
+
+    def consent_form(self, action: str, user_name: str, scopes: tuple[str, ...]) -> str:
+        return consent_page(action, self.config.app_name, user_name, scopes)
+
+    def consent_from(self, form: FormData) -> Consent:
+        """What the consent form adds to the scopes (v2: nothing)."""
+        return Consent()
 
     # -- token endpoint --------------------------------------------------------------------------
 
@@ -280,7 +304,7 @@ class OAuthApi:
         if not matches:
             return _oauth_error("invalid_request", "code_challenge does not match")
         self.tokens.consume_code(code)
-        access, refresh = self.tokens.issue(record.user, client_id, record.scopes)
+        access, refresh = self.tokens.issue(record.user, client_id, record.scopes, record.consent)
         return self._token_response(access, refresh.token)
 
     def _refresh(self, form: FormData, client_id: str) -> Response:
@@ -329,7 +353,7 @@ class OAuthApi:
                 "token_type": "Bearer",
                 "scope": " ".join(access.scopes),
                 "refresh_token": refresh_token,
-                "patient": patient_id(access.user),  # in every token response (§2.5)
+                "patient": self.token_patient(access.user),  # in every token response (§2.5)
                 "access_grant_expiration": expiration,
             },
             headers=_NO_STORE,

@@ -74,3 +74,38 @@ def consent_page(action: str, app_name: str, username: str, scopes: tuple[str, .
 
 def error_page(title: str, message: str) -> str:
     return _page(title, f'<h1>{escape(title)}</h1><p class="error" id="error">{escape(message)}</p>')
+
+
+def consent_page_v3(
+    action: str, app_name: str, username: str, scopes: tuple[str, ...], part_d_only: bool
+) -> str:
+    """The v3 consent screen (WS `authorize_v3.html`, bb2-v3.md §5): the "Alcohol & substance use
+    information" box is unticked by default (`#share-samhsa`); a Part-D-only app shows drug claims
+    as required instead."""
+    scope_items = "".join(f"<li>{escape(s)}</li>" for s in scopes)
+    if part_d_only:
+        samhsa = '<p id="part-d-only">Prescription drug claims (required)</p>'
+    else:
+        samhsa = (
+            '<p><input type="checkbox" id="share-samhsa" name="share_samhsa_data" value="True">'
+            '<label for="share-samhsa">Alcohol &amp; substance use information</label></p>'
+        )
+    return _page(
+        "Blue Button API v3 - Allow access",
+        f"""
+<h1>Allow {escape(app_name)} to access your Medicare data?</h1>
+<p>Signed in as <strong id="signed-in-user">{escape(username)}</strong>.</p>
+<form method="post" action="{escape(action)}">
+  <input type="hidden" name="share_samhsa_data" value="False">
+  <fieldset class="choice"><legend>What do you want to share?</legend>
+    <p><input type="radio" id="share-all" name="share_demographics" value="yes" checked>
+    <label for="share-all">Share all of your data</label></p>
+    <p><input type="radio" id="share-no-demographics" name="share_demographics" value="no">
+    <label for="share-no-demographics">Share healthcare data, but not your personal info</label></p>
+    {samhsa}
+  </fieldset>
+  <details><summary>Requested permissions</summary><ul>{scope_items}</ul></details>
+  <button type="submit" id="allow" name="allow" value="true">Allow</button>
+  <button type="submit" id="deny" name="allow" value="false">Deny</button>
+</form>""",
+    )

@@ -48,6 +48,18 @@ def add_months(moment: datetime, months: int) -> datetime:
     raise AssertionError("unreachable: every month has 28 days")
 
 
+@dataclass(frozen=True)
+class Consent:
+    """What a v3 consent added to the scopes (bb2-v3.md §5), carried by its code and tokens and
+    inherited on refresh (WS `_retrieve_prior_include_samhsa_and_part_d_eob_only_values`).
+
+    `include_samhsa`: the v3 "Alcohol & substance use" box (unticked by default; v2 consents share
+    everything). `part_d_only`: issued to a Part-D-only app. Either refused → 403 on v1/v2 EOB."""
+
+    include_samhsa: bool = True
+    part_d_only: bool = False
+
+
 @dataclass
 class PendingAuthorization:
     """An authorize request waiting for login and consent."""
@@ -71,6 +83,7 @@ class AuthorizationCode:
     user: int
     scopes: tuple[str, ...]
     expires_at: float
+    consent: Consent = field(default_factory=Consent)
 
 
 @dataclass
@@ -89,6 +102,7 @@ class AccessToken:
     user: int
     scopes: tuple[str, ...]
     expires_at: float
+    consent: Consent = field(default_factory=Consent)
 
 
 @dataclass
@@ -99,6 +113,7 @@ class RefreshToken:
     scopes: tuple[str, ...]
     access_token: str | None
     revoked: bool = False
+    consent: Consent = field(default_factory=Consent)
 
 
 @dataclass
@@ -192,9 +207,14 @@ class TokenStore:
         grant = self.grant(user, client_id)
         return grant is not None and grant.expires_at <= self.clock()
 
-    def issue(self, user: int, client_id: str, scopes: tuple[str, ...]) -> tuple[AccessToken, RefreshToken]:
-        access = AccessToken(_token(), client_id, user, scopes, self.clock() + self.access_token_seconds)
-        refresh = RefreshToken(_token(), client_id, user, scopes, access.token)
+    def issue(
+        self, user: int, client_id: str, scopes: tuple[str, ...], consent: Consent | None = None
+    ) -> tuple[AccessToken, RefreshToken]:
+        consent = consent or Consent()
+        access = AccessToken(
+            _token(), client_id, user, scopes, self.clock() + self.access_token_seconds, consent
+        )
+        refresh = RefreshToken(_token(), client_id, user, scopes, access.token, consent=consent)
         self.access[access.token] = access
         self.refresh[refresh.token] = refresh
         return access, refresh
@@ -202,7 +222,7 @@ class TokenStore:
     def rotate(self, old: RefreshToken, scopes: tuple[str, ...]) -> tuple[AccessToken, RefreshToken]:
         """Single-use refresh: revoke the old refresh token, delete its access token (§2.6)."""
         self._revoke_refresh(old)
-        access, refresh = self.issue(old.user, old.client_id, scopes)
+        access, refresh = self.issue(old.user, old.client_id, scopes, old.consent)
         refresh.scopes = old.scopes  # a later refresh may widen back to what was consented
         return access, refresh
 

@@ -59,6 +59,11 @@ Next steps
 Or without a browser (prints the token JSON; README "With curl" goes on from there):
   ./scripts/run login BBUser00042 --connector {connector}
 
+Try Blue Button v3 beside v2 (pilot users BBUser09001-BBUser09005, e.g. BBUser09001 / PW09001!):
+  open {connector}/bluebutton/authorize?version=3 (the consent has the SAMHSA box, unticked), or
+  ./scripts/run login BBUser09001 --api-version 3 --connector {connector}
+  then GET /bluebutton/fhir with resource_type=ExplanationOfBenefit and version=3.
+
 Keep data current (PostgreSQL in {pgdata}, {workers} sync worker(s))
   The operator key is in {key_file} (only you can read it); Swagger's Authorize takes it as AdminApiKey.
   In a shell:  KEY=$(cat {key_file})

@@ -45,12 +45,18 @@ def authorize(
     allow: bool = True,
     accept: str = "application/json",
     sync: bool = False,
+    version: int | None = None,
+    share_samhsa: bool = False,
 ) -> httpx.Response:
-    """Run the flow for `BBUser<user_number>`; the answer is the connector's callback response."""
+    """Run the flow for `BBUser<user_number>`; the answer is the connector's callback response.
+    `version=3` authorizes on Blue Button v3, whose consent has the SAMHSA box (`share_samhsa`)."""
+    params = {"sync": "true"} if sync else {}
+    if version is not None:
+        params["version"] = str(version)
     with httpx.Client(verify=ca_context(), timeout=30.0) as client:
         start = client.get(
             f"{connector_url}/bluebutton/authorize",
-            params={"sync": "true"} if sync else None,
+            params=params or None,
             headers={"Accept": "application/json"},
         )
         start.raise_for_status()
@@ -68,6 +74,8 @@ def authorize(
             data={
                 "share_demographics": "yes" if share_demographics else "no",
                 "allow": "true" if allow else "false",
+                # v3's page posts a hidden "False" and the ticked box's "True" (v2 ignores both)
+                "share_samhsa_data": ["False", "True"] if share_samhsa else ["False"],
             },
         )
         if redirect.status_code not in (302, 303):
@@ -97,6 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sync", action="store_true", help="enrol for grant keeping (authorize?sync=true): prints the grant"
     )
+    parser.add_argument(
+        "--api-version",
+        type=int,
+        choices=(2, 3),
+        default=None,
+        help="the Blue Button API version (v3: BBUser09001-09005)",
+    )
+    parser.add_argument(
+        "--share-samhsa", action="store_true", help="v3: tick the consent's substance-use (SAMHSA) box"
+    )
     args = parser.parse_args(argv)
     user = parse_username(args.user)
     if user is None or user >= USER_COUNT:
@@ -104,7 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     connector = args.connector.rstrip("/")
     try:
         response = authorize(
-            connector, user, share_demographics=not args.withhold_demographics, sync=args.sync
+            connector,
+            user,
+            share_demographics=not args.withhold_demographics,
+            sync=args.sync,
+            version=args.api_version,
+            share_samhsa=args.share_samhsa,
         )
     except httpx.TransportError as e:
         print(f"login: cannot reach {connector} ({e}); is the demo running (./scripts/run)?", file=sys.stderr)

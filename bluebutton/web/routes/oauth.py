@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from bluebutton.cms.oauth import TokenSet, callback_error, new_pending_authorization
+from bluebutton.cms.versions import ApiVersion
 from bluebutton.errors import CmsError, Issue, OAuthError
 from bluebutton.web.deps import BearerTokenDep, CmsDep, OAuthDep, PendingDep, SettingsDep, require_sync
 from bluebutton.web.error_page import wants_html
@@ -33,6 +35,11 @@ STATE_SPENT = Issue(
 )
 
 
+VersionQuery = Annotated[
+    ApiVersion | None,
+    Query(description="The Blue Button API version (2 or 3); default BLUEBUTTON_CMS_API_VERSION"),
+]
+
 @router.get(
     "/bluebutton/userinfo",
     tags=["bluebutton"],
@@ -40,11 +47,21 @@ STATE_SPENT = Issue(
     response_model=Userinfo,
     responses=outcome_responses(401, 403, 404, 429, 502, 504),
 )
-async def userinfo(token: BearerTokenDep, cms: CmsDep) -> JSONResponse:
+async def userinfo(
+    request: Request, token: BearerTokenDep, cms: CmsDep, version: VersionQuery = None
+) -> JSONResponse:
     """What the CMS SDK reads as the profile: name, email and patient id from Blue Button's
     `/v{n}/connect/userinfo`, as CMS sent it. 403 when the beneficiary withheld demographic data
     (no `profile` scope). Nothing is stored in connect."""
-    return JSONResponse(await cms.get_userinfo(token))
+    unknown = sorted({name for name in request.query_params if name != "version"})
+    if unknown:  # as GET /bluebutton/fhir: a misspelt `version` must not silently mean the default
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", n), "msg": "unknown parameter", "input": None}
+                for n in unknown
+            ]
+        )
+    return JSONResponse(await cms.get_userinfo(token, version))
 
 
 def _wants_html(request: Request) -> bool:
@@ -66,11 +83,13 @@ async def authorize(
     sync: Annotated[
         bool, Query(description="true: the service keeps the grant and keeps the data current in connect")
     ] = False,
+    version: VersionQuery = None,
 ) -> Response | AuthorizeLink:
-    """Browsers go straight to CMS; API clients (Swagger) get the URL to open."""
+    """Browsers go straight to CMS; API clients (Swagger) get the URL to open. The callback
+    exchanges the code on the same version (v3: its pilot users, BBUser09001-09005 in the sandbox)."""
     if sync:
         require_sync(request)
-    authorization = new_pending_authorization(sync)
+    authorization = new_pending_authorization(sync, version or settings.cms_api_version)
     url = oauth.authorization_url(authorization)
     await pending.put(authorization, settings.state_ttl_seconds)
     if _wants_html(request):
@@ -108,7 +127,7 @@ async def authorize_callback(
     if authorization.sync:
         require_sync(request)  # before the single-use code is spent
     try:
-        tokens = await oauth.exchange_code(code, authorization.verifier)
+        tokens = await oauth.exchange_code(code, authorization.verifier, authorization.version)
     except CmsError as e:
         e.extra_issues.append(STATE_SPENT)  # the state is gone: retrying this callback cannot work
         raise
@@ -127,7 +146,7 @@ async def authorize_callback(
     responses=outcome_responses(400, 401, 413, 422, 502, 503),
 )
 async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
-    tokens = await oauth.refresh(body.refresh_token)
+    tokens = await oauth.refresh(body.refresh_token, body.api_version)
     return JSONResponse(tokens.as_dict(), headers={"Cache-Control": "no-store"})
 
 
@@ -140,7 +159,7 @@ async def refresh(body: RefreshRequest, oauth: OAuthDep) -> JSONResponse:
     responses=outcome_responses(400, 413, 422, 502, 503),
 )
 async def revoke(body: RevokeRequest, oauth: OAuthDep) -> Response:
-    await oauth.revoke(body.token)
+    await oauth.revoke(body.token, body.api_version)
     return Response(status_code=204)
 
 
@@ -154,6 +173,7 @@ async def enrolled(request: Request, tokens: TokenSet, *, html: bool) -> Respons
         grant_id=grant_id,
         run_id=run_id,
         patient=tokens.patient,
+        api_version=tokens.api_version,
         scope=tokens.scope,
         access_grant_expiration=tokens.access_grant_expiration,
         access_token=tokens.access_token,

@@ -15,6 +15,8 @@ from bluebutton.web.schemas import Health, outcome_responses
 
 router = APIRouter()
 
+VERSION_HEADER = "X-Blue-Button-Version"  # which API version a pull used (its token's)
+
 
 @router.get("/health", tags=["service"])
 async def health(validator: ValidatorDep, sync: SyncDep) -> Health:
@@ -41,6 +43,9 @@ stored; an invalid Bundle (422) is never forwarded.
 An empty search result is not forwarded: the answer is `ForwardedBundles` with `bundle_count` 0
 (or the empty CMS Bundle), with `X-LFH-Bundle-Count: 0` and `X-LFH-Skipped` saying why.
 
+`version` names the Blue Button API version the token belongs to (2 or 3, default
+`BLUEBUTTON_CMS_API_VERSION`); `X-Blue-Button-Version` says which one the pull used.
+
 Retry with the same `Idempotency-Key`: a finished pull is replayed, a partial one completed, and no
 Bundle known to be stored is sent again. The whole pull has one deadline,
 `BLUEBUTTON_PULL_TIMEOUT_SECONDS` (504)."""
@@ -55,6 +60,12 @@ Bundle known to be stored is sent again. The whole pull has one deadline,
     responses={
         200: {
             "description": "Stored in connect",
+            "headers": {
+                VERSION_HEADER: {
+                    "description": "The Blue Button API version of the pull (2 or 3)",
+                    "schema": {"type": "string"},
+                }
+            },
             "content": {
                 "application/json": {
                     "schema": {
@@ -78,10 +89,11 @@ async def fetch_fhir(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=HEADER_DOC)] = None,
 ) -> Response:
     answer = await transfer(idempotency_key, query, token, caller_gone=lambda: _disconnected(request))
+    version = {VERSION_HEADER: str(query.version)}
     return StreamingResponse(
         _send(answer.parts),
         media_type=answer.media_type,
-        headers={**answer.headers, "Content-Length": str(answer.length)},
+        headers={**answer.headers, **version, "Content-Length": str(answer.length)},
     )
 
 

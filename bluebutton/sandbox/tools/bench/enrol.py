@@ -35,16 +35,20 @@ def _form_action(page: httpx.Response) -> str:
     return str(page.url.join(unescape(match[1])))
 
 
-async def _consent(browser: httpx.AsyncClient, oauth: OAuthClient, user: int) -> tuple[str, str]:
+async def _consent(
+    browser: httpx.AsyncClient, oauth: OAuthClient, user: int, version: int = 2
+) -> tuple[str, str]:
     """Log `BBUser<user>` in on the emulator's forms and consent; (code, PKCE verifier)."""
-    pending = new_pending_authorization(sync=True)
+    pending = new_pending_authorization(sync=True, version=version)
     start = await browser.get(oauth.authorization_url(pending), follow_redirects=True)
     consent = await browser.post(
         _form_action(start),
         data={"username": f"BBUser{user:05d}", "password": f"PW{user:05d}!"},
         follow_redirects=True,
     )
-    redirect = await browser.post(_form_action(consent), data={"share_demographics": "yes", "allow": "true"})
+    # On v3, substance-use (SAMHSA) data shared too, so both versions hold the same claims.
+    decision = {"share_demographics": "yes", "allow": "true", "share_samhsa_data": ["False", "True"]}
+    redirect = await browser.post(_form_action(consent), data=decision)
     query = parse_qs(urlsplit(redirect.headers.get("location", "")).query)
     if "code" not in query or query.get("state") != [pending.state]:
         raise SystemExit(f"bench sync: consent for user {user} did not redirect with a code")
@@ -58,7 +62,7 @@ async def enrol_all(service: SyncService, cms_url: str, users: range) -> list[En
 
     async def one(browser: httpx.AsyncClient, user: int) -> Enrolled:
         async with gate:
-            code, verifier = await _consent(browser, ctx.oauth, user)
+            code, verifier = await _consent(browser, ctx.oauth, user, ctx.settings.cms_api_version)
             tokens = await ctx.oauth.exchange_code(code, verifier)
             assert tokens.patient is not None
             grant_id = await grants.enrol(

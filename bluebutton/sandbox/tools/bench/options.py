@@ -18,6 +18,7 @@ class Options:
     sample: int
     database_url: str | None
     keep_database: bool
+    api_version: int = 2
 
 
 def parse(argv: list[str] | None, description: str) -> Options:
@@ -40,6 +41,13 @@ def parse(argv: list[str] | None, description: str) -> Options:
         "else an embedded server in a temporary directory)",
     )
     parser.add_argument("--keep-database", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--api-version",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="the Blue Button API version the grants use",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.grants <= 30_000:
         parser.error("--grants must be 1..30000 (the emulator's users)")
@@ -55,4 +63,5 @@ def parse(argv: list[str] | None, description: str) -> Options:
         max(1, min(args.sample, args.grants)),
         args.database_url,
         args.keep_database,
+        args.api_version,
     )

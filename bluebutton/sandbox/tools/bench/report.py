@@ -41,7 +41,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
     only_new = second.grants_posting == changed
     resent = second.validated() - len(changed) * options.new_claims
     lines = [
-        f"bench sync: {n} grants x {options.claims} claims, {options.rtt_ms} ms added per CMS request, "
+        f"bench sync: {n} grants x {options.claims} claims on Blue Button v{options.api_version}, "
+        f"{options.rtt_ms} ms added per CMS request, "
         f"2 worker processes x {options.concurrency} concurrent grants, {cores} cores",
         f"enrolment (emulator login + consent, code exchange, grant store): {found['enrol_seconds']:.1f} s",
         f"first round: {first.seconds:.1f} s, {n / first.seconds * 60:.0f} grants/min (all queued after "
@@ -73,7 +74,8 @@ def report(options: Options, found: dict[str, Any]) -> list[str]:
         f"{once})",
         f"database size: {found['database_bytes'] / 1e6:.1f} MB",
         "peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in found["rss"].items()),
-        f"bench sync grants={n} claims={options.claims} rtt_ms={options.rtt_ms} "
+        f"bench sync api_version={options.api_version} grants={n} claims={options.claims} "
+        f"rtt_ms={options.rtt_ms} "
         f"first_s={first.seconds:.1f} first_grants_per_min={n / first.seconds * 60:.0f} "
         f"incremental_s={second.seconds:.1f} incremental_cms_requests={requests_2} "
         f"incremental_posts={second.posts} only_new={'yes' if only_new else 'no'} "

@@ -120,6 +120,7 @@ async def open_bench_service(settings: Settings) -> AsyncIterator[tuple[SyncServ
 async def measure(stack: Stack, options: Options, database_url: str) -> dict[str, Any]:
     keys = new_key()
     env = worker_env(stack, database_url, keys, options.concurrency)
+    env["BLUEBUTTON_CMS_API_VERSION"] = str(options.api_version)
     settings = bench_settings(env)
     async with (
         open_bench_service(settings) as (service, cms),
@@ -127,6 +128,8 @@ async def measure(stack: Stack, options: Options, database_url: str) -> dict[str
     ):
         for name in WORKERS:
             stack.launch(name, ["-m", "bluebutton", "worker"], env)
+        if options.api_version == 3:  # CMS's sandbox has five v3 users; the emulator can have all
+            (await admin.put(f"{stack.cms_url}/_sandbox/v3", json={"all_users": True})).raise_for_status()
         started = time.perf_counter()
         enrolled = await enrol_all(service, stack.cms_url, range(options.grants))
         enrol_seconds = time.perf_counter() - started
