@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Mapping
 
-from bluebutton.outbound import Clock, Sleep
+from bluebutton.outbound.retry import Clock, Sleep
 
 MAX_PAUSE = 60.0  # a Reset beyond this is not believed (a window of CMS's is seconds)
 

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 SYNC_SETTINGS = "BLUEBUTTON_DATABASE_URL (postgresql://... or embedded) and BLUEBUTTON_TOKEN_KEYS"
 
+
 def sync_off() -> NotConfiguredError:
     return NotConfiguredError(
         f"Grant keeping is off: set {SYNC_SETTINGS} (python -m bluebutton keygen makes a key), and "

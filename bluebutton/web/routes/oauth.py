@@ -40,6 +40,7 @@ VersionQuery = Annotated[
     Query(description="The Blue Button API version (2 or 3); default BLUEBUTTON_CMS_API_VERSION"),
 ]
 
+
 @router.get(
     "/bluebutton/userinfo",
     tags=["bluebutton"],
