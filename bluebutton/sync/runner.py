@@ -419,7 +419,7 @@ async def _pull_type(run: _Run, kind: str, since: str | None, tokens: _Tokens) -
         counts[verdict] += 1
         if verdict != "unchanged":
             candidates.append(entry)
-    valid, held = await _validate(ctx, kind, candidates)
+    valid, sizes, held = await _validate(ctx, kind, candidates)
     for entry, issues in held:
         counts["invalid"] += 1
         report.invalid += 1
@@ -428,48 +428,55 @@ async def _pull_type(run: _Run, kind: str, since: str | None, tokens: _Tokens) -
                 {**issue, "diagnostics": f"{kind}/{entry.resource_id} quarantined: {issue['diagnostics']}"}
             )
     await ledger.quarantine(ctx.pool, grant.id, kind, held, run.run_id)
-    await _forward(run, kind, valid)
+    await _forward(run, kind, valid, sizes)
 
 
 async def _validate(
     ctx: SyncContext, kind: str, candidates: list[Entry]
-) -> tuple[list[Entry], list[tuple[Entry, list[dict[str, Any]]]]]:
-    """Split new and changed entries into valid ones and quarantined ones with their issues."""
+) -> tuple[list[Entry], list[int], list[tuple[Entry, list[dict[str, Any]]]]]:
+    """Split new and changed entries into valid ones, with their sizes as connect stores them,
+    and quarantined ones with their issues.
+
+    The validation workers measure each entry as connect will store it (`connect_size`, off the
+    event loop); an entry that cannot fit in a piece alone is quarantined here with the same
+    measure `split_entries` cuts by, so it can never fail the whole run there."""
     if not candidates:
-        return [], []
+        return [], [], []
+    try:
+        problems, sizes = await ctx.validator.check([e.raw for e in candidates])
+    except BrokenProcessPool as e:
+        raise ValidationUnavailableError("a validation worker stopped during the run") from e
     limit = ctx.settings.lfh_max_bundle_bytes
-    overhead = BundleHeader.fresh(0).overhead()
+    overhead = BundleHeader.fresh(0).connect_overhead()
     found: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for index, entry in enumerate(candidates):
-        if overhead + len(entry.raw) > limit:
+    for index, size in enumerate(sizes):
+        if overhead + size > limit:
             found[index].append(
                 _issue(
-                    f"the entry is {len(entry.raw)} bytes, more than one connect record holds "
-                    "(BLUEBUTTON_LFH_MAX_BUNDLE_BYTES)",
+                    f"the entry is {size} bytes as connect stores it (connect re-serialises it: "
+                    "non-ASCII characters as 6-byte \\u escapes, spaces after separators, decimals "
+                    "as floats), more than one connect record holds (BLUEBUTTON_LFH_MAX_BUNDLE_BYTES)",
                     "too-costly",
                 )
             )
-    try:
-        problems = await ctx.validator.validate([e.raw for e in candidates])
-    except BrokenProcessPool as e:
-        raise ValidationUnavailableError("a validation worker stopped during the run") from e
     for index, _ref, path, message in problems:
         element = path.replace(f"Bundle.entry[{index}].resource", kind, 1).replace(
             f"Bundle.entry[{index}]", "entry", 1
         )
         found[index].append(_issue(f"{element}: {message}", "structure", path=element))
-    valid = [e for i, e in enumerate(candidates) if i not in found]
+    kept = [i for i in range(len(candidates)) if i not in found]
     held = [(candidates[i], issues) for i, issues in sorted(found.items())]
-    return valid, held
+    return [candidates[i] for i in kept], [sizes[i] for i in kept], held
 
 
-async def _forward(run: _Run, kind: str, valid: list[Entry]) -> None:
+async def _forward(run: _Run, kind: str, valid: list[Entry], sizes: list[int]) -> None:
     """Each piece to connect, then its ledger rows. The POST and the recording of its answer are
     shielded from cancellation: a run stopped mid-POST still records what connect stored."""
     if not valid:
         return
     header = BundleHeader.fresh(total=len(valid))
-    pieces = split_entries([e.raw for e in valid], run.ctx.settings.lfh_max_bundle_bytes, header)
+    limit = run.ctx.settings.lfh_max_bundle_bytes
+    pieces = split_entries([e.raw for e in valid], limit, header, sizes)
     for piece in pieces:
         await asyncio.shield(_send_piece(run, kind, piece.body, valid[piece.start : piece.stop]))
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import orjson
 import psycopg
 import psycopg.sql
 import pytest
 
+from bluebutton.fhir.bundles import BundleHeader, connect_size
 from bluebutton.sync import grants, ledger
 from tests.sync.emulated import Upstreams, drain, open_service, run_once, sync_settings
 
@@ -288,6 +290,56 @@ async def test_an_entry_too_large_for_connect_is_quarantined(
             assert run["status"] == "partial"
             assert len(upstreams.stored_ids()) == 12 - len(held)
             assert all(len(orjson.dumps(p["bundle"])) <= 20_000 for p in upstreams.posts)
+
+
+class WideClaimCms(Upstreams):
+    """CMS sends one claim whose compact JSON fits a connect record but whose record as connect
+    stores it does not: its `disposition` is non-ASCII text, which connect writes as 6-byte
+    `\\u` escapes (2 bytes each in the compact UTF-8 CMS sends)."""
+
+    WIDE = "\u00e9" * 60_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide_id: str | None = None
+        self.wide_entry = b""
+
+    async def _cms(self, request: httpx.Request) -> httpx.Response:
+        answer = await super()._cms(request)
+        if "/ExplanationOfBenefit" not in request.url.path or answer.status_code != 200:
+            return answer
+        bundle = orjson.loads(answer.content)
+        if self.wide_id is None and bundle.get("entry"):
+            resource = bundle["entry"][0]["resource"]
+            resource["disposition"] = self.WIDE
+            self.wide_id = resource["id"]
+            self.wide_entry = orjson.dumps(bundle["entry"][0])
+        headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-length"}
+        return httpx.Response(200, headers=headers, content=orjson.dumps(bundle))
+
+
+async def test_an_entry_that_fits_compact_but_not_as_connect_stores_it_is_held_alone(
+    database_url: str, token_keys: str
+) -> None:
+    limit = 300_000
+    upstreams = WideClaimCms()
+    with upstreams.router():
+        async with open_service(
+            sync_settings(database_url, token_keys, lfh_max_bundle_bytes=limit)
+        ) as service:
+            grant_id, _ = await service.enrol(upstreams.authorize(USER))
+            run = await run_once(service, grant_id)
+            held = await ledger.quarantined(service.pool, grant_id)
+    assert upstreams.wide_id is not None
+    wide = upstreams.wide_entry
+    # the premise: its compact size alone passes a pre-check by `len`; as connect stores it, not
+    assert BundleHeader.fresh(0).overhead() + len(wide) < limit < connect_size(wide)
+    assert run["status"] == "partial", run["issues"]
+    assert [h["id"] for h in held] == [upstreams.wide_id]
+    assert held[0]["issues"][0]["code"] == "too-costly"
+    stored = upstreams.stored_ids()
+    assert len(stored) == len(set(stored)) == 11 and upstreams.wide_id not in stored
+    assert all(connect_size(orjson.dumps(p["bundle"])) <= limit for p in upstreams.posts)
 
 
 async def test_without_migrations_start_up_names_the_command(database_url: str, token_keys: str) -> None:
