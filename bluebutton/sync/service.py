@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from bluebutton.cms.oauth import TokenSet
 from bluebutton.errors import NotConfiguredError
 from bluebutton.events.delivery import EventDelivery
-from bluebutton.sync import grants, ledger, listing, runs
+from bluebutton.sync import grants, listing, runs
 from bluebutton.sync.context import SyncContext
 from bluebutton.sync.crypto import TokenKeyError
 from bluebutton.sync.database import unreachable
@@ -108,15 +108,6 @@ class SyncService:
     async def run_json(self, run_id: int) -> dict[str, Any] | None:
         row = await self.jobs.database(lambda: runs.get(self.pool, run_id))
         return runs.as_json(row) if row else None
-
-    async def runs_json(self, grant_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
-        await self.grant(grant_id)
-        found = await self.jobs.database(lambda: runs.of_grant(self.pool, grant_id, limit))
-        return [runs.as_json(r) for r in found]
-
-    async def records_json(self, grant_id: uuid.UUID) -> list[dict[str, Any]]:
-        await self.grant(grant_id)
-        return await self.jobs.database(lambda: ledger.records(self.pool, grant_id))
 
     async def health(self) -> dict[str, Any]:
         """Grant keeping's state for `/health`: database reachable, workers with a fresh

@@ -91,6 +91,7 @@ async def test_enrol_with_sync_then_operate_the_grant(
                 "failing": 0,
                 "expired": 0,
                 "revoked": 0,
+                "migrated": 0,
                 "disconnected": 0,
             }
             records = (await client.get(f"/bluebutton/grants/{grant_id}/records", headers=KEY)).json()[
@@ -254,3 +255,30 @@ async def test_every_operator_answer_is_what_openapi_declares(
     run_schema = validator({"$ref": "#/components/schemas/RunInfo"})
     run = answers[("/bluebutton/runs/{run_id}", "get", "200")].json()
     assert not run_schema.is_valid({**run, "resources": {"ExplanationOfBenefit": {"fetched": 1}}})
+
+
+async def test_grant_keeping_health_follows_the_workers(
+    upstreams: Upstreams, database_url: str, token_keys: str
+) -> None:
+    """No worker with a fresh heartbeat: 503 saying so, while /health stays 200; with the embedded
+    worker registered: 200 with the same state /health reports."""
+    standalone = sync_settings(database_url, token_keys, sync_worker="off")
+    with upstreams.router():
+        async with open_client(standalone) as client:
+            stalled = await client.get("/health/grant-keeping")
+            assert stalled.status_code == 503, stalled.text
+            assert "no sync worker has a fresh heartbeat" in stalled.json()["issue"][0]["diagnostics"]
+            health = await client.get("/health")
+            assert health.status_code == 200
+            assert health.json()["grant_keeping"]["progressing"] is False
+        embedded = sync_settings(database_url, token_keys, sync_worker="embedded")
+        async with open_client(embedded) as client:
+            for _ in range(2400):  # the worker registers its heartbeat; wait for it, not a time
+                answer = await client.get("/health/grant-keeping")
+                if answer.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer.status_code == 200, answer.text
+            state = answer.json()
+            assert state["database"] == "reachable" and state["workers"] >= 1
+            assert state["embedded_worker"] == "running" and state["progressing"] is True

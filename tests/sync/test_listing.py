@@ -24,7 +24,7 @@ from tests.sync.emulated import sync_settings
 
 KEY = {"X-API-Key": ADMIN_KEY}
 GRANTS = 250  # the fill's mix: 80 % active, 8 % failing, 5 % expired, 5 % revoked, 2 % disconnected
-COUNTS = {"active": 210, "failing": 16, "expired": 10, "revoked": 10, "disconnected": 4}
+COUNTS = {"active": 210, "failing": 16, "expired": 10, "revoked": 10, "disconnected": 4, "migrated": 0}
 
 
 @asynccontextmanager

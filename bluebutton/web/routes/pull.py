@@ -18,14 +18,15 @@ router = APIRouter()
 VERSION_HEADER = "X-Blue-Button-Version"  # which API version a pull used (its token's)
 
 
-@router.get("/health", tags=["service"])
+@router.get("/health", tags=["service"], response_model_exclude_unset=True)
 async def health(validator: ValidatorDep, sync: SyncDep) -> Health:
     """Liveness: answers 200 while the one-shot route can serve, touching no upstream.
     `validation` says whether the validation workers run with the speedup patches (`fast`) or
     the library as it is (`standard`); `grant_keeping` adds the database's and the workers' state
     (see `/health/grant-keeping` for a status code that follows it)."""
-    keeping = await sync.health() if sync is not None else None
-    return Health(validation=validator.mode, grant_keeping=keeping)
+    if sync is None:  # grant keeping off: no `grant_keeping` at all, as before it existed
+        return Health(status="ok", validation=validator.mode)
+    return Health(status="ok", validation=validator.mode, grant_keeping=await sync.health())
 
 
 FHIR_DOC = """Pull every page of a Blue Button search, validate it as FHIR R4, and store it in
