@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.running import open_client
@@ -45,3 +46,18 @@ async def test_a_scrape_while_the_database_is_down_says_so(
             assert value(samples(down.text), "bluebutton_database_up") == 0
             assert "bluebutton_grants{" not in down.text
             own_postgres.start()  # the app's shutdown finds its database again
+
+
+async def test_a_scrape_that_fails_for_another_reason_is_an_error_not_an_outage(
+    database_url: str, token_keys: str
+) -> None:
+    upstreams = Upstreams()
+    with upstreams.router():
+        async with open_client(sync_settings(database_url, token_keys)) as client:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+                await connection.execute("ALTER TABLE bluebutton_grants RENAME TO bluebutton_grants_away")
+            broken = await client.get("/metrics", headers={"X-API-Key": ADMIN_KEY})
+
+    assert broken.status_code == 500, broken.text
+    assert "bluebutton_database_up" not in broken.text
+    print(broken.headers, broken.text)
