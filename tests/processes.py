@@ -11,7 +11,9 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MARKER = "PYTEST_SESSION_PROCESS_MARK"
 PROC = Path("/proc")
@@ -97,3 +99,17 @@ def leftovers() -> list[int]:
         if mark in environment and running(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+WAIT = 600.0  # generous: a loaded two-core machine; every wait is for a condition, not a time
+
+
+def until(check: Callable[[], Any], what: str) -> Any:
+    """`check()`'s first truthy answer, polled while real processes get there."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")

@@ -7,8 +7,7 @@ nothing, and the records index lists the entries of the Bundles answered without
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from bluebutton.sandbox.tools.bench.enrol import enrol_all
 from bluebutton.sandbox.tools.bench.sync import bench_settings, open_bench_service
 from bluebutton.sandbox.tools.stack import Stack, StackConfig, ca_context, start_stack
 from tests.e2e.harness import Harness
+from tests.processes import until
 from tests.sync.conftest import ADMIN_KEY
 
 pytestmark = pytest.mark.e2e
@@ -31,17 +31,6 @@ NULL_LOCATION_SHARE = "0.05"
 PIECE_BYTES = "200000"
 KEY = {"X-API-Key": ADMIN_KEY}
 UNKNOWN = "location unknown"  # what the records index says, word for word (docs/grants.md)
-WAIT = 600.0  # generous: a loaded two-core machine; every wait is for a condition
-
-
-def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -22,6 +21,7 @@ from bluebutton.sandbox.tools.bench.enrol import enrol_all
 from bluebutton.sandbox.tools.bench.sync import bench_settings, open_bench_service
 from bluebutton.sandbox.tools.stack import Stack, StackConfig, ca_context, start_stack
 from tests.e2e.harness import Harness
+from tests.processes import until
 from tests.sync.conftest import ADMIN_KEY
 from tests.sync.own_postgres import OwnPostgres, available
 
@@ -30,18 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(available() is not None, reaso
 USERS = range(100, 150)  # 50 grants
 WORKERS = ("worker-1", "worker-2")
 KEY = {"X-API-Key": ADMIN_KEY}
-WAIT = 600.0  # generous: a loaded two-core machine; every wait is for a condition
 OUTAGE_SECONDS = 30.0  # the fault's length, as the issue measured it
-
-
-def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.fixture
